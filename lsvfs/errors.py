@@ -1,0 +1,43 @@
+"""Typed exceptions: every failure a user can see is one of these."""
+
+from __future__ import annotations
+
+
+class LsvfsError(Exception):
+    """Base class of every error lsvfs raises on purpose."""
+
+
+class LTXError(LsvfsError):
+    """An LTX file is malformed, truncated or fails a checksum."""
+
+    def __init__(self, reason: str, file: str | None = None) -> None:
+        self.reason = reason
+        self.file = file
+        super().__init__(f"{file}: {reason}" if file else reason)
+
+
+class ChecksumError(LTXError):
+    """Bytes decoded cleanly but a CRC-64 does not match."""
+
+
+class ReplicaError(LsvfsError):
+    """The replica as a whole cannot give what was asked (empty, gap, no such TXID)."""
+
+
+class GapError(ReplicaError):
+    """The restore plan cannot bridge two TXIDs."""
+
+    def __init__(self, before: int, after: int | None, detail: str = "") -> None:
+        self.before = before
+        self.after = after
+        nxt = f"{after:016x}" if after is not None else "nothing"
+        msg = f"gap in replica: have TXIDs up to {before:016x}, next file starts at {nxt}"
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+class StorageError(LsvfsError):
+    """Talking to storage failed (unreachable, denied, missing object, short read)."""
+
+
+class URLError(LsvfsError, ValueError):
+    """A replica URL that lsvfs cannot use."""

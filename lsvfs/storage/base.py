@@ -1,0 +1,74 @@
+"""The storage contract: list a level's LTX files, read byte ranges of one.
+
+Both backends (directory, S3) implement `StorageClient`; everything above
+storage (planning, polling, the VFS) talks only to this protocol, so fault
+injection in tests wraps a real client rather than replacing it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ..errors import LTXError
+
+LEVELS = tuple(range(10))
+"""Levels Litestream 0.5 writes: 0 per sync, 1..8 compactions, 9 snapshots."""
+SNAPSHOT_LEVEL = 9
+
+_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+
+
+def format_filename(min_txid: int, max_txid: int) -> str:
+    return f"{min_txid:016x}-{max_txid:016x}.ltx"
+
+
+def parse_filename(name: str) -> tuple[int, int]:
+    """Return (min_txid, max_txid) from an LTX file name, or raise LTXError."""
+    m = _NAME.match(name)
+    if not m:
+        raise LTXError("not an LTX file name (want <min:016x>-<max:016x>.ltx)", name)
+    lo, hi = int(m.group(1), 16), int(m.group(2), 16)
+    if lo == 0 or hi < lo:
+        raise LTXError(f"invalid TXID range {lo:016x}-{hi:016x}", name)
+    return lo, hi
+
+
+@dataclass(frozen=True, order=True)
+class FileInfo:
+    """One LTX file in a replica. Immutable once written, so it is a cache key."""
+
+    level: int
+    min_txid: int
+    max_txid: int
+    size: int
+    modified: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        """A stable human-readable name, used in every error message."""
+        return f"L{self.level}/{format_filename(self.min_txid, self.max_txid)}"
+
+
+@runtime_checkable
+class StorageClient(Protocol):
+    """Read-only access to one replica."""
+
+    url: str
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
+        """Files of `level` whose min_txid >= `min_txid`, sorted by (min, max)."""
+        ...
+
+    def read(self, info: FileInfo, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes at `offset` of the file, or StorageError."""
+        ...
+
+    def read_all(self, info: FileInfo) -> bytes:
+        """The whole file; StorageError if it is not `info.size` bytes."""
+        ...
+
+    def close(self) -> None:
+        ...
