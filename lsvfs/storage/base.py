@@ -21,6 +21,12 @@ SNAPSHOT_LEVEL = 9
 _NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
 
+def check_level(level: int) -> None:
+    """Reject a level Litestream never writes (a caller bug, hence ValueError)."""
+    if isinstance(level, bool) or level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS[0]}..{LEVELS[-1]}, got {level!r}")
+
+
 def format_filename(min_txid: int, max_txid: int) -> str:
     return f"{min_txid:016x}-{max_txid:016x}.ltx"
 

@@ -1,0 +1,287 @@
+"""S3 replicas: key `<path>/<level:04x>/<min:016x>-<max:016x>.ltx`.
+
+One boto3 client per storage, shared by every thread (boto3 clients are
+thread-safe; sessions are not, so the session is used only here, once).
+Every botocore failure becomes a StorageError that names the bucket/key and
+the cause, so a user sees "NoSuchBucket" or "endpoint unreachable" rather
+than a botocore traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import closing
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from ..errors import LTXError, StorageError
+from .base import FileInfo, check_level, format_filename, parse_filename
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "us-east-1"
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+MAX_ATTEMPTS = 3
+"""Total attempts per request (standard retry mode): one try and two retries."""
+MAX_POOL_CONNECTIONS = 64
+"""Enough keep-alive connections for a few dozen concurrent reader threads."""
+
+_HINTS = {
+    "NoSuchBucket": "bucket does not exist",
+    "NoSuchKey": "object not found",
+    "AccessDenied": "access denied (check the credentials and the bucket policy)",
+    "InvalidAccessKeyId": (
+        "access key id not recognised (check AWS_ACCESS_KEY_ID / LITESTREAM_ACCESS_KEY_ID)"
+    ),
+    "SignatureDoesNotMatch": (
+        "signature mismatch: wrong secret key (check AWS_SECRET_ACCESS_KEY / "
+        "LITESTREAM_SECRET_ACCESS_KEY)"
+    ),
+    "InvalidRange": "requested range not satisfiable (object is smaller than expected)",
+    "PermanentRedirect": "bucket is in another region (set ?region= in the URL)",
+    "AuthorizationHeaderMalformed": "wrong region for this bucket (set ?region= in the URL)",
+    "ExpiredToken": "credentials expired",
+    "InvalidToken": "session token invalid",
+}
+_STATUS_HINTS = {
+    "403": "access denied (check the credentials)",
+    "404": "not found",
+    "416": _HINTS["InvalidRange"],
+}
+
+
+def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """Static keys Litestream would use because of LITESTREAM_* variables, else None.
+
+    Litestream 0.5.17 copies LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY
+    into AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only where the AWS variable is
+    *not* set (verified against the binary: with both set, the AWS ones are
+    used). We do the same, so one environment gives the same identity to
+    `litestream restore` and to lsvfs. None means "use boto3's own chain".
+    """
+    env = dict(os.environ) if env is None else env
+    lit_id = env.get("LITESTREAM_ACCESS_KEY_ID")
+    lit_secret = env.get("LITESTREAM_SECRET_ACCESS_KEY")
+    if lit_id is None and lit_secret is None:
+        return None
+    key_id = env["AWS_ACCESS_KEY_ID"] if "AWS_ACCESS_KEY_ID" in env else lit_id
+    secret = env["AWS_SECRET_ACCESS_KEY"] if "AWS_SECRET_ACCESS_KEY" in env else lit_secret
+    if not key_id or not secret:
+        raise StorageError(
+            "incomplete S3 credentials: set both LITESTREAM_ACCESS_KEY_ID and "
+            "LITESTREAM_SECRET_ACCESS_KEY (or both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
+    return key_id, secret
+
+
+class S3Storage:
+    """Read-only client of a Litestream S3 replica (AWS or any S3-compatible endpoint)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        path: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        force_path_style: bool | None = None,
+        skip_verify: bool = False,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        max_pool_connections: int = MAX_POOL_CONNECTIONS,
+        page_size: int = 1000,
+        client: Any = None,
+    ) -> None:
+        if not bucket:
+            raise StorageError("S3 replica needs a bucket name")
+        self.bucket = bucket
+        self.path = path.strip("/")
+        self.endpoint = endpoint or None
+        # Litestream uses path-style addressing whenever an endpoint is given.
+        self.force_path_style = bool(endpoint) if force_path_style is None else force_path_style
+        self.skip_verify = skip_verify
+        self.page_size = page_size
+        if client is not None:
+            self._client = client
+            self.region = region or DEFAULT_REGION
+        else:
+            if access_key_id is None and secret_access_key is None:
+                creds = litestream_credentials()
+                if creds is not None:
+                    access_key_id, secret_access_key = creds
+            session = boto3.session.Session(
+                aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
+            )
+            self.region = region or session.region_name or DEFAULT_REGION
+            config = Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"mode": "standard", "max_attempts": max_attempts},
+                max_pool_connections=max_pool_connections,
+                s3={"addressing_style": "path" if self.force_path_style else "auto"},
+                user_agent_extra="lsvfs",
+            )
+            self._client = session.client(
+                "s3",
+                region_name=self.region,
+                endpoint_url=self.endpoint,
+                verify=not skip_verify,
+                config=config,
+            )
+        query: dict[str, str] = {}
+        if self.endpoint:
+            query["endpoint"] = self.endpoint
+        if region:
+            query["region"] = region
+        if force_path_style is not None:
+            query["force-path-style"] = "true" if force_path_style else "false"
+        if skip_verify:
+            query["skip-verify"] = "true"
+        base = f"s3://{bucket}/{self.path}" if self.path else f"s3://{bucket}"
+        self.url = base + ("?" + urlencode(query, safe=":/") if query else "")
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.url!r})"
+
+    # -- keys -------------------------------------------------------------
+
+    def level_prefix(self, level: int) -> str:
+        p = f"{level:04x}/"
+        return f"{self.path}/{p}" if self.path else p
+
+    def key_of(self, info: FileInfo) -> str:
+        return self.level_prefix(info.level) + format_filename(info.min_txid, info.max_txid)
+
+    # -- listing ----------------------------------------------------------
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
+        """Files of `level` with min_txid >= `min_txid`, sorted by (min, max).
+
+        Names are fixed-width hex, so key order is TXID order and StartAfter
+        `<min_txid-1>-ffff…` skips every earlier file server-side: polling
+        "from a TXID on" costs one small LIST, not the whole level.
+        """
+        check_level(level)
+        prefix = self.level_prefix(level)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if min_txid > 1:
+            kwargs["StartAfter"] = prefix + format_filename(min_txid - 1, 0xFFFFFFFFFFFFFFFF)
+        out: list[FileInfo] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                **kwargs, PaginationConfig={"PageSize": self.page_size}
+            )
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    name = obj["Key"][len(prefix):]
+                    try:
+                        lo, hi = parse_filename(name)
+                    except LTXError:
+                        continue
+                    if lo < min_txid:
+                        continue
+                    out.append(FileInfo(level, lo, hi, int(obj["Size"]), obj.get("LastModified")))
+        except Exception as e:  # noqa: BLE001 - translated, never swallowed
+            raise self._error(e, "list", prefix) from e
+        out.sort(key=lambda f: (f.min_txid, f.max_txid))
+        return out
+
+    # -- reading ----------------------------------------------------------
+
+    def read(self, info: FileInfo, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes at `offset` by one ranged GET, or StorageError."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset/length ({offset}, {length})")
+        if length == 0:
+            return b""
+        key = self.key_of(info)
+        data = self._get(key, f"bytes={offset}-{offset + length - 1}")
+        if len(data) != length:
+            raise StorageError(
+                f"{info.name}: short read of s3://{self.bucket}/{key}: wanted {length} bytes at "
+                f"offset {offset}, got {len(data)} (object is smaller than expected)"
+            )
+        return data
+
+    def read_all(self, info: FileInfo) -> bytes:
+        """The whole object; StorageError unless it is exactly `info.size` bytes."""
+        key = self.key_of(info)
+        data = self._get(key, None)
+        if len(data) != info.size:
+            raise StorageError(
+                f"{info.name}: s3://{self.bucket}/{key} is {len(data)} bytes, expected {info.size}"
+            )
+        return data
+
+    def _get(self, key: str, range_: str | None) -> bytes:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if range_ is not None:
+            kwargs["Range"] = range_
+        try:
+            resp = self._client.get_object(**kwargs)
+            with closing(resp["Body"]) as body:
+                return body.read()
+        except Exception as e:  # noqa: BLE001 - translated, never swallowed
+            raise self._error(e, "get" if range_ is None else f"get {range_}", key) from e
+
+    # -- errors -----------------------------------------------------------
+
+    def _error(self, e: BaseException, op: str, key: str) -> StorageError:
+        where = f"s3://{self.bucket}/{key}"
+        if isinstance(e, StorageError):
+            return e
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code") or "")
+            status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
+            hint = _HINTS.get(code) or _STATUS_HINTS.get(code) or _STATUS_HINTS.get(status)
+            msg = str(err.get("Message") or "").strip()
+            detail = f"{code or 'HTTP ' + status}: {hint or msg or 'error'}"
+            if hint and msg and msg not in hint:
+                detail += f" ({msg})"
+            return StorageError(f"{where}: {op} failed: {detail}")
+        if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
+            return StorageError(
+                f"{where}: {op} failed: endpoint unreachable ({self.endpoint or 'AWS'}): {e}"
+            )
+        if isinstance(e, (ReadTimeoutError, ConnectionClosedError)):
+            return StorageError(f"{where}: {op} failed: connection to {self.endpoint or 'AWS'} lost: {e}")
+        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+            return StorageError(
+                f"{where}: {op} failed: no usable AWS credentials ({e}); set AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY"
+            )
+        if isinstance(e, BotoCoreError):
+            return StorageError(f"{where}: {op} failed: {e}")
+        return StorageError(f"{where}: {op} failed: {type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        """Drop pooled connections (the client itself needs no explicit close)."""
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            log.debug("closing S3 client failed", exc_info=True)
+
+    def __enter__(self) -> S3Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
