@@ -1,0 +1,515 @@
+"""Typed Python face of the C core (lsvfs._core, built from csrc/).
+
+The C side does the byte work (LZ4 blocks, CRC-64, index varints, frames,
+the copy-on-write page table) with every access bounds-checked; this module
+turns its status codes into `LTXError`s whose reason names the page or
+index entry that failed, so a bad byte is never served as data.
+
+Inputs are passed to C without copying (bytes directly, other buffers via
+`ffi.from_buffer`); outputs are written into uninitialised C memory and
+copied out once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Union, overload
+
+from ._core import ffi, lib
+from .errors import LTXError
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+__all__ = [
+    "CHECKSUM_FLAG", "LegacyFrame", "IndexEntries", "PageTable", "Buffer",
+    "crc64", "page_checksum", "pages_checksum_xor", "lock_pgno", "strerror",
+    "lz4_block_decode", "locate_index", "decode_index", "decode_frame",
+    "decode_frames", "decode_file",
+]
+
+CHECKSUM_FLAG: int = lib.LSVFS_CHECKSUM_FLAG
+"""Bit 63, set on every stored LTX checksum."""
+
+OK = lib.LSVFS_OK
+ETRUNCATED = lib.LSVFS_ETRUNCATED
+ECORRUPT = lib.LSVFS_ECORRUPT
+EPGNO = lib.LSVFS_EPGNO
+EFLAGS = lib.LSVFS_EFLAGS
+ESIZE = lib.LSVFS_ESIZE
+ENOMEM = lib.LSVFS_ENOMEM
+ERANGE = lib.LSVFS_ERANGE
+ENOTFOUND = lib.LSVFS_ENOTFOUND
+ELEGACY = lib.LSVFS_ELEGACY
+EORDER = lib.LSVFS_EORDER
+
+HEADER_SIZE = 100
+FRAME_HEADER_SIZE = 6
+FRAME_PREFIX = 10  # frame header + u32 compressed size
+
+# Output buffers are fully overwritten by C before anyone reads them, so
+# skip the zero fill.
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+class LegacyFrame(LTXError):
+    """The frame holds a legacy LZ4 *frame* payload (flags 0), not a block.
+
+    Raised instead of returning data so callers (lsvfs/ltx.py) fall back to
+    `lz4.frame` explicitly; the pgno has already been checked.
+    """
+
+
+def strerror(status: int) -> str:
+    """The C core's name for a status code."""
+    return ffi.string(lib.lsvfs_strerror(status)).decode()
+
+
+def _in(data: Buffer) -> Any:
+    """A C pointer to the bytes of `data` without copying."""
+    if type(data) is bytes:
+        return data
+    return ffi.from_buffer(data)
+
+
+def _nbytes(data: Buffer) -> int:
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
+def _valid_page_size(n: int) -> bool:
+    return 512 <= n <= 65536 and n & (n - 1) == 0
+
+
+def _check_page_size(page_size: int, file: str | None) -> None:
+    if not _valid_page_size(page_size):
+        raise LTXError(f"invalid page size {page_size} (want a power of two in 512..65536)", file)
+
+
+# ---- checksums -----------------------------------------------------------
+
+def crc64(data: Buffer, crc: int = 0) -> int:
+    """CRC-64/ISO exactly as Go's crc64.Update(crc, crc64.MakeTable(crc64.ISO), data)."""
+    return lib.lsvfs_crc64_update(crc, _in(data), _nbytes(data))
+
+
+def page_checksum(pgno: int, page: Buffer) -> int:
+    """CRC-64(pgno as u32 BE || page) with CHECKSUM_FLAG set (LTX page checksum)."""
+    return lib.lsvfs_page_checksum(pgno, _in(page), _nbytes(page))
+
+
+def pages_checksum_xor(first_pgno: int, pages: Buffer, page_size: int) -> int:
+    """XOR of the page checksums of consecutive pages starting at first_pgno.
+
+    The lock page is skipped and the flag is not applied, so results over
+    pieces of a database can be XORed and flagged once at the end.
+    """
+    n = _nbytes(pages)
+    if page_size <= 0 or n % page_size:
+        raise ValueError(f"buffer of {n} bytes is not a whole number of {page_size}-byte pages")
+    return lib.lsvfs_pages_checksum_xor(first_pgno, _in(pages), n // page_size, page_size)
+
+
+def lock_pgno(page_size: int) -> int:
+    """The pgno SQLite never stores: the page holding byte 0x40000000."""
+    return lib.lsvfs_lock_pgno(page_size)
+
+
+# ---- LZ4 -----------------------------------------------------------------
+
+def lz4_block_decode(src: Buffer, page_size: int, file: str | None = None) -> bytes:
+    """Decode one LZ4 block that must expand to exactly `page_size` bytes."""
+    out = _alloc("uint8_t[]", page_size)
+    rc = lib.lsvfs_lz4_decode_exact(_in(src), _nbytes(src), out, page_size)
+    if rc:
+        raise LTXError(_lz4_reason(rc, page_size), file)
+    return ffi.buffer(out)[:]
+
+
+def _lz4_reason(rc: int, page_size: int) -> str:
+    if rc == ETRUNCATED:
+        return "LZ4 block ends in the middle of a sequence"
+    if rc == ESIZE:
+        return f"LZ4 block does not decode to exactly {page_size} bytes"
+    if rc == ECORRUPT:
+        return "LZ4 block is corrupt (bad match offset or no final literals)"
+    return f"LZ4 block rejected: {strerror(rc)}"
+
+
+# ---- page index ----------------------------------------------------------
+
+class IndexEntries(Sequence):
+    """The decoded page index of one LTX file: (pgno, offset, size) triples.
+
+    Backed by a C array so it can go straight to the decode and page-table
+    calls; slicing (step 1) gives a view sharing that array.
+    """
+
+    __slots__ = ("_owner", "_ptr", "_n")
+
+    def __init__(self, owner: Any, n: int, ptr: Any = None) -> None:
+        self._owner = owner  # keeps the C array alive
+        self._ptr = owner if ptr is None else ptr
+        self._n = n
+
+    @classmethod
+    def from_tuples(cls, triples: Iterable[tuple[int, int, int]]) -> IndexEntries:
+        """Build entries from (pgno, offset, size) triples (tests, encoders)."""
+        items = list(triples)
+        arr = _alloc("lsvfs_index_entry[]", max(len(items), 1))
+        for i, (pgno, offset, size) in enumerate(items):
+            e = arr[i]
+            e.pgno, e.offset, e.size = pgno, offset, size
+        return cls(arr, len(items))
+
+    @property
+    def cdata(self) -> Any:
+        """`lsvfs_index_entry *` to the first entry (valid while self lives)."""
+        return self._ptr
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, int, int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> IndexEntries: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[int, int, int] | IndexEntries:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._n)
+            if step != 1:
+                raise ValueError("IndexEntries slices must be contiguous")
+            return IndexEntries(self._owner, max(stop - start, 0), self._ptr + start)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        e = self._ptr[i]
+        return (e.pgno, e.offset, e.size)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        p = self._ptr
+        for i in range(self._n):
+            e = p[i]
+            yield (e.pgno, e.offset, e.size)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (IndexEntries, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(str, list(self[:3])))
+        return f"IndexEntries({self._n} entries: {head}{', ...' if self._n > 3 else ''})"
+
+    @property
+    def pgnos(self) -> list[int]:
+        return [self._ptr[i].pgno for i in range(self._n)]
+
+    @property
+    def offsets(self) -> list[int]:
+        return [self._ptr[i].offset for i in range(self._n)]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self._ptr[i].size for i in range(self._n)]
+
+    def span(self) -> tuple[int, int]:
+        """(offset, length) of the byte range covering all these frames."""
+        if not self._n:
+            return (0, 0)
+        first, last = self._ptr[0], self._ptr[self._n - 1]
+        return (first.offset, last.offset + last.size - first.offset)
+
+
+def locate_index(tail: Buffer, file_size: int, file: str | None = None) -> tuple[int, int]:
+    """(index_offset, index_len) from the last bytes of a file of `file_size`.
+
+    `tail` must be at least the last 24 bytes (index length + trailer); if
+    index_offset < file_size - len(tail), read more tail to get the index.
+    """
+    n = _nbytes(tail)
+    off = ffi.new("uint64_t *")
+    ln = ffi.new("uint64_t *")
+    rc = lib.lsvfs_index_locate(_in(tail), n, file_size, off, ln)
+    if rc:
+        if rc == ERANGE:
+            raise LTXError(f"tail of {n} bytes is longer than the file ({file_size} bytes)", file)
+        if rc == ETRUNCATED:
+            raise LTXError(f"file too short for an index and trailer ({file_size} bytes, tail {n})", file)
+        raise LTXError("page index length in the tail does not fit in the file", file)
+    return int(off[0]), int(ln[0])
+
+
+_INDEX_REASONS = {
+    ETRUNCATED: "ends inside a varint or before the terminating 0",
+    ECORRUPT: "is malformed (overlong varint, overlapping frames, or bytes after the terminating 0)",
+    ERANGE: "has a pgno beyond 32 bits or a frame outside the page block",
+    ESIZE: "has a frame size of 6 bytes or less, or beyond 32 bits",
+    EORDER: "has a pgno not above the previous one",
+}
+
+
+def decode_index(buf: Buffer, index_offset: int, file: str | None = None) -> IndexEntries:
+    """Decode the page index varints (exactly, up to the terminating 0).
+
+    `index_offset` is where `buf` starts in the file; frames must lie in
+    the page block [100, index_offset - 6) without overlapping.
+    """
+    n = _nbytes(buf)
+    cap = n // 3 + 1
+    arr = _alloc("lsvfs_index_entry[]", cap)
+    count = ffi.new("size_t *")
+    rc = lib.lsvfs_index_decode(_in(buf), n, index_offset, arr, cap, count)
+    good = int(count[0])
+    if rc:
+        after = f" (after page {arr[good - 1].pgno})" if good else ""
+        raise LTXError(f"page index entry {good}{after} {_INDEX_REASONS.get(rc, strerror(rc))}", file)
+    if good < cap // 2 and good < cap - 64:
+        # real entries take ~7 bytes, not 3: keep only what is used
+        exact = _alloc("lsvfs_index_entry[]", max(good, 1))
+        ffi.memmove(exact, arr, good * ffi.sizeof("lsvfs_index_entry"))
+        arr = exact
+    return IndexEntries(arr, good)
+
+
+def _as_entries(entries: IndexEntries | Sequence[tuple[int, int, int]]) -> IndexEntries:
+    return entries if isinstance(entries, IndexEntries) else IndexEntries.from_tuples(entries)
+
+
+# ---- frames --------------------------------------------------------------
+
+def _frame_reason(rc: int, frame: Any, frame_len: int, pgno: int, page_size: int,
+                  where: str) -> str:
+    """A sentence naming the page and what is wrong; only on the error path."""
+    mv = memoryview(ffi.buffer(frame, frame_len)) if frame_len else memoryview(b"")
+    if rc == ETRUNCATED:
+        return f"frame for page {pgno}{where} is truncated ({frame_len} bytes)"
+    if rc == EPGNO:
+        got = int.from_bytes(mv[:4], "big")
+        return f"frame{where} carries page {got}, expected page {pgno}"
+    if rc == EFLAGS:
+        flags = int.from_bytes(mv[4:6], "big")
+        return f"frame for page {pgno}{where} has invalid flags 0x{flags:x}"
+    if rc == ESIZE and frame_len >= FRAME_PREFIX:
+        stored = int.from_bytes(mv[6:10], "big")
+        if stored != frame_len - FRAME_PREFIX:
+            return (f"frame for page {pgno}{where} stores compressed size {stored}, "
+                    f"but the frame holds {frame_len - FRAME_PREFIX} bytes")
+    if rc == ERANGE:
+        return f"frame for page {pgno}{where} is outside the bytes given"
+    return f"frame for page {pgno}{where}: {_lz4_reason(rc, page_size)}"
+
+
+def _raise_frame(rc: int, frame: Any, frame_len: int, pgno: int, page_size: int,
+                 where: str, file: str | None) -> None:
+    if rc == ELEGACY:
+        raise LegacyFrame(f"frame for page {pgno}{where} uses a legacy LZ4-frame payload", file)
+    raise LTXError(_frame_reason(rc, frame, frame_len, pgno, page_size, where), file)
+
+
+def decode_frame(frame: Buffer, pgno: int, page_size: int, file: str | None = None) -> bytes:
+    """Decode one frame (from its 6-byte header) to exactly one page.
+
+    Checks the pgno, flags and stored size. Raises LegacyFrame (an
+    LTXError) for a legacy LZ4-frame payload so the caller can use lz4.frame.
+    """
+    if not _valid_page_size(page_size):
+        _check_page_size(page_size, file)
+    if pgno <= 0 or pgno > 0xFFFFFFFF:
+        raise LTXError(f"invalid page number {pgno}", file)
+    n = _nbytes(frame)
+    src = _in(frame)
+    out = _alloc("uint8_t[]", page_size)
+    rc = lib.lsvfs_frame_decode(src, n, pgno, page_size, out)
+    if rc:
+        _raise_frame(rc, ffi.from_buffer(frame), n, pgno, page_size, "", file)
+    return ffi.buffer(out)[:]
+
+
+def decode_frames(buf: Buffer, buf_offset: int,
+                  entries: IndexEntries | Sequence[tuple[int, int, int]],
+                  page_size: int, file: str | None = None) -> list[bytes]:
+    """Decode a run of frames held in `buf` (file bytes from `buf_offset`) in one C call.
+
+    Returns one page per entry, in entry order. Read-ahead fetches the
+    span of adjacent frames once and decodes them together.
+    """
+    _check_page_size(page_size, file)
+    ents = _as_entries(entries)
+    n = len(ents)
+    if n == 0:
+        return []
+    blen = _nbytes(buf)
+    out = _alloc("uint8_t[]", n * page_size)
+    failed = ffi.new("size_t *")
+    rc = lib.lsvfs_frames_decode(_in(buf), blen, buf_offset, ents.cdata, n, page_size, out, failed)
+    if rc:
+        i = int(failed[0])
+        pgno, offset, size = ents[i]
+        where = f" (index entry {i}, offset {offset})"
+        if rc == ERANGE:
+            raise LTXError(f"frame for page {pgno}{where}, {size} bytes, is outside the "
+                           f"buffer [{buf_offset}, {buf_offset + blen})", file)
+        src = ffi.from_buffer(buf)
+        _raise_frame(rc, src + (offset - buf_offset), size, pgno, page_size, where, file)
+    whole = ffi.buffer(out)
+    return [whole[i * page_size:(i + 1) * page_size] for i in range(n)]
+
+
+def decode_file(data: Buffer, entries: IndexEntries | Sequence[tuple[int, int, int]],
+                page_size: int, want_pages: bool = True,
+                file: str | None = None) -> tuple[memoryview | None, int]:
+    """Walk a whole LTX file: decode every frame, compute the file checksum.
+
+    `entries` come from the file's own index. Returns (pages, checksum):
+    pages is len(entries) * page_size bytes in entry order (None unless
+    want_pages); checksum has CHECKSUM_FLAG set and is to be compared with
+    the trailer's file checksum by the caller. Raises LegacyFrame if a frame
+    uses the legacy payload.
+    """
+    _check_page_size(page_size, file)
+    ents = _as_entries(entries)
+    n = len(ents)
+    if want_pages:
+        out = _alloc("uint8_t[]", max(n * page_size, 1))
+        out_pages = n
+    else:
+        out = _alloc("uint8_t[]", page_size)
+        out_pages = 1
+    checksum = ffi.new("uint64_t *")
+    failed = ffi.new("size_t *")
+    dlen = _nbytes(data)
+    rc = lib.lsvfs_file_decode(_in(data), dlen, ents.cdata, n, page_size, out, out_pages,
+                               checksum, failed)
+    if rc:
+        _raise_file(rc, data, dlen, ents, int(failed[0]), page_size, file)
+    pages = memoryview(ffi.buffer(out, n * page_size)) if want_pages else None
+    return pages, int(checksum[0])
+
+
+def _raise_file(rc: int, data: Buffer, dlen: int, ents: IndexEntries, i: int,
+                page_size: int, file: str | None) -> None:
+    n = len(ents)
+    mv = memoryview(data).cast("B")
+    if i >= n:  # not tied to an entry: header or what follows the frames
+        if dlen < HEADER_SIZE:
+            raise LTXError(f"file truncated: {dlen} bytes, header needs {HEADER_SIZE}", file)
+        if bytes(mv[:4]) != b"LTX1":
+            raise LTXError(f"bad magic {bytes(mv[:4])!r}, want b'LTX1'", file)
+        if rc == EFLAGS:
+            raise LTXError(f"invalid header flags 0x{int.from_bytes(mv[4:8], 'big'):x}", file)
+        if rc == ESIZE:
+            raise LTXError(f"header page size {int.from_bytes(mv[8:12], 'big')} is not {page_size}", file)
+        if rc == ETRUNCATED:
+            raise LTXError("file truncated after the last frame (no room for zero page header, "
+                           "index and trailer)", file)
+        raise LTXError("page block is not followed by a 6-byte zero page header and exactly "
+                       "the page index", file)
+    pgno, offset, size = ents[i]
+    where = f" (index entry {i}, offset {offset})"
+    if rc == ECORRUPT and not _frame_ok_position(ents, i):
+        raise LTXError(f"frame for page {pgno}{where} is not where the page block puts it", file)
+    if rc == ETRUNCATED and offset + size > dlen:
+        raise LTXError(f"frame for page {pgno}{where} runs past the end of the file", file)
+    src = ffi.from_buffer(data)
+    _raise_frame(rc, src + offset, size, pgno, page_size, where, file)
+
+
+def _frame_ok_position(ents: IndexEntries, i: int) -> bool:
+    expect = HEADER_SIZE if i == 0 else ents[i - 1][1] + ents[i - 1][2]
+    return ents[i][1] == expect
+
+
+# ---- page table ----------------------------------------------------------
+
+class PageTable:
+    """pgno -> (slot, offset, size) for one snapshot, copy-on-write in C.
+
+    `clone()` is cheap (shares chunks of 1024 entries); `apply`/`truncate`
+    then copy only the chunks they touch. Chunk reference counts are atomic,
+    so tables sharing chunks may be used and freed from different threads;
+    one table must not be mutated from two threads at once.
+    """
+
+    __slots__ = ("_t", "__weakref__")
+
+    def __init__(self, _ptr: Any = None) -> None:
+        if _ptr is None:
+            _ptr = lib.lsvfs_ptable_new()
+        if _ptr == ffi.NULL:
+            raise MemoryError("page table allocation failed")
+        self._t = ffi.gc(_ptr, lib.lsvfs_ptable_free)
+
+    def clone(self) -> PageTable:
+        """A new table with the same entries, sharing every chunk."""
+        return PageTable(lib.lsvfs_ptable_clone(self._t))
+
+    def apply(self, slot: int, entries: IndexEntries | Sequence[tuple[int, int, int]]) -> None:
+        """Point every entry's pgno at (slot, offset, size); slot must be > 0."""
+        if not 0 < slot <= 0xFFFFFFFF:
+            raise ValueError(f"slot must be in 1..2**32-1, not {slot}")
+        ents = _as_entries(entries)
+        rc = lib.lsvfs_ptable_apply(self._t, slot, ents.cdata, len(ents))
+        if rc == ENOMEM:
+            raise MemoryError("page table apply: out of memory")
+        if rc:
+            raise ValueError("page table apply: an entry has pgno 0")
+
+    def truncate(self, commit: int) -> None:
+        """Drop pages past `commit` and make the table exactly `commit` pages long."""
+        rc = lib.lsvfs_ptable_truncate(self._t, commit)
+        if rc == ENOMEM:
+            raise MemoryError("page table truncate: out of memory")
+        if rc:
+            raise ValueError(f"page table truncate to {commit} failed: {strerror(rc)}")
+
+    def get(self, pgno: int) -> tuple[int, int, int] | None:
+        """(slot, offset, size) of the frame holding pgno, or None."""
+        if not 0 < pgno <= 0xFFFFFFFF:
+            return None
+        loc = ffi.new("lsvfs_location *")
+        if lib.lsvfs_ptable_get(self._t, pgno, loc):
+            return None
+        return (loc.slot, loc.offset, loc.size)
+
+    def get_range(self, first: int, n: int) -> list[tuple[int, int, int] | None]:
+        """get() for pgnos first..first+n-1 in one C call."""
+        if n <= 0:
+            return []
+        out = _alloc("lsvfs_location[]", n)
+        rc = lib.lsvfs_ptable_get_range(self._t, first, n, out)
+        if rc:
+            raise ValueError(f"page range {first}+{n} outside 1..2**32-1")
+        res: list[tuple[int, int, int] | None] = []
+        for i in range(n):
+            loc = out[i]
+            res.append((loc.slot, loc.offset, loc.size) if loc.slot else None)
+        return res
+
+    @property
+    def max_pgno(self) -> int:
+        """Table size in pages (the commit after the last truncate)."""
+        return lib.lsvfs_ptable_max_pgno(self._t)
+
+    @property
+    def count(self) -> int:
+        """Number of pgnos with an entry."""
+        return lib.lsvfs_ptable_count(self._t)
+
+    @property
+    def memory(self) -> int:
+        """Bytes this table references, shared chunks included."""
+        return lib.lsvfs_ptable_memory(self._t)
+
+    @property
+    def unique_memory(self) -> int:
+        """Bytes of chunks no other table shares: what this table costs on its own."""
+        return lib.lsvfs_ptable_unique_memory(self._t)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"PageTable(max_pgno={self.max_pgno}, count={self.count}, memory={self.memory})"
