@@ -1,5 +1,13 @@
-"""lsvfs: SQLite straight out of Litestream replicas."""
+"""lsvfs: SQLite straight out of Litestream replicas, live, with no restore."""
 
-from .errors import ChecksumError, GapError, LsvfsError, LTXError, ReplicaError, StorageError, URLError
+from .errors import (ChecksumError, GapError, LsvfsError, LTXError, MissingFileError, ReplicaError,
+                     StorageError, URLError)
+from .replica import open_replicas
+from .restore import RestoreResult, VerifyReport, restore, verify
+from .vfs import connect, register
 
-__all__ = ["ChecksumError", "GapError", "LsvfsError", "LTXError", "ReplicaError", "StorageError", "URLError"]
+__all__ = [
+    "ChecksumError", "GapError", "LsvfsError", "LTXError", "MissingFileError", "ReplicaError",
+    "StorageError", "URLError", "RestoreResult", "VerifyReport", "connect", "open_replicas", "register",
+    "restore", "verify",
+]

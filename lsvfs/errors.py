@@ -41,3 +41,7 @@ class StorageError(LsvfsError):
 
 class URLError(LsvfsError, ValueError):
     """A replica URL that lsvfs cannot use."""
+
+
+class MissingFileError(StorageError):
+    """An LTX file is gone from storage (deleted by retention or never there)."""

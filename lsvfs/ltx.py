@@ -1,0 +1,257 @@
+"""LTX version 3: header and trailer types, whole-file decode, and an encoder.
+
+The C core does the byte-level work (LZ4, CRC-64, index varints); this module
+holds the format's rules and the one place where a whole file is proven by
+its CRC-64.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import lz4.block
+import lz4.frame
+
+from . import core
+from .errors import ChecksumError, LTXError
+from .storage.base import format_filename, parse_filename
+
+MAGIC = b"LTX1"
+HEADER_SIZE = 100
+TRAILER_SIZE = 16
+FRAME_HEADER_SIZE = 6
+FLAG_NO_CHECKSUM = 0x2
+FRAME_FLAG_LZ4_BLOCK = 0x1
+CHECKSUM_FLAG = core.CHECKSUM_FLAG
+
+_HEADER = struct.Struct(">4sIIIQQqQqqIIQ20x")
+_TRAILER = struct.Struct(">QQ")
+_U64 = struct.Struct(">Q")
+_FRAME_HDR = struct.Struct(">IH")
+
+__all__ = [
+    "Header", "Trailer", "DecodedFile", "decode", "encode", "lock_pgno",
+    "format_filename", "parse_filename", "HEADER_SIZE", "TRAILER_SIZE",
+]
+
+
+def lock_pgno(page_size: int) -> int:
+    return core.lock_pgno(page_size)
+
+
+def valid_page_size(n: int) -> bool:
+    return 512 <= n <= 65536 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class Header:
+    flags: int
+    page_size: int
+    commit: int
+    min_txid: int
+    max_txid: int
+    timestamp: int
+    pre_apply_checksum: int = 0
+    wal_offset: int = 0
+    wal_size: int = 0
+    wal_salt1: int = 0
+    wal_salt2: int = 0
+    node_id: int = 0
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.min_txid == 1
+
+    @property
+    def has_checksums(self) -> bool:
+        """False for files written with NoChecksum (Litestream 0.5 does this)."""
+        return not self.flags & FLAG_NO_CHECKSUM
+
+    @classmethod
+    def decode(cls, data: bytes, file: str | None = None) -> Header:
+        if len(data) < HEADER_SIZE:
+            raise LTXError(f"header truncated: {len(data)} of {HEADER_SIZE} bytes", file)
+        magic, *fields = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise LTXError(f"bad magic {magic!r}, want {MAGIC!r}", file)
+        hdr = cls(*fields)
+        hdr.validate(file)
+        return hdr
+
+    def validate(self, file: str | None = None) -> None:
+        if self.flags & ~FLAG_NO_CHECKSUM:
+            raise LTXError(f"unknown header flags 0x{self.flags:x}", file)
+        if not valid_page_size(self.page_size):
+            raise LTXError(f"invalid page size {self.page_size}", file)
+        if self.min_txid < 1 or self.max_txid < self.min_txid:
+            raise LTXError(f"invalid TXID range {self.min_txid:016x}-{self.max_txid:016x}", file)
+        if self.wal_offset < 0 or self.wal_size < 0:
+            raise LTXError("negative WAL offset or size", file)
+        if self.is_snapshot and self.pre_apply_checksum:
+            raise LTXError("snapshot carries a pre-apply checksum", file)
+        if self.has_checksums and not self.is_snapshot and not self.pre_apply_checksum & CHECKSUM_FLAG:
+            raise LTXError("pre-apply checksum missing its flag bit", file)
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(
+            MAGIC, self.flags, self.page_size, self.commit, self.min_txid, self.max_txid,
+            self.timestamp, self.pre_apply_checksum, self.wal_offset, self.wal_size,
+            self.wal_salt1, self.wal_salt2, self.node_id,
+        )
+
+
+@dataclass(frozen=True)
+class Trailer:
+    post_apply_checksum: int
+    file_checksum: int
+
+    @classmethod
+    def decode(cls, data: bytes, header: Header, file: str | None = None) -> Trailer:
+        if len(data) < TRAILER_SIZE:
+            raise LTXError("trailer truncated", file)
+        post, fcs = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
+        if not fcs & CHECKSUM_FLAG:
+            raise LTXError("file checksum missing its flag bit", file)
+        if header.has_checksums and not post & CHECKSUM_FLAG:
+            raise LTXError("post-apply checksum missing its flag bit", file)
+        return cls(post, fcs)
+
+
+@dataclass
+class DecodedFile:
+    """A whole LTX file, decoded and verified."""
+
+    header: Header
+    trailer: Trailer
+    entries: core.IndexEntries
+    pages: memoryview = field(repr=False)  # len(entries) * page_size bytes, in pgno order
+
+    def page(self, i: int) -> memoryview:
+        ps = self.header.page_size
+        return self.pages[i * ps:(i + 1) * ps]
+
+    def items(self) -> list[tuple[int, memoryview]]:
+        return [(pgno, self.page(i)) for i, (pgno, _, _) in enumerate(self.entries)]
+
+
+def index_bounds(data_tail: bytes, file_size: int, file: str | None = None) -> tuple[int, int]:
+    """(offset, length) of the page index, from the tail of a file."""
+    return core.locate_index(data_tail, file_size, file=file)
+
+
+def decode(data: bytes, file: str | None = None, *, want_pages: bool = True) -> DecodedFile:
+    """Decode a whole file, proving it with the file CRC-64; LTXError otherwise."""
+    header = Header.decode(data, file)
+    if len(data) < HEADER_SIZE + FRAME_HEADER_SIZE + 9 + TRAILER_SIZE:
+        raise LTXError(f"file truncated: {len(data)} bytes", file)
+    trailer = Trailer.decode(data, header, file)
+    idx_off, idx_len = core.locate_index(data, len(data), file=file)
+    entries = core.decode_index(data[idx_off:idx_off + idx_len], idx_off, file=file)
+    try:
+        pages, checksum = core.decode_file(data, entries, header.page_size, want_pages=want_pages, file=file)
+    except core.LegacyFrame:
+        pages, checksum = _decode_legacy(data, entries, header.page_size, file)
+    if checksum != trailer.file_checksum:
+        raise ChecksumError(
+            f"file checksum mismatch: computed {checksum:016x}, stored {trailer.file_checksum:016x}", file)
+    return DecodedFile(header, trailer, entries, memoryview(pages) if pages is not None else memoryview(b""))
+
+
+def _decode_legacy(data: bytes, entries: core.IndexEntries, page_size: int,
+                   file: str | None) -> tuple[bytes, int]:
+    """Files written before the LZ4-block flag hold an LZ4 frame per page."""
+    crc = core.crc64(data[:HEADER_SIZE])
+    out = bytearray()
+    pos = HEADER_SIZE
+    for pgno, offset, size in entries:
+        if offset != pos:
+            raise LTXError(f"page {pgno}: frame at {offset}, page block has it at {pos}", file)
+        frame = data[offset:offset + size]
+        page = decode_frame(frame, pgno, page_size, file)
+        hdr_len = FRAME_HEADER_SIZE + (4 if frame[5] & FRAME_FLAG_LZ4_BLOCK else 0)
+        crc = core.crc64(frame[:hdr_len], crc)
+        crc = core.crc64(page, crc)
+        out += page
+        pos += size
+    end = len(data) - 8
+    if data[pos:pos + FRAME_HEADER_SIZE] != bytes(FRAME_HEADER_SIZE):
+        raise LTXError("page block not ended by a zero page header", file)
+    crc = core.crc64(data[pos:end], crc)
+    return bytes(out), crc | CHECKSUM_FLAG
+
+
+def decode_frame(frame: bytes, pgno: int, page_size: int, file: str | None = None) -> bytes:
+    """One frame to one page; legacy LZ4-frame payloads are handled here."""
+    try:
+        return core.decode_frame(frame, pgno, page_size, file=file)
+    except core.LegacyFrame:
+        pass
+    try:
+        page = lz4.frame.decompress(frame[FRAME_HEADER_SIZE:])
+    except RuntimeError as exc:
+        raise LTXError(f"page {pgno}: corrupt LZ4 frame: {exc}", file) from None
+    if len(page) != page_size:
+        raise LTXError(f"page {pgno}: decoded {len(page)} bytes, want {page_size}", file)
+    return page
+
+
+def encode(header: Header, pages: list[tuple[int, bytes]], *, post_apply_checksum: int = 0,
+           legacy_frames: bool = False) -> bytes:
+    """Write a valid version-3 file; `pages` are (pgno, page) in any order.
+
+    The lock page is never stored. Used to make replicas lsvfs and the Go VFS
+    both read, and to craft precise fixtures in tests.
+    """
+    header.validate()
+    ps = header.page_size
+    lock = lock_pgno(ps)
+    out = bytearray(header.encode())
+    crc = core.crc64(out)
+    index: list[tuple[int, int, int]] = []
+    last = 0
+    for pgno, page in sorted(pages, key=lambda p: p[0]):
+        if pgno <= last or pgno == lock:
+            raise LTXError(f"page {pgno}: duplicate, unsorted or the lock page")
+        if len(page) != ps:
+            raise LTXError(f"page {pgno}: {len(page)} bytes, want {ps}")
+        last = pgno
+        offset = len(out)
+        if legacy_frames:
+            fhdr = _FRAME_HDR.pack(pgno, 0)
+            payload = lz4.frame.compress(bytes(page))
+        else:
+            payload = lz4.block.compress(bytes(page), store_size=False)
+            fhdr = _FRAME_HDR.pack(pgno, FRAME_FLAG_LZ4_BLOCK) + struct.pack(">I", len(payload))
+        crc = core.crc64(page, core.crc64(fhdr, crc))
+        out += fhdr
+        out += payload
+        index.append((pgno, offset, len(out) - offset))
+    tail = bytearray(FRAME_HEADER_SIZE)
+    varints = bytearray()
+    for triple in index:
+        for v in triple:
+            varints += _uvarint(v)
+    varints += b"\x00"
+    tail += varints
+    tail += _U64.pack(len(varints))
+    tail += _U64.pack(post_apply_checksum)
+    crc = core.crc64(tail, crc) | CHECKSUM_FLAG
+    out += tail
+    out += _U64.pack(crc)
+    return bytes(out)
+
+
+def _uvarint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def database_checksum(pages: bytes | memoryview, page_size: int) -> int:
+    """Rolling checksum of a whole database image (pgno 1 first)."""
+    n = len(pages) // page_size
+    return core.pages_checksum_xor(1, pages, page_size) | CHECKSUM_FLAG if n else CHECKSUM_FLAG

@@ -1,0 +1,112 @@
+"""Replica options, from keywords, URI parameters or the environment.
+
+Precedence, highest first: a keyword to `connect()` or a URI parameter
+(`connect()` turns keywords into URI parameters), then the `LSVFS_*`
+environment variable, then the default. Options belong to the shared
+Replica, so the first connection to a URL sets them for all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+VERIFY_MODES = ("frames", "files")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from 1.5, '1.5', '250ms', '2s', '1m'."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", str(text))
+        if not m:
+            raise ValueError(f"not a duration: {text!r} (e.g. 1.5, 250ms, 2s)")
+        value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if value < 0:
+        raise ValueError(f"duration must not be negative: {text!r}")
+    return value
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from 1048576, '64MiB', '64MB', '512k'."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*([kmg]i?b?|b)?\s*", str(text), re.IGNORECASE)
+        if not m:
+            raise ValueError(f"not a size: {text!r} (e.g. 67108864, 64MiB)")
+        unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")
+        value = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    if value < 0:
+        raise ValueError(f"size must not be negative: {text!r}")
+    return value
+
+
+def parse_verify(text: str) -> str:
+    mode = str(text).strip().lower()
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {text!r}")
+    return mode
+
+
+def _positive_int(text: str | int) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must not be negative: {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Options:
+    poll_interval: float = 1.0
+    """Seconds between polls for new LTX files."""
+    cache_size: int = 64 << 20
+    """Bytes of decoded pages kept per replica."""
+    open_timeout: float = 0.0
+    """Seconds an empty replica is waited on at open before failing."""
+    verify: str = "frames"
+    """'frames': structural checks on every frame; 'files': whole-file CRC-64 before serving."""
+    read_retries: int = 4
+    """Retries of a failed storage read before the query fails."""
+    readahead: int = 64
+    """Most pages fetched in one request when access is sequential."""
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "poll_interval": parse_duration,
+    "cache_size": parse_size,
+    "open_timeout": parse_duration,
+    "verify": parse_verify,
+    "read_retries": _positive_int,
+    "readahead": _positive_int,
+}
+NAMES = tuple(f.name for f in fields(Options))
+
+
+def env_name(option: str) -> str:
+    return "LSVFS_" + option.upper()
+
+
+def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
+    """Options from explicit values (keywords/URI) over the environment over defaults."""
+    environ = os.environ if environ is None else environ
+    unknown = set(given) - set(NAMES)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(NAMES)}")
+    values: dict[str, Any] = {}
+    for name in NAMES:
+        raw = given.get(name)
+        source = name
+        if raw is None and env_name(name) in environ:
+            raw, source = environ[env_name(name)], env_name(name)
+        if raw is None:
+            continue
+        try:
+            values[name] = _PARSERS[name](raw)
+        except ValueError as exc:
+            raise ValueError(f"option {source}: {exc}") from None
+    return Options(**values)

@@ -1,0 +1,113 @@
+"""Which LTX files, in which order, rebuild the database at a target.
+
+One greedy rule serves every level layout Litestream leaves behind: start at
+TXID 0 and repeatedly take the file, from any level, that starts at or before
+current+1 and reaches furthest. Snapshots (min_txid 1) and compactions are
+just files that reach far; L0 files deleted by retention are covered by the
+higher level that compacted them.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .errors import GapError, ReplicaError
+from .storage.base import LEVELS, FileInfo, StorageClient
+from .timeutil import format_time
+
+
+@dataclass(frozen=True)
+class Target:
+    """Restore target: latest (both None), a TXID, or a time (ms since epoch)."""
+
+    txid: int | None = None
+    timestamp_ms: int | None = None
+
+
+def list_all(storage: StorageClient, min_txid: int = 0) -> list[FileInfo]:
+    """Every LTX file of every level, listed in parallel."""
+    with ThreadPoolExecutor(max_workers=len(LEVELS)) as pool:
+        per_level = list(pool.map(lambda lvl: storage.list_files(lvl, min_txid), LEVELS))
+    return [f for files in per_level for f in files]
+
+
+def extend(files: list[FileInfo], start: int) -> list[FileInfo]:
+    """The chain of files that carries the state at `start` furthest.
+
+    Among candidates reaching equally far, the higher level wins: it is the
+    one fewer requests and the one L0 retention will not delete next.
+    """
+    by_reach = sorted(files, key=lambda f: (f.min_txid, -f.max_txid, -f.level))
+    chain: list[FileInfo] = []
+    cur = start
+    i = 0
+    best: FileInfo | None = None
+    while True:
+        while i < len(by_reach) and by_reach[i].min_txid <= cur + 1:
+            f = by_reach[i]
+            if f.max_txid > cur and (best is None or (f.max_txid, f.level) > (best.max_txid, best.level)):
+                best = f
+            i += 1
+        if best is None:
+            return chain
+        chain.append(best)
+        cur = best.max_txid
+        best = None
+
+
+def build(files: list[FileInfo], target: Target = Target()) -> list[FileInfo]:
+    """The restore plan for `target`; ReplicaError/GapError if none exists.
+
+    A timestamp target must already be reflected in `files` (pass only files
+    whose header timestamp is at or before it): that needs header reads,
+    which `plan_for` does.
+    """
+    usable = files if target.txid is None else [f for f in files if f.max_txid <= target.txid]
+    if not files:
+        raise ReplicaError("replica is empty: no LTX files found")
+    chain = extend(usable, 0)
+    if not chain:
+        first = min(files, key=lambda f: f.min_txid)
+        if target.txid is not None and target.txid < first.min_txid:
+            raise ReplicaError(f"TXID {target.txid:016x} is older than the replica, which starts at "
+                               f"{first.min_txid:016x}")
+        raise GapError(0, first.min_txid, "no snapshot: nothing starts at TXID 1")
+    end = chain[-1].max_txid
+    beyond = [f for f in usable if f.min_txid > end + 1]
+    if target.txid is not None and end != target.txid:
+        if beyond:
+            raise GapError(end, min(f.min_txid for f in beyond), f"cannot reach TXID {target.txid:016x}")
+        newest = max(f.max_txid for f in files)
+        if target.txid > newest:
+            raise ReplicaError(f"TXID {target.txid:016x} is newer than the replica's newest, {newest:016x}")
+        ends = sorted({f.max_txid for f in files})
+        near = [t for t in ends if t != end and abs(t - target.txid) <= 3 * max(1, abs(end - target.txid))][:5]
+        hint = f"; restorable TXIDs near it include {', '.join(f'{t:016x}' for t in [end, *near])}"
+        raise ReplicaError(f"TXID {target.txid:016x} is not a restorable point in this replica "
+                           f"(it lies inside a compacted file or beyond the newest){hint}")
+    if target.txid is None and beyond:
+        raise GapError(end, min(f.min_txid for f in beyond))
+    return chain
+
+
+def plan_for(storage: StorageClient, target: Target = Target(),
+             files: list[FileInfo] | None = None) -> list[FileInfo]:
+    """List the replica (unless given) and plan; handles timestamp targets."""
+    files = list_all(storage) if files is None else files
+    if target.timestamp_ms is None:
+        return build(files, target)
+    from .ltx import HEADER_SIZE, Header
+
+    def stamp(f: FileInfo) -> int:
+        return Header.decode(storage.read(f, 0, HEADER_SIZE), f.name).timestamp
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        stamps = list(pool.map(stamp, files))
+    usable = [f for f, ts in zip(files, stamps) if ts <= target.timestamp_ms]
+    if not usable and files:
+        oldest = min(stamps)
+        raise ReplicaError(f"no state at or before {format_time(target.timestamp_ms)}: the oldest file is "
+                           f"from {format_time(oldest)}")
+    return build(usable, Target())
+

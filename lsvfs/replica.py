@@ -1,0 +1,434 @@
+"""One Replica per URL per process: snapshots, the poller, and page reads.
+
+Every connection to a URL shares its Replica: one poller, one page table, one
+cache. Each poll that finds new files publishes a new immutable Snapshot;
+a read transaction pins one, so it sees exactly one TXID with nothing to
+merge and nothing to race on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from . import core, ltx
+from .cache import FrameCache, Key
+from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
+from .options import Options
+from .plan import Target, extend, list_all, plan_for
+from .storage import open_storage
+from .storage.base import FileInfo, StorageClient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TAIL_READ = 64 << 10
+"""Bytes read from a file's end to find its index; files this small are read whole."""
+FULL_SCAN_EVERY = 10
+"""Polls between listings of every level even when L0 shows nothing new."""
+HISTORIC_SNAPSHOTS = 4
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The database at one TXID: immutable, shareable across threads."""
+
+    txid: int
+    commit: int
+    page_size: int
+    timestamp_ms: int
+    table: core.PageTable
+
+    @property
+    def size(self) -> int:
+        return self.commit * self.page_size
+
+    @property
+    def change_counter(self) -> int:
+        """Served in page 1: equal TXIDs have equal bytes, so SQLite's cache survives."""
+        return self.txid & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class _Index:
+    header: ltx.Header
+    entries: core.IndexEntries
+
+
+class Replica:
+    """A live view of one replica URL."""
+
+    def __init__(self, url: str, options: Options, storage: StorageClient | None = None) -> None:
+        self.url = url
+        self.options = options
+        self.storage = storage if storage is not None else open_storage(url)
+        self.cache = FrameCache(options.cache_size)
+        self._files: list[FileInfo | None] = [None]  # slot -> file; slot 0 means "no entry"
+        self._slots: dict[FileInfo, int] = {}
+        self._lock = threading.Lock()
+        self._current: Snapshot | None = None
+        self._historic: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+        self._historic_lock = threading.Lock()
+        self._rebased: dict[int, Future[Snapshot]] = {}
+        self._verified: dict[int, Future[str]] = {}
+        self._verified_dir: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lsvfs-index")
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.refs = 0
+        self.last_poll_ok: float | None = None  # time.monotonic() of the last good poll
+        self.poll_count = 0
+        self.poll_errors = 0
+        self._since_full_scan = 0
+        self._last_gap: tuple[int, int] | None = None
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def open(self) -> None:
+        """Build the first snapshot, waiting up to open_timeout for a first file."""
+        deadline = time.monotonic() + self.options.open_timeout
+        while True:
+            files = list_all(self.storage)
+            if files:
+                break
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {self.options.open_timeout:g}s" if self.options.open_timeout else ""
+                raise ReplicaError(f"replica {self.url} is empty: no LTX files{waited}")
+            time.sleep(min(0.1, max(self.options.poll_interval, 0.01)))
+        chain = plan_for(self.storage, Target(), files)
+        self._current = self._build(None, chain)
+        self.last_poll_ok = time.monotonic()
+        log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.url,
+                 self._current.txid, self._current.commit, self._current.page_size, len(chain))
+
+    def start_polling(self) -> None:
+        if self._poller is None and self.options.poll_interval > 0:
+            self._poller = threading.Thread(target=self._poll_loop, name=f"lsvfs-poll {self.url}", daemon=True)
+            self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(timeout=30)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.storage.close()
+        if self._verified_dir:
+            shutil.rmtree(self._verified_dir, ignore_errors=True)
+
+    # ---- snapshots --------------------------------------------------------
+
+    def current(self) -> Snapshot:
+        snap = self._current
+        if snap is None:
+            raise ReplicaError(f"replica {self.url} is not open")
+        return snap
+
+    def snapshot_at(self, txid: int | None = None, timestamp_ms: int | None = None) -> Snapshot:
+        """The database at exactly `txid`, or at the latest state not after `timestamp_ms`."""
+        cur = self.current()
+        if txid is not None and txid == cur.txid:
+            return cur
+        key = ("txid", txid) if txid is not None else ("time", timestamp_ms)
+        with self._historic_lock:
+            snap = self._historic.get(key)  # type: ignore[arg-type]
+            if snap is not None:
+                self._historic.move_to_end(key)  # type: ignore[arg-type]
+                return snap
+        chain = plan_for(self.storage, Target(txid, timestamp_ms))
+        snap = self._build(None, chain)
+        with self._historic_lock:
+            self._historic[key] = snap  # type: ignore[index]
+            while len(self._historic) > HISTORIC_SNAPSHOTS:
+                self._historic.popitem(last=False)
+        return snap
+
+    def _slot(self, f: FileInfo) -> int:
+        with self._lock:
+            slot = self._slots.get(f)
+            if slot is None:
+                slot = self._slots[f] = len(self._files)
+                self._files.append(f)
+            return slot
+
+    def file(self, slot: int) -> FileInfo:
+        f = self._files[slot]
+        assert f is not None
+        return f
+
+    def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
+        """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
+        indexes = list(self._pool.map(lambda f: self._retry(lambda: self._load_index(f), f.name), chain))
+        table = base.table.clone() if base is not None else core.PageTable()
+        page_size = base.page_size if base is not None else indexes[0].header.page_size
+        for f, idx in zip(chain, indexes):
+            if idx.header.page_size != page_size:
+                raise LTXError(f"page size {idx.header.page_size} differs from the replica's {page_size}", f.name)
+            table.apply(self._slot(f), idx.entries)
+            table.truncate(idx.header.commit)
+        last = indexes[-1].header
+        return Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table)
+
+    def _load_index(self, f: FileInfo) -> _Index:
+        """Header and page index of one file; small files are read whole, proven
+        by their CRC-64, and their pages go straight into the cache."""
+        if f.size <= TAIL_READ or self.options.verify == "files":
+            data = self.storage.read_all(f)
+            decoded = ltx.decode(data, f.name)
+            self._check_name(f, decoded.header)
+            slot = self._slot(f)
+            if f.size <= TAIL_READ:
+                for i, (_, offset, _) in enumerate(decoded.entries):
+                    self.cache.put((slot, offset), bytes(decoded.page(i)))
+            if self.options.verify == "files":
+                self._keep_verified(slot, data)
+            return _Index(decoded.header, decoded.entries)
+        header = ltx.Header.decode(self.storage.read(f, 0, ltx.HEADER_SIZE), f.name)
+        self._check_name(f, header)
+        tail_start = f.size - TAIL_READ
+        tail = self.storage.read(f, tail_start, TAIL_READ)
+        idx_off, idx_len = core.locate_index(tail, f.size, file=f.name)
+        if idx_off < tail_start:
+            tail = self.storage.read(f, idx_off, f.size - idx_off)
+            tail_start = idx_off
+        rel = idx_off - tail_start
+        entries = core.decode_index(tail[rel:rel + idx_len], idx_off, file=f.name)
+        return _Index(header, entries)
+
+    @staticmethod
+    def _check_name(f: FileInfo, header: ltx.Header) -> None:
+        if (header.min_txid, header.max_txid) != (f.min_txid, f.max_txid):
+            raise LTXError(f"header TXIDs {header.min_txid:016x}-{header.max_txid:016x} disagree with "
+                           "the file name", f.name)
+
+    # ---- polling ----------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.options.poll_interval):
+            self.poll()
+
+    def poll(self) -> bool:
+        """One poll; True if a new snapshot was published. Never raises."""
+        self.poll_count += 1
+        try:
+            advanced = self._poll()
+        except LsvfsError as exc:
+            self.poll_errors += 1
+            log.warning("poll of %s failed (staying at TXID %016x): %s", self.url, self.current().txid, exc)
+            return False
+        self.last_poll_ok = time.monotonic()
+        return advanced
+
+    def _poll(self) -> bool:
+        cur = self.current()
+        l0 = self.storage.list_files(0, cur.txid + 1)
+        chain = extend(l0, cur.txid)
+        self._since_full_scan += 1
+        reached = chain[-1].max_txid if chain else cur.txid
+        if any(f.min_txid > reached + 1 for f in l0) or (not chain and self._since_full_scan >= FULL_SCAN_EVERY):
+            # L0 has a gap (retention deleted files a compaction covers) or we
+            # have not looked higher in a while: plan across every level.
+            self._since_full_scan = 0
+            files = list_all(self.storage)
+            chain = extend(files, cur.txid)
+            reached = chain[-1].max_txid if chain else cur.txid
+            beyond = [f.min_txid for f in files if f.min_txid > reached + 1]
+            if beyond:
+                gap = (reached, min(beyond))
+                if gap != self._last_gap:
+                    log.warning("%s: %s; serving TXID %016x until it is filled", self.url,
+                                GapError(*gap), reached if chain else cur.txid)
+                self._last_gap = gap
+        if not chain:
+            return False
+        new = self._build(cur, chain)
+        with self._lock:
+            self._current = new
+        self._last_gap = None
+        log.debug("%s: TXID %016x -> %016x", self.url, cur.txid, new.txid)
+        return True
+
+    def lag(self) -> float:
+        """Seconds since the last successful poll (or open); -1 before one."""
+        return -1.0 if self.last_poll_ok is None else time.monotonic() - self.last_poll_ok
+
+    # ---- page reads -------------------------------------------------------
+
+    def read_page(self, snap: Snapshot, pgno: int, readahead: int = 1) -> bytes:
+        """Page `pgno` of `snap`, verified; up to `readahead` following pages of
+        the same file are fetched in the same request and cached."""
+        loc = snap.table.get(pgno)
+        if loc is None:
+            if pgno == ltx.lock_pgno(snap.page_size):
+                return bytes(snap.page_size)
+            raise LTXError(f"page {pgno} of TXID {snap.txid:016x} is in no LTX file (commit {snap.commit})")
+        slot, offset, _ = loc
+        try:
+            return self.cache.get_or_load((slot, offset), lambda: self._fetch_run(snap, pgno, readahead))
+        except MissingFileError:
+            # Retention removed a file this snapshot points at; the same TXID
+            # rebuilt from the files that compacted it has the same bytes.
+            alt = self._rebased_snapshot(snap.txid)
+            if alt is snap:
+                raise
+            return self.read_page(alt, pgno, readahead)
+
+    def _fetch_run(self, snap: Snapshot, pgno: int, readahead: int) -> dict[Key, bytes]:
+        locs = snap.table.get_range(pgno, max(1, min(readahead, snap.commit - pgno + 1)))
+        assert locs[0] is not None
+        slot, offset, size = locs[0]
+        run = [(pgno, offset, size)]
+        for i, loc in enumerate(locs[1:], start=1):
+            prev = run[-1]
+            if loc is None or loc[0] != slot or loc[1] != prev[1] + prev[2] or (slot, loc[1]) in self.cache:
+                break
+            run.append((pgno + i, loc[1], loc[2]))
+        f = self.file(slot)
+        length = run[-1][1] + run[-1][2] - offset
+        if self.options.verify == "files":
+            path = self._verified_path(slot)
+
+            def read() -> bytes:
+                with open(path, "rb") as fh:
+                    return os.pread(fh.fileno(), length, offset)
+        else:
+            def read() -> bytes:
+                return self.storage.read(f, offset, length)
+
+        def fetch() -> list[bytes]:
+            return core.decode_frames(read(), offset, run, snap.page_size, file=f.name)
+
+        pages = self._retry(fetch, f.name)
+        return {(slot, off): page for (_, off, _), page in zip(run, pages)}
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """Run `fn`, retrying storage errors and bad bytes with bounded backoff.
+
+        A corrupt frame is refetched too: a truncated or mangled response is
+        far likelier than a corrupt object, and a persistent fault still fails.
+        """
+        delay = 0.02
+        for attempt in range(self.options.read_retries + 1):
+            try:
+                return fn()
+            except MissingFileError:
+                raise
+            except (StorageError, LTXError) as exc:
+                if attempt == self.options.read_retries or self._stop.is_set():
+                    raise
+                log.info("%s: %s; retry %d in %.2fs", what, exc, attempt + 1, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    def _rebased_snapshot(self, txid: int) -> Snapshot:
+        with self._lock:
+            fut = self._rebased.get(txid)
+            owner = fut is None
+            if owner:
+                fut = self._rebased[txid] = Future()
+        assert fut is not None
+        if owner:
+            try:
+                snap = self._build(None, plan_for(self.storage, Target(txid)))
+                fut.set_result(snap)
+                with self._lock:
+                    if self._current is not None and self._current.txid == txid:
+                        self._current = snap
+            except BaseException as exc:
+                fut.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._rebased.pop(txid, None)
+        return fut.result()
+
+    # ---- whole-file verification ("files" mode) ---------------------------
+
+    def _keep_verified(self, slot: int, data: bytes) -> str:
+        with self._lock:
+            if self._verified_dir is None:
+                self._verified_dir = tempfile.mkdtemp(prefix="lsvfs-verified-")
+        path = os.path.join(self._verified_dir, f"{slot}.ltx")
+        tmp = f"{path}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        with self._lock:
+            fut = self._verified.setdefault(slot, Future())
+        if not fut.done():
+            fut.set_result(path)
+        return path
+
+    def _verified_path(self, slot: int) -> str:
+        """Local copy of a file whose CRC-64 has been checked; fetched on first use."""
+        with self._lock:
+            fut = self._verified.get(slot)
+            owner = fut is None
+            if owner:
+                fut = self._verified[slot] = Future()
+        assert fut is not None
+        if owner:
+            f = self.file(slot)
+            try:
+                data = self._retry(lambda: self._checked_whole(f), f.name)
+                self._keep_verified(slot, data)
+            except BaseException as exc:
+                with self._lock:
+                    self._verified.pop(slot, None)
+                fut.set_exception(exc)
+        return fut.result()
+
+    def _checked_whole(self, f: FileInfo) -> bytes:
+        data = self.storage.read_all(f)
+        ltx.decode(data, f.name, want_pages=False)
+        return data
+
+
+# ---- the registry: the one piece of global state ----------------------------
+
+_registry: dict[str, Replica] = {}
+_registry_lock = threading.Lock()
+
+
+def acquire(url: str, options: Options, storage: StorageClient | None = None) -> Replica:
+    """The shared Replica for `url`, opened on first use; pair with release()."""
+    with _registry_lock:
+        rep = _registry.get(url)
+        if rep is None:
+            rep = Replica(url, options, storage)
+            try:
+                rep.open()
+            except BaseException:
+                rep.close()
+                raise
+            rep.start_polling()
+            _registry[url] = rep
+        elif options != rep.options:
+            log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
+        rep.refs += 1
+        return rep
+
+
+def release(rep: Replica) -> None:
+    """Drop one reference; the last one stops the poller and frees everything."""
+    with _registry_lock:
+        rep.refs -= 1
+        if rep.refs > 0:
+            return
+        if _registry.get(rep.url) is rep:
+            del _registry[rep.url]
+    rep.close()
+
+
+def open_replicas() -> dict[str, Replica]:
+    """A copy of the registry, for introspection and tests."""
+    with _registry_lock:
+        return dict(_registry)
