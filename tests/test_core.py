@@ -1,0 +1,441 @@
+"""Known-answer and rejection tests for the C core through lsvfs.core."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import threading
+
+import lz4.block
+import pytest
+
+from core_helpers import (CORPUS, FLAG, PAGE_SIZES, build_ltx, lz4_seq, ref_crc64,
+                          ref_lz4_decode, sqlite_like_page, uvarint)
+from lsvfs import core
+from lsvfs.errors import LTXError
+
+
+def corpus_file(path: str):
+    data = open(path, "rb").read()
+    ps = struct.unpack_from(">I", data, 8)[0]
+    off, ln = core.locate_index(data[-24:], len(data))
+    return data, ps, off, ln, core.decode_index(data[off:off + ln], off, file=path)
+
+
+# ---- CRC-64 ----------------------------------------------------------------
+
+def test_crc64_known_answers():
+    assert core.crc64(b"123456789") == 0xB90956C775A41001
+    assert core.crc64(b"") == 0
+    assert core.crc64(b"", 0x1234) == 0x1234
+    assert core.CHECKSUM_FLAG == FLAG
+
+
+def test_crc64_matches_reference_and_chains():
+    rnd = random.Random(7)
+    blob = rnd.randbytes(3000)
+    for n in list(range(0, 70)) + [255, 1000, 2999]:
+        for start in (0, 1, 3, 7):
+            piece = blob[start:start + n]
+            assert core.crc64(piece) == ref_crc64(piece)
+            assert core.crc64(memoryview(blob)[start:start + n]) == ref_crc64(piece)
+    a, b = blob[:1234], blob[1234:]
+    assert core.crc64(b, core.crc64(a)) == core.crc64(blob)
+    assert core.crc64(bytearray(blob)) == core.crc64(blob)
+
+
+def test_page_checksum_and_xor_skip_lock_page():
+    rnd = random.Random(1)
+    ps = 65536
+    lock = core.lock_pgno(ps)
+    assert lock == 16385
+    assert core.lock_pgno(4096) == 262145 and core.lock_pgno(512) == 2097153
+    page = rnd.randbytes(512)
+    assert core.page_checksum(3, page) == FLAG | ref_crc64(struct.pack(">I", 3) + page)
+    pages = rnd.randbytes(3 * ps)
+    want = 0
+    for i in range(3):
+        pg = lock - 1 + i
+        if pg != lock:
+            want ^= core.page_checksum(pg, pages[i * ps:(i + 1) * ps]) & ~FLAG
+    assert core.pages_checksum_xor(lock - 1, pages, ps) == want
+    # pieces XOR together
+    small = rnd.randbytes(4 * 512)
+    whole = core.pages_checksum_xor(1, small, 512)
+    assert core.pages_checksum_xor(1, small[:1024], 512) ^ core.pages_checksum_xor(3, small[1024:], 512) == whole
+    with pytest.raises(ValueError):
+        core.pages_checksum_xor(1, small[:100], 512)
+
+
+# ---- LZ4 -------------------------------------------------------------------
+
+def _pages_for(ps: int, rnd: random.Random):
+    yield "random", rnd.randbytes(ps)
+    yield "zeros", bytes(ps)
+    yield "sqlite", sqlite_like_page(rnd, ps)
+    yield "runs", b"".join(bytes([rnd.randrange(4)]) * rnd.randrange(1, 40) for _ in range(ps))[:ps]
+    yield "period", (rnd.randbytes(rnd.randrange(2, 9)) * ps)[:ps]
+
+
+@pytest.mark.parametrize("ps", PAGE_SIZES)
+def test_lz4_matches_lz4_block(ps):
+    rnd = random.Random(ps)
+    for name, page in _pages_for(ps, rnd):
+        for kw in ({}, {"mode": "high_compression"}, {"mode": "fast", "acceleration": 8}):
+            c = lz4.block.compress(page, store_size=False, **kw)
+            assert core.lz4_block_decode(c, ps) == page, (name, kw)
+
+
+def test_lz4_hand_made_blocks():
+    # literals only, with a long-literal length extension
+    page = bytes(range(256)) * 2
+    assert core.lz4_block_decode(lz4_seq(page), 512) == page
+    # every short match offset, overlapping copies included
+    for off in range(1, 20):
+        head = bytes(range(1, off + 1))
+        for ml in (4, 5, 15, 19, 20, 300):
+            blk = lz4_seq(head, off, ml)
+            rest = 512 - off - ml
+            blk += lz4_seq(b"z" * rest)
+            want = ref_lz4_decode(blk, 512)
+            assert want is not None
+            assert core.lz4_block_decode(blk, 512) == want
+    # final token with no literals after a match that fills the page
+    blk = lz4_seq(b"ab", 2, 510) + b"\x00"
+    assert core.lz4_block_decode(blk, 512) == b"ab" * 256
+
+
+@pytest.mark.parametrize("blk, why", [
+    (b"", "empty"),
+    (b"\x50ab", "literal length past input"),
+    (b"\xf0\xff\xff", "length extension never ends"),
+    (lz4_seq(b"abcd", 0, 4) + b"\x00", "offset 0"),
+    (lz4_seq(b"abcd", 5, 4) + lz4_seq(b"x" * 504), "offset before output start"),
+    (lz4_seq(b"abcd", 4, 600) + b"\x00", "match past output"),
+    (lz4_seq(b"abcd", 4, 508), "ends with a match"),
+    (lz4_seq(b"abcd")[:-1], "truncated literals"),
+    (lz4_seq(b"abcd", 4, 4)[:-1], "truncated offset"),
+    (lz4_seq(b"x" * 511), "output short"),
+    (lz4_seq(b"x" * 513), "output long"),
+    (lz4_seq(b"x" * 512) + b"\x00", "trailing bytes"),
+    (lz4_seq(b"x" * 512) + b"\x10a", "trailing sequence"),
+    (b"\x0f\x01\x00\xff\xff", "match ext runs out"),
+])
+def test_lz4_malformed(blk, why):
+    assert ref_lz4_decode(blk, 512) is None, why
+    with pytest.raises(LTXError):
+        core.lz4_block_decode(blk, 512)
+
+
+def test_lz4_output_must_be_exact_page_size():
+    page = os.urandom(4096)
+    c = lz4.block.compress(page, store_size=False)
+    for n in (4095, 4097, 8192, 512):
+        with pytest.raises(LTXError, match="exactly"):
+            core.lz4_block_decode(c, n)
+
+
+# ---- page index --------------------------------------------------------------
+
+def _index(*triples, end=b"\x00"):
+    return b"".join(uvarint(p) + uvarint(o) + uvarint(s) for p, o, s in triples) + end
+
+
+def test_index_decode_ok():
+    buf = _index((1, 100, 50), (2, 150, 20), (9, 400, 7))
+    ents = core.decode_index(buf, 1000)
+    assert list(ents) == [(1, 100, 50), (2, 150, 20), (9, 400, 7)]
+    assert ents.pgnos == [1, 2, 9] and ents.offsets == [100, 150, 400] and ents.sizes == [50, 20, 7]
+    assert len(ents) == 3 and ents[1] == (2, 150, 20) and ents[-1] == (9, 400, 7)
+    assert list(ents[1:]) == [(2, 150, 20), (9, 400, 7)]
+    assert ents[:2].span() == (100, 70)
+    assert len(core.decode_index(b"\x00", 106)) == 0
+    # frame may end exactly at the zero page header
+    assert list(core.decode_index(_index((1, 100, 94)), 200)) == [(1, 100, 94)]
+    # non-minimal varints are accepted (Go's Uvarint does)
+    assert list(core.decode_index(b"\x81\x00\xe4\x00\x32\x00", 1000)) == [(1, 100, 50)]
+
+
+@pytest.mark.parametrize("buf, msg", [
+    (b"\x80" * 10 + b"\x00" + uvarint(100) + uvarint(10) + b"\x00", "entry 0"),   # overlong
+    (b"\xff" * 9 + b"\x02" + uvarint(100) + uvarint(10) + b"\x00", "entry 0"),   # >64 bits
+    (_index((1 << 32, 100, 10)), "entry 0"),                                    # pgno > u32
+    (_index((2, 100, 10), (1, 110, 10)), r"entry 1 \(after page 2\)"),          # unsorted
+    (_index((2, 100, 10), (2, 110, 10)), "entry 1"),                            # duplicate
+    (_index((1, 100, 10), (0, 110, 10)), "entry 1"),                            # zero pgno
+    (_index((1, 99, 10)), "entry 0"),                                           # before block
+    (_index((1, 100, 895)), "entry 0"),                                         # into zero hdr
+    (_index((1, 994, 7)), "entry 0"),                                           # past block
+    (_index((1, 100, 6)), "entry 0"),                                           # size <= 6
+    (_index((1, 100, 1 << 32)), "entry 0"),                                     # size > u32
+    (_index((1, 100, 20), (2, 119, 10)), "entry 1"),                            # overlap
+    (_index((1, 100, 20), end=b""), "entry 1"),                                 # no terminator
+    (_index((1, 100, 20))[:-2], "entry 0"),                                     # truncated
+    (_index((1, 100, 20)) + b"\x00", "entry 1"),                                # trailing
+    (_index((1, 100, 20)) + b"\x01", "entry 1"),
+    (b"", "entry 0"),
+])
+def test_index_decode_rejects(buf, msg):
+    with pytest.raises(LTXError, match=msg) as ei:
+        core.decode_index(buf, 1000, file="f.ltx")
+    assert ei.value.file == "f.ltx"
+
+
+def test_index_offset_too_small():
+    with pytest.raises(LTXError):
+        core.decode_index(b"\x00", 105)
+
+
+def test_locate_index():
+    tail = b"xx" + b"\x00" * 8 + struct.pack(">QQQ", 7, 0, FLAG)
+    assert core.locate_index(tail, 200) == (200 - 24 - 7, 7)
+    with pytest.raises(LTXError):  # length 0
+        core.locate_index(struct.pack(">QQQ", 0, 0, FLAG), 200)
+    with pytest.raises(LTXError):  # index would start inside the header
+        core.locate_index(struct.pack(">QQQ", 200 - 24 - 105, 0, FLAG), 200)
+    with pytest.raises(LTXError):  # tail shorter than length + trailer
+        core.locate_index(b"\x00" * 23, 200)
+    with pytest.raises(LTXError):  # tail longer than the file
+        core.locate_index(b"\x00" * 300, 200)
+
+
+# ---- frames ----------------------------------------------------------------
+
+def _frame(pgno, page, flags=1, size_delta=0):
+    c = lz4.block.compress(page, store_size=False)
+    return struct.pack(">IHI", pgno, flags, len(c) + size_delta) + c
+
+
+def test_frame_decode_ok_and_rejects():
+    page = sqlite_like_page(random.Random(3), 4096)
+    f = _frame(7, page)
+    assert core.decode_frame(f, 7, 4096) == page
+    assert core.decode_frame(memoryview(bytearray(f)), 7, 4096) == page
+    with pytest.raises(LTXError, match="carries page 7, expected page 8"):
+        core.decode_frame(f, 8, 4096)
+    for flags in (2, 3, 0x100, 0xFFFF):
+        with pytest.raises(LTXError, match="invalid flags") as ei:
+            core.decode_frame(_frame(7, page, flags), 7, 4096)
+        assert not isinstance(ei.value, core.LegacyFrame)
+    for d in (-1, 1, 1000):
+        with pytest.raises(LTXError, match="compressed size"):
+            core.decode_frame(_frame(7, page, size_delta=d), 7, 4096)
+    for cut in (0, 5, 9):
+        with pytest.raises(LTXError, match="truncated"):
+            core.decode_frame(f[:cut], 7, 4096)
+    with pytest.raises(LTXError):
+        core.decode_frame(f, 7, 2048)   # decodes to more than the page size
+    with pytest.raises(LTXError):
+        core.decode_frame(f, 7, 1000)   # not a page size
+    with pytest.raises(LTXError):
+        core.decode_frame(f, 0, 4096)
+
+
+def test_frame_legacy():
+    import lz4.frame
+    f = struct.pack(">IH", 5, 0) + lz4.frame.compress(bytes(512))
+    with pytest.raises(core.LegacyFrame):
+        core.decode_frame(f, 5, 512)
+    with pytest.raises(LTXError) as ei:   # pgno is checked first
+        core.decode_frame(f, 6, 512)
+    assert not isinstance(ei.value, core.LegacyFrame)
+
+
+def test_decode_frames_batch():
+    rnd = random.Random(5)
+    pages = [(p, sqlite_like_page(rnd, 4096) if p % 2 else rnd.randbytes(4096)) for p in range(1, 70)]
+    data = build_ltx(4096, pages)
+    off, ln = core.locate_index(data, len(data))
+    ents = core.decode_index(data[off:off + ln], off)
+    sub = ents[3:67]
+    lo, span = sub.span()
+    got = core.decode_frames(data[lo:lo + span], lo, sub, 4096)
+    assert got == [p for _, p in pages[3:67]]
+    assert core.decode_frames(data, 0, list(sub), 4096) == got  # tuples work too
+    assert core.decode_frames(b"", 0, [], 4096) == []
+    with pytest.raises(LTXError, match="outside the buffer"):
+        core.decode_frames(data[lo:lo + span - 1], lo, sub, 4096)
+    with pytest.raises(LTXError, match="outside the buffer"):
+        core.decode_frames(data[lo:lo + span], lo + 1, sub, 4096)
+    bad = bytearray(data)
+    p5, o5, s5 = ents[5]
+    bad[o5 + 3] ^= 1  # pgno of entry 5
+    with pytest.raises(LTXError, match=rf"index entry 2, offset {o5}"):
+        core.decode_frames(bad, 0, ents[3:10], 4096, file="x.ltx")
+
+
+# ---- whole files -------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CORPUS, ids=os.path.basename)
+def test_corpus_file(path):
+    data, ps, off, ln, ents = corpus_file(path)
+    assert ps in (512, 4096, 65536)
+    # index agrees with the page block
+    pos = 100
+    for pgno, o, s in ents:
+        assert o == pos
+        assert struct.unpack_from(">IH", data, o) == (pgno, 1)
+        pos += s
+    assert data[pos:pos + 6] == bytes(6) and pos + 6 == off
+    assert off + ln + 24 == len(data)
+    pages, checksum = core.decode_file(data, ents, ps, True, file=path)
+    assert checksum == struct.unpack_from(">Q", data, len(data) - 8)[0]
+    assert core.decode_file(data, ents, ps, False)[1] == checksum
+    assert core.decode_file(memoryview(data), ents, ps, False)[1] == checksum
+    for i, (pgno, o, s) in enumerate(ents):
+        want = lz4.block.decompress(data[o + 10:o + s], uncompressed_size=ps)
+        assert pages[i * ps:(i + 1) * ps] == want
+        assert core.decode_frame(data[o:o + s], pgno, ps) == want
+    # checksum over everything but the last 8 bytes, pages decompressed
+    crc = ref_crc64(data[:100])
+    for i, (pgno, o, s) in enumerate(ents):
+        crc = ref_crc64(bytes(pages[i * ps:(i + 1) * ps]), ref_crc64(data[o:o + 10], crc))
+    assert ref_crc64(data[pos:-8], crc) | FLAG == checksum
+
+
+def test_decode_file_synthetic_and_rejects():
+    rnd = random.Random(9)
+    pages = [(p, sqlite_like_page(rnd, 512)) for p in (1, 2, 3, 10)]
+    data = build_ltx(512, pages, post_apply=FLAG | 1234)
+    off, ln = core.locate_index(data, len(data))
+    ents = core.decode_index(data[off:off + ln], off)
+    got, ck = core.decode_file(data, ents, 512, True)
+    assert ck == struct.unpack_from(">Q", data, len(data) - 8)[0]
+    assert bytes(got) == b"".join(p for _, p in pages)
+
+    def rejects(blob, match, e=ents, ps=512):
+        with pytest.raises(LTXError, match=match):
+            core.decode_file(blob, e, ps, True, file="s.ltx")
+
+    rejects(b"LTX2" + data[4:], "magic")
+    rejects(data[:4] + struct.pack(">I", 3) + data[8:], "flags")
+    rejects(data, "page size", ps=1024)
+    rejects(data[:50], "truncated")
+    rejects(data, "not where", e=list(ents)[1:])
+    p, o, s = ents[2]
+    rejects(data[:o + 5], "past the end|truncated")
+    bad = bytearray(data)
+    bad[ents[1][1] + 5] = 0
+    with pytest.raises(core.LegacyFrame):
+        core.decode_file(bytes(bad), ents, 512, False)
+    bad = bytearray(data)
+    bad[off - 2] = 1  # zero page header
+    rejects(bytes(bad), "zero page header")
+    bad = bytearray(data)
+    struct.pack_into(">Q", bad, len(bad) - 24, ln + 1)
+    rejects(bytes(bad), "zero page header")
+    rejects(data[:off + 10], "truncated")
+    # a flipped page byte still decodes but changes the checksum
+    bad = bytearray(data)
+    bad[-10] ^= 0x40  # post-apply field is covered
+    assert core.decode_file(bytes(bad), ents, 512, False)[1] != ck
+
+
+def test_decode_file_no_pages():
+    data = build_ltx(4096, [], commit=0)
+    off, ln = core.locate_index(data, len(data))
+    ents = core.decode_index(data[off:off + ln], off)
+    assert len(ents) == 0
+    pages, ck = core.decode_file(data, ents, 4096, True)
+    assert len(pages) == 0 and ck == struct.unpack_from(">Q", data, len(data) - 8)[0]
+
+
+# ---- page table ----------------------------------------------------------------
+
+def _ents(pgnos, base=100):
+    return core.IndexEntries.from_tuples((p, base + 10 * p, 10 + p % 7) for p in pgnos)
+
+
+def _chunk_bytes():
+    t = core.PageTable()
+    t.apply(1, _ents([1]))
+    return t.unique_memory
+
+
+def test_page_table_basic():
+    t = core.PageTable()
+    assert t.max_pgno == 0 and t.count == 0 and t.get(1) is None
+    t.apply(3, _ents([1, 2, 5, 3000]))
+    assert t.max_pgno == 3000 and t.count == 4
+    assert t.get(5) == (3, 150, 15) and t.get(4) is None and t.get(3001) is None and t.get(0) is None
+    t.apply(4, _ents([2, 6], base=1000))
+    assert t.get(2) == (4, 1020, 12) and t.count == 5
+    assert t.get_range(1, 7) == [(3, 110, 11), (4, 1020, 12), None, None, (3, 150, 15), (4, 1060, 16), None]
+    t.truncate(5)
+    assert t.max_pgno == 5 and t.count == 3 and t.get(6) is None and t.get(3000) is None
+    t.truncate(10)  # growing the size does not bring pages back
+    assert t.max_pgno == 10 and t.get(6) is None and t.count == 3
+    t.truncate(0)
+    assert t.count == 0 and t.memory < _chunk_bytes()
+    with pytest.raises(ValueError):
+        t.apply(0, _ents([1]))
+    with pytest.raises(ValueError):
+        t.apply(1, core.IndexEntries.from_tuples([(0, 100, 10)]))
+    assert t.get_range(1, 0) == []
+
+
+def test_page_table_clone_is_copy_on_write():
+    chunk = _chunk_bytes()
+    a = core.PageTable()
+    a.apply(1, _ents(range(1, 10001)))
+    b = a.clone()
+    assert b.unique_memory == 0 and a.unique_memory == 0
+    assert abs(b.memory - a.memory) < 1024  # same chunks, directories differ in capacity
+    b.apply(2, _ents([5], base=7))
+    assert a.get(5) == (1, 150, 15) and b.get(5) == (2, 57, 15)
+    assert b.unique_memory == chunk and a.unique_memory == chunk
+    b.truncate(3)
+    assert a.count == 10000 and a.get(9999) is not None and b.count == 3
+    c = a.clone()
+    del a
+    assert c.get(10000) == (1, 100 + 100000, 10 + 10000 % 7)
+
+
+def test_page_table_million_pages_memory():
+    t = core.PageTable()
+    n = 1_000_000
+    step = 100_000
+    for start in range(1, n + 1, step):
+        t.apply(1, _ents(range(start, start + step)))
+    assert t.count == n and t.max_pgno == n
+    assert t.memory <= 20 * 1024 * 1024
+    assert t.memory <= 17 * n  # ~16 bytes per entry
+    c = t.clone()
+    rnd = random.Random(0)
+    touched = rnd.sample(range(1, n + 1), 10)
+    c.apply(2, _ents(touched))
+    chunks = len({(p - 1) // 1024 for p in touched})
+    assert c.unique_memory == chunks * _chunk_bytes()
+    assert c.memory - c.unique_memory <= t.memory
+
+
+def test_page_table_threads_share_chunks():
+    base = core.PageTable()
+    base.apply(1, _ents(range(1, 50_000)))
+    errors = []
+
+    def worker(seed):
+        rnd = random.Random(seed)
+        try:
+            t = base.clone()
+            for _ in range(200):
+                c = t.clone()
+                c.apply(seed + 2, _ents(rnd.sample(range(1, 50_000), 5)))
+                if rnd.random() < 0.5:
+                    t = c
+                del c
+            assert t.get(1) is not None
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    import gc
+    gc.collect()
+    # every clone is gone: base holds all its chunks alone again
+    assert base.count == 49_999 and base.unique_memory == 49 * _chunk_bytes()
