@@ -45,8 +45,13 @@ def uvarint(v: int) -> bytes:
     return bytes(out)
 
 
-def ref_lz4_decode(src: bytes, dst_len: int) -> bytes | None:
-    """LZ4 block decode; None where the C decoder must reject."""
+def ref_lz4_decode(src: bytes, dst_len: int, zero_offset_ok: bool = False) -> bytes | None:
+    """LZ4 block decode; None where the C decoder must reject.
+
+    zero_offset_ok mimics liblz4, which does not detect offset 0 (invalid
+    per the format: it copies from the byte being written); the match then
+    yields zeros here.
+    """
     out = bytearray()
     i, n = 0, len(src)
     while True:
@@ -76,7 +81,7 @@ def ref_lz4_decode(src: bytes, dst_len: int) -> bytes | None:
             return None
         off = src[i] | src[i + 1] << 8
         i += 2
-        if off == 0 or off > len(out):
+        if (off == 0 and not zero_offset_ok) or off > len(out):
             return None
         ml = token & 15
         if ml == 15:
@@ -93,6 +98,9 @@ def ref_lz4_decode(src: bytes, dst_len: int) -> bytes | None:
         ml += 4
         if len(out) + ml > dst_len or i == n:
             return None
+        if off == 0:
+            out += bytes(ml)
+            continue
         start = len(out) - off
         for k in range(ml):
             out.append(out[start + k])
