@@ -44,7 +44,7 @@ _IGNORED_PARAMS = {"sign-payload", "signPayload", "require-content-md5", "requir
 # Virtual-hosted AWS names: bucket.s3.amazonaws.com, bucket.s3.<region>.amazonaws.com,
 # bucket.s3-<region>.amazonaws.com.
 _AWS_HOST = re.compile(r"^(.+)\.s3(?:[.-]([a-z0-9-]+))?\.amazonaws\.com$")
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LTXError, StorageError
+
+try:
+    from ..errors import MissingFileError
+except ImportError:  # pragma: no cover - errors.py from before MissingFileError
+    MissingFileError = StorageError  # type: ignore[misc,assignment]
 from .base import FileInfo, check_level, format_filename, parse_filename
 
 log = logging.getLogger(__name__)
@@ -162,7 +167,7 @@ class FileStorage:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError as e:
-            raise StorageError(f"{info.name}: file not found: {path}") from e
+            raise MissingFileError(f"{info.name}: file not found: {path}") from e
         except OSError as e:
             raise StorageError(f"{info.name}: cannot open {path}: {e.strerror or e}") from e
         to_close: list[int] = []

@@ -29,6 +29,11 @@ from botocore.exceptions import (
 )
 
 from ..errors import LTXError, StorageError
+
+try:
+    from ..errors import MissingFileError
+except ImportError:  # pragma: no cover - errors.py from before MissingFileError
+    MissingFileError = StorageError  # type: ignore[misc,assignment]
 from .base import FileInfo, check_level, format_filename, parse_filename
 
 log = logging.getLogger(__name__)
@@ -134,7 +139,7 @@ class S3Storage:
             config = Config(
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                retries={"mode": "standard", "max_attempts": max_attempts},
+                retries={"mode": "standard", "total_max_attempts": max_attempts},
                 max_pool_connections=max_pool_connections,
                 s3={"addressing_style": "path" if self.force_path_style else "auto"},
                 user_agent_extra="lsvfs",
@@ -257,7 +262,8 @@ class S3Storage:
             detail = f"{code or 'HTTP ' + status}: {hint or msg or 'error'}"
             if hint and msg and msg not in hint:
                 detail += f" ({msg})"
-            return StorageError(f"{where}: {op} failed: {detail}")
+            cls = MissingFileError if code in ("NoSuchKey", "404") and op.startswith("get") else StorageError
+            return cls(f"{where}: {op} failed: {detail}")
         if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
             return StorageError(
                 f"{where}: {op} failed: endpoint unreachable ({self.endpoint or 'AWS'}): {e}"

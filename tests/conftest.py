@@ -1,0 +1,150 @@
+"""Shared fixtures: moto S3, replicated primaries, credentials that never leak.
+
+Tests import helpers with `from replication import ...` (this directory is put
+on sys.path here, so it works under any pytest import mode).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
+# Use the installed lsvfs when there is one (it has the built C core); fall
+# back to the source tree so pure-Python tests run before any build.
+if importlib.util.find_spec("lsvfs") is None:
+    sys.path.insert(0, str(_TESTS.parent))
+
+from replication import (  # noqa: E402
+    TEST_ACCESS_KEY_ID,
+    TEST_REGION,
+    TEST_SECRET_ACCESS_KEY,
+    AuthMotoS3,
+    MakePrimary,
+    MotoS3,
+    ReplicatedPrimary,
+)
+
+log = logging.getLogger("lsvfs.tests")
+
+_PRIMARIES = pytest.StashKey[list[ReplicatedPrimary]]()
+_S3_FIXTURES = {"moto_s3", "s3_server", "s3_bucket", "s3_primary", "moto_s3_auth"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use an S3 fixture get the `s3` marker (deselect with -m 'not s3')."""
+    for item in items:
+        if _S3_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.s3)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, attach each primary's litestream log to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for i, p in enumerate(item.stash.get(_PRIMARIES, [])):
+            rep.sections.append((f"litestream log #{i} ({p.replica_url})", p.log_text(tail=200)))
+
+
+# ---------------------------------------------------------------------------
+# S3
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """The session's moto S3 server (127.0.0.1, random port)."""
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(moto_s3: MotoS3) -> str:
+    """Endpoint URL of the session's moto S3 server, e.g. http://127.0.0.1:41234."""
+    return moto_s3.endpoint
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test credentials in the environment for this test only (boto3's default chain)."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", TEST_REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: MotoS3, s3_env: None) -> str:
+    """A fresh empty bucket on the moto server, with credentials set for this test."""
+    return moto_s3.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def moto_s3_auth() -> Iterator[AuthMotoS3]:
+    """A separate moto (own process) that enforces credentials; started only if used."""
+    with AuthMotoS3() as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------
+# replicated primaries
+
+@pytest.fixture
+def replicated_primary(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakePrimary]:
+    """Factory: `make_primary(storage="file"|"s3", page_size=4096, **config)`.
+
+    `config` goes to ReplicatedPrimary (sync_interval, snapshot_interval,
+    l0_retention, levels, ...). S3 primaries get a fresh bucket on the
+    session's moto server and test credentials in the environment. Every
+    primary's litestream is stopped at teardown, pass or fail.
+    """
+    created: list[ReplicatedPrimary] = []
+    request.node.stash[_PRIMARIES] = created
+
+    def make(storage: str = "file", page_size: int = 4096, **config: Any) -> ReplicatedPrimary:
+        s3: MotoS3 | None = None
+        if storage == "s3":
+            s3 = request.getfixturevalue("moto_s3")
+            request.getfixturevalue("s3_env")
+        workdir = tmp_path / f"primary{len(created)}"
+        p = ReplicatedPrimary(workdir, storage=storage, page_size=page_size, s3=s3, **config)  # type: ignore[arg-type]
+        created.append(p)
+        return p
+
+    try:
+        yield make
+    finally:
+        for p in created:
+            try:
+                p.close()
+            except Exception:  # noqa: BLE001 - keep closing the others
+                log.exception("closing %r failed", p)
+
+
+@pytest.fixture
+def make_primary(replicated_primary: MakePrimary) -> MakePrimary:
+    """Alias of `replicated_primary`."""
+    return replicated_primary
+
+
+@pytest.fixture
+def file_primary(replicated_primary: MakePrimary) -> ReplicatedPrimary:
+    """A primary replicated to a directory, default settings."""
+    return replicated_primary("file")
+
+
+@pytest.fixture
+def s3_primary(replicated_primary: MakePrimary) -> ReplicatedPrimary:
+    """A primary replicated to a fresh moto bucket, default settings."""
+    return replicated_primary("s3")
