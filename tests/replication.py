@@ -30,9 +30,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -340,7 +340,8 @@ class RestoreResult:
     txid: int
 
 
-_live_processes: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+_live_processes: set[subprocess.Popen[bytes]] = set()
+"""Strong refs to every child we started, so the atexit net can still kill it."""
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
