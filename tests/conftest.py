@@ -40,9 +40,13 @@ _S3_FIXTURES = {"moto_s3", "s3_server", "s3_bucket", "s3_primary", "moto_s3_auth
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use an S3 fixture get the `s3` marker (deselect with -m 'not s3')."""
+    """Tests that use an S3 fixture, or are parametrized with storage="s3", get
+    the `s3` marker (deselect them with -m 'not s3')."""
     for item in items:
-        if _S3_FIXTURES & set(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        if _S3_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+            callspec is not None and callspec.params.get("storage") == "s3"
+        ):
             item.add_marker(pytest.mark.s3)
 
 
