@@ -1,0 +1,462 @@
+"""The product: SQL against a live Litestream replica through the `litestream` VFS."""
+
+from __future__ import annotations
+
+import gc
+from contextlib import closing
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import apsw
+import pytest
+from replication import ReplicatedPrimary, wait_until
+from wrappers import WrappedStorage
+
+import lsvfs
+from lsvfs import ltx
+from lsvfs.options import resolve
+from lsvfs.replica import acquire, release
+from lsvfs.storage import open_storage
+from lsvfs.vfs import ReplicaFile, register
+
+FAST = {"poll_interval": 0.05}
+
+
+def txid_of(conn: apsw.Connection) -> int:
+    return int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
+
+
+def rows(conn: apsw.Connection, sql: str = "SELECT * FROM t ORDER BY id") -> list[tuple[Any, ...]]:
+    return conn.execute(sql).fetchall()
+
+
+def unshim(page1: bytes, original: bytes) -> bytes:
+    """Page 1 as stored, given the bytes the VFS rewrites."""
+    b = bytearray(page1)
+    for lo, hi in ((18, 20), (24, 32), (92, 96)):
+        b[lo:hi] = original[lo:hi]
+    return bytes(b)
+
+
+def vfs_pages(url: str) -> tuple[int, bytes]:
+    """(TXID, every page) read through the VFS file under one SHARED lock."""
+    rep = acquire(url, resolve({}))
+    f = ReplicaFile(register(), rep)
+    try:
+        f.xLock(apsw.SQLITE_LOCK_SHARED)
+        snap = f.pinned
+        assert snap is not None
+        size = f.xFileSize()
+        data = b"".join(f.xRead(snap.page_size, off) for off in range(0, size, snap.page_size))
+        f.xUnlock(apsw.SQLITE_LOCK_NONE)
+        return snap.txid, data
+    finally:
+        f.xClose()
+
+
+def workload(p: ReplicatedPrimary, rounds: int = 3) -> None:
+    p.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
+    for r in range(rounds):
+        with p.transaction():
+            p.executemany("INSERT INTO t(v, b) VALUES (?, randomblob(?))",
+                          [(f"r{r}-{i}", 50 + i % 700) for i in range(300)])
+        p.execute("UPDATE t SET v = v || '!' WHERE id % 7 = ?", (r,))
+        p.execute("DELETE FROM t WHERE id % 11 = ?", (r,))
+
+
+# ---- the oracle -------------------------------------------------------------
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_oracle_pages_in_one_transaction_equal_restore_at_that_txid(replicated_primary: Any, tmp_path: Path,
+                                                                    storage: str) -> None:
+    p = replicated_primary(storage)
+    workload(p)
+    txid = p.wait_replicated()
+    seen_txid, data = vfs_pages(p.replica_url)
+    assert seen_txid == txid
+    expected = p.litestream_restore(tmp_path / "at.db", txid=txid).read_bytes()
+    assert len(data) == len(expected)
+    ps = p.page_size
+    assert data[18:20] == b"\x01\x01"
+    assert unshim(data[:ps], expected) + data[ps:] == expected
+    assert ltx.database_checksum(unshim(data[:ps], expected) + data[ps:], ps) == \
+        ltx.database_checksum(expected, ps)
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+
+
+def test_oracle_rolling_checksum_equals_post_apply_checksum(tmp_path: Path) -> None:
+    """On a replica whose files carry checksums, the pages one snapshot serves
+    XOR to exactly the post-apply checksum of its last file."""
+    ps = 1024
+    conn = apsw.Connection(":memory:")
+    conn.execute(f"PRAGMA page_size={ps}; CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    images = []
+    for i in range(4):
+        with conn:
+            conn.executemany("INSERT INTO t(v) VALUES (randomblob(?))", [(300,)] * 40)
+            conn.execute("DELETE FROM t WHERE id % 5 = ?", (i,))
+        images.append(conn.serialize("main"))
+    l0 = tmp_path / "ltx" / "0"
+    l0.mkdir(parents=True)
+    prev = b""
+    for txid, image in enumerate(images, start=1):
+        pages = [(n // ps + 1, image[n:n + ps]) for n in range(0, len(image), ps)
+                 if prev[n:n + ps] != image[n:n + ps]]
+        hdr = ltx.Header(0, ps, len(image) // ps, 1 if txid == 1 else txid, txid, 1_700_000_000_000 + txid,
+                         pre_apply_checksum=ltx.database_checksum(prev, ps) if txid > 1 else 0)
+        (l0 / ltx.format_filename(hdr.min_txid, txid)).write_bytes(
+            ltx.encode(hdr, pages, post_apply_checksum=ltx.database_checksum(image, ps)))
+        prev = image
+    rep = acquire(str(tmp_path), resolve({}))
+    try:
+        snap = rep.current()
+        raw = b"".join(rep.read_page(snap, n) for n in range(1, snap.commit + 1))
+        assert snap.txid == 4
+        assert ltx.database_checksum(raw, ps) == ltx.database_checksum(images[-1], ps)
+    finally:
+        release(rep)
+
+
+# ---- live, isolated ---------------------------------------------------------
+
+def test_replica_follows_primary_and_txid_advances(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    first = p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, **FAST)) as conn:
+        assert txid_of(conn) == first
+        for n in range(1, 4):
+            p.execute("INSERT INTO t(v) VALUES (?)", (n,))
+            target = p.wait_replicated()
+            wait_until(lambda: txid_of(conn) >= target, 10, what=f"replica at {target:x}")
+            assert rows(conn, "SELECT count(*) FROM t") == [(n,)]
+        assert txid_of(conn) > first
+
+
+def test_read_transaction_sees_one_txid_while_primary_commits(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    p.executemany("INSERT INTO t(v) VALUES (?)", [(i,) for i in range(100)])
+    start = p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, **FAST)) as conn, closing(lsvfs.connect(p.replica_url)) as other:
+        conn.execute("BEGIN")
+        assert txid_of(conn) == start
+        before = rows(conn, "SELECT count(*), sum(v) FROM t")
+        for i in range(15):
+            p.execute("INSERT INTO t(v) VALUES (?)", (1000 + i,))
+        newest = p.wait_replicated()
+        wait_until(lambda: txid_of(other) == newest, 10, what="other connection sees newest")
+        assert rows(conn, "SELECT count(*), sum(v) FROM t") == before
+        assert txid_of(conn) == start
+        conn.execute("COMMIT")
+        assert txid_of(conn) == newest
+        assert rows(conn, "SELECT count(*) FROM t") == [(115,)]
+
+
+def test_old_snapshots_are_freed_when_unpinned(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, **FAST)) as conn:
+        rep = lsvfs.open_replicas()[p.replica_url]
+        conn.execute("BEGIN")
+        rows(conn, "SELECT count(*) FROM t")
+        old = weakref.ref(rep.current())
+        p.execute("INSERT INTO t VALUES (1)")
+        target = p.wait_replicated()
+        wait_until(lambda: rep.current().txid == target, 10)
+        gc.collect()
+        assert old() is not None, "pinned snapshot must stay alive"
+        conn.execute("COMMIT")
+        gc.collect()
+        assert old() is None
+
+
+def test_hundred_reader_threads_while_primary_writes(file_primary: ReplicatedPrimary) -> None:
+    """Every transaction sees a consistent state: transfers keep the total at 0
+    and `n` always equals the row count, whatever the poller publishes meanwhile."""
+    p = file_primary
+    p.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER); CREATE TABLE meta(n INTEGER)")
+    with p.transaction():
+        p.executemany("INSERT INTO acct(bal) VALUES (0)", [()] * 50)
+        p.execute("INSERT INTO meta VALUES (50)")
+    p.wait_replicated()
+    stop = threading.Event()
+    errors: list[str] = []
+    seen: set[int] = set()
+
+    def writer() -> None:
+        conn = apsw.Connection(str(p.db_path))
+        conn.set_busy_timeout(5000)
+        i = 0
+        while i < 200:
+            i += 1
+            with conn:
+                conn.execute("UPDATE acct SET bal = bal - ? WHERE id = ?", (i, i % 50 + 1))
+                conn.execute("UPDATE acct SET bal = bal + ? WHERE id = ?", (i, (i * 7) % 50 + 1))
+                conn.execute("INSERT INTO acct(bal) VALUES (0)")
+                conn.execute("UPDATE meta SET n = n + 1")
+            time.sleep(0.005)
+        conn.close()
+
+    def reader() -> None:
+        try:
+            with closing(lsvfs.connect(p.replica_url, **FAST)) as conn:
+                deadline = time.monotonic() + 90
+                while not stop.is_set() and time.monotonic() < deadline:
+                    with conn:
+                        total, count = conn.execute("SELECT sum(bal), count(*) FROM acct").fetchone()
+                        (n,), = conn.execute("SELECT n FROM meta").fetchall()
+                        seen.add(txid_of(conn))
+                    if total != 0 or count != n:
+                        errors.append(f"inconsistent: sum={total} count={count} n={n}")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(exc))
+
+    readers = [threading.Thread(target=reader) for _ in range(100)]
+    for t in readers:
+        t.start()
+    w = threading.Thread(target=writer)
+    w.start()
+    w.join(timeout=60)
+    target = p.wait_replicated(exact=False)
+    wait_until(lambda: errors or max(seen, default=0) >= target, 30, what="readers see the last write")
+    stop.set()
+    for t in readers:
+        t.join(timeout=60)
+    assert not errors, errors[:5]
+    assert len(seen) > 1, "readers should have seen the replica advance"
+
+
+@pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
+def test_every_page_size(replicated_primary: Any, page_size: int) -> None:
+    p = replicated_primary("file", page_size=page_size)
+    workload(p, rounds=2)
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        assert rows(conn, "PRAGMA page_size") == [(page_size,)]
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+        assert rows(conn, "PRAGMA integrity_check") == [("ok",)]
+
+
+# ---- SQLite integration -----------------------------------------------------
+
+def test_header_shim_keeps_sqlite_cache_while_nothing_changes(file_primary: ReplicatedPrimary,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    p = file_primary
+    workload(p, rounds=1)
+    p.wait_replicated()
+    reads = []
+    orig = lsvfs.replica.Replica.read_page
+
+    def counting(self: Any, snap: Any, pgno: int, readahead: int = 1) -> bytes:
+        reads.append(pgno)
+        return orig(self, snap, pgno, readahead)
+
+    monkeypatch.setattr(lsvfs.replica.Replica, "read_page", counting)
+    with closing(lsvfs.connect(p.replica_url, poll_interval=0)) as conn:
+        assert rows(conn, "PRAGMA journal_mode") == [("delete",)]
+        rows(conn)
+        first = len(reads)
+        reads.clear()
+        for _ in range(5):
+            rows(conn)
+        # Only page 1 (change counter check) per transaction: the cache survived.
+        assert set(reads) <= {1} and len(reads) <= 5, reads
+        assert first > 5
+    assert not any(Path(p.workdir).rglob("*-journal"))
+
+
+def test_vacuum_shrinks_the_replica(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    workload(p, rounds=3)
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, **FAST)) as conn:
+        (big,), = conn.execute("PRAGMA page_count").fetchall()
+        p.execute("DELETE FROM t WHERE id > 20")
+        p.vacuum()
+        target = p.wait_replicated()
+        wait_until(lambda: txid_of(conn) >= target, 10)
+        (small,), = conn.execute("PRAGMA page_count").fetchall()
+        assert small < big / 4
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+        assert rows(conn, "PRAGMA integrity_check") == [("ok",)]
+        assert lsvfs.open_replicas()[p.replica_url].current().size == small * p.page_size
+
+
+def test_txid_pinning_and_time_travel_are_per_connection(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    p.execute("INSERT INTO t(v) VALUES ('one')")
+    t1 = p.wait_replicated()
+    time.sleep(1.1)  # a second between states, for time travel by RFC 3339
+    p.execute("INSERT INTO t(v) VALUES ('two')")
+    t2 = p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, **FAST)) as a, closing(lsvfs.connect(p.replica_url)) as b:
+        wait_until(lambda: txid_of(a) == t2, 10)
+        (when1,), = a.execute(f"PRAGMA litestream_txid = {t1:x}").fetchall() or [(None,)]
+        assert txid_of(a) == t1
+        assert rows(a, "SELECT v FROM t ORDER BY id") == [("one",)]
+        assert txid_of(b) == t2 and rows(b, "SELECT count(*) FROM t") == [(2,)]
+        expected = p.litestream_restore(tmp_path / "t1.db", txid=t1)
+        assert rows(a, "SELECT * FROM t ORDER BY id") == rows(apsw.Connection(str(expected)),
+                                                               "SELECT * FROM t ORDER BY id")
+        (stamp,), = a.execute("PRAGMA litestream_time").fetchall()
+        a.execute("PRAGMA litestream_txid = LATEST")
+        assert txid_of(a) == t2
+        a.execute(f"PRAGMA litestream_time = '{stamp}'")
+        assert txid_of(a) == t1 and rows(a, "SELECT count(*) FROM t") == [(1,)]
+        a.execute("PRAGMA litestream_time = '1 seconds ago'")
+        assert txid_of(a) in (t1, t2)
+        a.execute("PRAGMA litestream_time = LATEST")
+        assert txid_of(a) == t2
+        assert rows(b, "PRAGMA litestream_time") != [(stamp,)]
+
+
+def test_bad_pragma_values_fail_the_statement_and_keep_the_connection(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    txid = p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        for bad, msg in [("PRAGMA litestream_txid = zz", "not a TXID"),
+                         ("PRAGMA litestream_txid = '7fffffff'", "newer than the replica"),
+                         ("PRAGMA litestream_time = 'yesterday-ish'", "cannot parse time"),
+                         ("PRAGMA litestream_time = '2001-01-01T00:00:00Z'", "no state at or before"),
+                         ("PRAGMA litestream_lag = 5", "read-only")]:
+            with pytest.raises(apsw.SQLError, match=msg):
+                conn.execute(bad)
+            assert txid_of(conn) == txid
+            assert rows(conn, "SELECT count(*) FROM t") == [(0,)]
+        (lag,), = conn.execute("PRAGMA litestream_lag").fetchall()
+        assert int(lag) >= 0
+
+
+def test_writes_are_refused_and_temp_files_are_private(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    p.executemany("INSERT INTO t(v) VALUES (randomblob(500))", [()] * 2000)
+    p.wait_replicated()
+    vfs = register()
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        with pytest.raises(apsw.ReadOnlyError):
+            conn.execute("INSERT INTO t(v) VALUES (1)")
+        with pytest.raises(apsw.ReadOnlyError):
+            conn.execute("CREATE TABLE x(a)")
+        conn.execute("PRAGMA temp_store = FILE; PRAGMA cache_size = 10")
+        cur = conn.execute("SELECT v FROM t ORDER BY v")  # a sort that spills to a temp file
+        cur.fetchone()
+        assert vfs.temp_files_open() >= 1
+        cur.close()
+        conn.execute("CREATE TEMP TABLE scratch AS SELECT id FROM t")
+        assert rows(conn, "SELECT count(*) FROM scratch") == [(2000,)]
+    assert vfs.temp_files_open() == 0
+    assert os.listdir(vfs.temp_dir) == []
+
+
+# ---- opening ------------------------------------------------------------------
+
+def test_plain_apsw_with_uri_and_environment(file_primary: ReplicatedPrimary,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.execute("INSERT INTO t VALUES (42)")
+    p.wait_replicated()
+    register()
+    flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+    conn = apsw.Connection(f"file:app.db?vfs=litestream&replica={quote(p.replica_url, safe='')}", flags=flags)
+    assert rows(conn, "SELECT v FROM t") == [(42,)]
+    monkeypatch.setenv("LITESTREAM_REPLICA_URL", p.replica_url)
+    conn2 = apsw.Connection("file:app.db?vfs=litestream", flags=flags)
+    assert rows(conn2, "SELECT v FROM t") == [(42,)]
+    assert len(lsvfs.open_replicas()) == 1
+    conn.close()
+    conn2.close()
+    assert lsvfs.open_replicas() == {}
+
+
+def test_options_precedence(file_primary: ReplicatedPrimary, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    monkeypatch.setenv("LSVFS_POLL_INTERVAL", "250ms")
+    monkeypatch.setenv("LSVFS_CACHE_SIZE", "2MiB")
+    with closing(lsvfs.connect(p.replica_url, cache_size="1MiB")):
+        opts = lsvfs.open_replicas()[p.replica_url].options
+        assert opts.poll_interval == 0.25 and opts.cache_size == 1 << 20
+    with pytest.raises(ValueError, match="LSVFS_CACHE_SIZE"):
+        monkeypatch.setenv("LSVFS_CACHE_SIZE", "lots")
+        lsvfs.connect(p.replica_url)
+    with pytest.raises(ValueError, match="unknown option"):
+        lsvfs.connect(p.replica_url, pol_interval=1)
+
+
+def test_empty_replica_times_out_then_files_appear(tmp_path: Path, replicated_primary: Any) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    t0 = time.monotonic()
+    with pytest.raises(lsvfs.ReplicaError, match="empty"):
+        lsvfs.connect(str(empty), open_timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    p = replicated_primary("file", start=False)
+    p.execute("CREATE TABLE t(v)")
+    p.execute("INSERT INTO t VALUES ('late')")
+    result: list[Any] = []
+    opener = threading.Thread(target=lambda: result.append(
+        lsvfs.connect(p.replica_url, open_timeout=30, **FAST)))
+    opener.start()
+    time.sleep(0.3)
+    p.start()
+    opener.join(timeout=40)
+    assert result, "connect did not return"
+    conn = result[0]
+    assert rows(conn, "SELECT v FROM t") == [("late",)]
+    conn.close()
+
+
+def test_many_replicas_in_one_process(replicated_primary: Any) -> None:
+    primaries = [replicated_primary("file") for _ in range(3)]
+    for i, p in enumerate(primaries):
+        p.execute("CREATE TABLE t(v)")
+        p.execute("INSERT INTO t VALUES (?)", (i,))
+        p.wait_replicated()
+    conns = [lsvfs.connect(p.replica_url) for p in primaries]
+    assert [rows(c, "SELECT v FROM t") for c in conns] == [[(0,)], [(1,)], [(2,)]]
+    assert set(lsvfs.open_replicas()) == {p.replica_url for p in primaries}
+    for c in conns:
+        c.close()
+
+
+def test_connections_to_one_url_share_one_poller(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    counting = WrappedStorage(open_storage(p.replica_url))
+    first = lsvfs.connect(p.replica_url, storage=counting, poll_interval=0.05)
+    others = [lsvfs.connect(p.replica_url, poll_interval=0.05) for _ in range(7)]
+    rep = lsvfs.open_replicas()[p.replica_url]
+    assert rep.storage is counting and rep.refs == 8
+    before, polls_before = counting.calls["list"], rep.poll_count
+    time.sleep(1.0)
+    lists, polls = counting.calls["list"] - before, rep.poll_count - polls_before
+    assert 5 <= polls <= 25
+    assert lists <= polls * 1.2 + 10  # one L0 listing per poll, not one per connection
+    for c in [first, *others]:
+        c.close()
+    assert lsvfs.open_replicas() == {}
+    assert counting.calls["close"] == 1
+
+
+def test_bad_urls_and_storage(tmp_path: Path, s3_bucket: str, moto_s3: Any) -> None:
+    with pytest.raises(lsvfs.URLError, match="s3://"):
+        lsvfs.connect("ftp://example/x")
+    with pytest.raises(lsvfs.StorageError, match="no-such-bucket"):
+        lsvfs.connect(moto_s3.url("no-such-bucket", "db"))
+    with pytest.raises(lsvfs.StorageError):
+        lsvfs.connect("s3://lsvfs-nowhere/db?endpoint=http://127.0.0.1:9&region=us-east-1&force-path-style=true")
+    assert lsvfs.open_replicas() == {}
