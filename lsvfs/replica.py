@@ -395,14 +395,36 @@ class Replica:
 # ---- the registry: the one piece of global state ----------------------------
 
 _registry: dict[str, Replica] = {}
+_opening: dict[str, Future[Replica]] = {}
 _registry_lock = threading.Lock()
 
 
 def acquire(url: str, options: Options, storage: StorageClient | None = None) -> Replica:
-    """The shared Replica for `url`, opened on first use; pair with release()."""
-    with _registry_lock:
-        rep = _registry.get(url)
-        if rep is None:
+    """The shared Replica for `url`, opened on first use; pair with release().
+
+    Opening (which may wait `open_timeout` for an empty replica) happens
+    outside the registry lock, so other URLs open and close meanwhile;
+    concurrent openers of one URL wait for the same attempt.
+    """
+    while True:
+        with _registry_lock:
+            rep = _registry.get(url)
+            if rep is not None:
+                if options != rep.options:
+                    log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
+                rep.refs += 1
+                return rep
+            fut = _opening.get(url)
+            owner = fut is None
+            if owner:
+                fut = _opening[url] = Future()
+        assert fut is not None
+        if not owner:
+            exc = fut.exception()  # wait for the opener; share its failure
+            if exc is not None:
+                raise exc
+            continue  # take a reference under the lock
+        try:
             rep = Replica(url, options, storage)
             try:
                 rep.open()
@@ -410,10 +432,16 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
                 rep.close()
                 raise
             rep.start_polling()
+        except BaseException as exc:
+            with _registry_lock:
+                del _opening[url]
+            fut.set_exception(exc)
+            raise
+        with _registry_lock:
+            del _opening[url]
             _registry[url] = rep
-        elif options != rep.options:
-            log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
-        rep.refs += 1
+            rep.refs += 1
+        fut.set_result(rep)
         return rep
 
 
