@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CONFIG = """\
 dbs:
   - path: {db}
+    monitor-interval: 100ms
     replica:
       url: file://{replica}
       sync-interval: 200ms
