@@ -1,0 +1,167 @@
+"""Print ratio tables from a pytest-benchmark JSON file.
+
+    python -m pytest bench --benchmark-enable --benchmark-json out.json
+    python bench/report.py out.json [--markdown]
+
+Ratios are lsvfs time / other time (medians by default, `--stat min` for the
+fastest round, which is steadier on a busy machine): below 1 means lsvfs is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+Bench = dict[str, Any]
+STAT = "median"
+"""Which pytest-benchmark statistic the tables use (set from --stat)."""
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.1f}" if ms < 1000 else f"{ms:,.0f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
+def _kb(v: Any) -> str:
+    return "-" if v is None else f"{v / 1024:,.1f} MB"
+
+
+class Table:
+    def __init__(self, title: str, header: Sequence[str], markdown: bool) -> None:
+        self.title, self.header, self.markdown = title, list(header), markdown
+        self.rows: list[list[str]] = []
+
+    def add(self, *cells: Any) -> None:
+        self.rows.append([str(c) for c in cells])
+
+    def render(self) -> str:
+        if not self.rows:
+            return ""
+        if self.markdown:
+            lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |",
+                     "|" + "|".join("---" for _ in self.header) + "|"]
+            lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+            return "\n".join(lines) + "\n"
+        widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+
+        def fmt(r: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        rule = "-" * len(fmt(self.header))
+        return "\n".join([self.title, rule, fmt(self.header), rule, *map(fmt, self.rows), ""])
+
+
+def query_table(benches: list[Bench], markdown: bool) -> Table:
+    by: dict[tuple[str, str], dict[str, Bench]] = defaultdict(dict)
+    order: list[tuple[str, str]] = []
+    for b in benches:
+        e = b["extra_info"]
+        if e.get("kind") != "query":
+            continue
+        key = (e["op"], e["db"])
+        if key not in by:
+            order.append(key)
+        by[key][e["system"]] = b
+    t = Table(f"Queries: {STAT} ms per batch (ratio = lsvfs / other; < 1 means lsvfs is faster)",
+              ["op", "db", "K", "lsvfs", "go", "local", "lsvfs/go", "lsvfs/local", "lsvfs/go (in-worker)",
+               "lsvfs pages/query"], markdown)
+    for key in order:
+        s = by[key]
+        med = {k: v["stats"][STAT] for k, v in s.items()}
+        ikey = "internal_min_s" if STAT == "min" else "internal_median_s"
+        internal = {k: v["extra_info"].get(ikey) for k, v in s.items()}
+        any_b = next(iter(s.values()))
+        t.add(key[0], key[1], any_b["extra_info"].get("queries", "-"), _ms(med.get("lsvfs")), _ms(med.get("go")),
+              _ms(med.get("local")), _ratio(med.get("lsvfs"), med.get("go")),
+              _ratio(med.get("lsvfs"), med.get("local")), _ratio(internal.get("lsvfs"), internal.get("go")),
+              s.get("lsvfs", {}).get("extra_info", {}).get("vfs_page_reads_per_query", "-"))
+    return t
+
+
+def restore_table(benches: list[Bench], markdown: bool) -> Table:
+    by: dict[str, dict[str, Bench]] = defaultdict(dict)
+    for b in benches:
+        e = b["extra_info"]
+        if e.get("kind") == "restore":
+            by[e["db"]][e["system"]] = b
+    t = Table(f"Restore: {STAT} ms", ["db", "MB", "lsvfs", "litestream", "lsvfs/litestream"], markdown)
+    for db, s in by.items():
+        med = {k: v["stats"][STAT] for k, v in s.items()}
+        size = next(iter(s.values()))["extra_info"].get("bytes", 0)
+        t.add(db, f"{size / 1e6:.1f}", _ms(med.get("lsvfs")), _ms(med.get("litestream")),
+              _ratio(med.get("lsvfs"), med.get("litestream")))
+    return t
+
+
+def memory_table(benches: list[Bench], markdown: bool) -> Table:
+    t = Table("Memory (big replica, after point/range/text/count/full-scan queries)", ["measure", "value"], markdown)
+    for b in benches:
+        e = b["extra_info"]
+        if e.get("kind") != "memory":
+            continue
+        t.add("database size", f"{e['db_bytes'] / 1e6:.1f} MB ({e.get('lsvfs_pages', '?')} pages)")
+        t.add("page-cache limit (both VFSes)", f"{e['cache_size'] / 2**20:.0f} MiB")
+        t.add("lsvfs page table", f"{e['lsvfs_page_table_bytes']:,} B "
+                                  f"({e['lsvfs_page_table_bytes_per_page']} B/page)")
+        t.add("lsvfs frame cache", f"{e['lsvfs_frame_cache_bytes'] / 2**20:.1f} MiB")
+        t.add("lsvfs tracemalloc current / peak",
+              f"{e['lsvfs_traced_current_bytes'] / 2**20:.1f} / {e['lsvfs_traced_peak_bytes'] / 2**20:.1f} MiB")
+        for system in ("lsvfs", "go", "local"):
+            if f"{system}_rss_delta_kb" in e:
+                t.add(f"{system} worker RSS growth (baseline {_kb(e[f'{system}_rss_baseline_kb'])})",
+                      _kb(e[f"{system}_rss_delta_kb"]))
+        if "lsvfs_rss_delta_kb" in e and "go_rss_delta_kb" in e and e["lsvfs_rss_delta_kb"]:
+            t.add("RSS growth ratio lsvfs/go", f"{e['lsvfs_rss_delta_kb'] / e['go_rss_delta_kb']:.2f}")
+        if "go_longlived_rss_kb" in e:
+            t.add("go worker RSS after the whole query suite", _kb(e["go_longlived_rss_kb"]))
+    return t
+
+
+def poll_table(benches: list[Bench], markdown: bool) -> Table:
+    t = Table("Polling: directory listings per second (inotify, any process) and LIST calls (lsvfs wrapper)",
+              ["system", "conns", "poll interval", "listings/s", "per conn/s", "lsvfs LIST calls/s", "polls"],
+              markdown)
+    for b in benches:
+        e = b["extra_info"]
+        if e.get("kind") == "poll":
+            t.add(e["system"], e["conns"], f"{e['poll_interval_s']}s", e["dir_opens_per_s"],
+                  e["dir_opens_per_s_per_conn"], e.get("lists_per_s", "-"), e.get("polls", "-"))
+    return t
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
+    ap.add_argument("--markdown", action="store_true", help="emit Markdown tables")
+    ap.add_argument("--stat", choices=("median", "min", "mean"), default="median",
+                    help="statistic to compare (default median)")
+    args = ap.parse_args(argv)
+    global STAT
+    STAT = args.stat
+    with open(args.json) as fh:
+        data = json.load(fh)
+    benches: list[Bench] = data.get("benchmarks", [])
+    if not benches:
+        print("no benchmarks in", args.json, "(was --benchmark-enable given?)", file=sys.stderr)
+        return 1
+    machine = data.get("machine_info", {})
+    print(f"# {machine.get('node', '?')}: {machine.get('cpu', {}).get('brand_raw', '?')}, "
+          f"Python {machine.get('python_version', '?')}, {data.get('datetime', '')}\n")
+    for table in (query_table, restore_table, memory_table, poll_table):
+        out = table(benches, args.markdown).render()
+        if out:
+            print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
