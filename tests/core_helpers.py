@@ -183,3 +183,49 @@ def build_ltx(page_size: int, pages: list[tuple[int, bytes]], *, commit: int | N
     crc = ref_crc64(tail, crc) | FLAG
     out += tail + struct.pack(">Q", crc)
     return bytes(out)
+
+
+def _ref_uvarint(buf: bytes, i: int) -> tuple[int, int] | None:
+    """Go binary.Uvarint: (value, next index) or None (truncated/overflow)."""
+    x = shift = 0
+    for k in range(10):
+        if i + k >= len(buf):
+            return None
+        b = buf[i + k]
+        if b < 0x80:
+            if k == 9 and b > 1:
+                return None
+            return x | b << shift, i + k + 1
+        x |= (b & 0x7F) << shift
+        shift += 7
+    return None
+
+
+def ref_index_decode(buf: bytes, index_offset: int) -> list[tuple[int, int, int]] | None:
+    """The page-index rules from the format facts; None where decode must fail."""
+    if index_offset < 106:
+        return None
+    block_end = index_offset - 6
+    out: list[tuple[int, int, int]] = []
+    i, prev_pg, prev_end = 0, 0, 100
+    while True:
+        r = _ref_uvarint(buf, i)
+        if r is None:
+            return None
+        pgno, i = r
+        if pgno == 0:
+            return out if i == len(buf) else None
+        vals = []
+        for _ in range(2):
+            r = _ref_uvarint(buf, i)
+            if r is None:
+                return None
+            v, i = r
+            vals.append(v)
+        off, size = vals
+        if pgno >= 1 << 32 or pgno <= prev_pg or size >= 1 << 32 or size <= 6:
+            return None
+        if off < prev_end or off + size > block_end:
+            return None
+        out.append((pgno, off, size))
+        prev_pg, prev_end = pgno, off + size

@@ -23,6 +23,15 @@ def corpus_file(path: str):
     return data, ps, off, ln, core.decode_index(data[off:off + ln], off, file=path)
 
 
+def test_expected_core_build():
+    """Under csrc/sanitize.sh, the sanitized _core must be the one loaded."""
+    want = os.environ.get("LSVFS_EXPECT_CORE_DIR")
+    if not want:
+        pytest.skip("not a sanitizer run")
+    from lsvfs import _core
+    assert _core.__file__.startswith(want)
+
+
 # ---- CRC-64 ----------------------------------------------------------------
 
 def test_crc64_known_answers():

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build lsvfs._core with AddressSanitizer + UndefinedBehaviorSanitizer into a
+# temporary directory and run the core tests against that build.
+#
+#   bash csrc/sanitize.sh [extra pytest args]
+#
+# Exits non-zero on any sanitizer report or test failure. The sanitized
+# extension is imported through PYTHONPATH ahead of the source tree (a copy
+# of the lsvfs package made of symlinks plus the sanitized _core); the script
+# and the tests (LSVFS_EXPECT_CORE_DIR) both check that it is the one loaded.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${PYTHON:-}" ]; then PY="$ROOT/.venv/bin/python"; fi
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/lsvfs-asan.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+
+# -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
+# overflow and so hides it (and bad shifts) from UBSan.
+export LSVFS_CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -fno-wrapv -Wall -Wextra -Werror -std=c11"
+
+echo "== building sanitized lsvfs._core in $TMP/build"
+# cffi compiles from inside tmpdir; the builder's source paths are relative
+# to the repository root, so give the build dir a csrc/ of its own.
+mkdir -p "$TMP/build"
+ln -s "$ROOT/csrc" "$TMP/build/csrc"
+"$PY" - "$TMP/build" <<'PYEOF'
+import sys
+sys.path.insert(0, "csrc")
+from build_core import ffibuilder
+ffibuilder.compile(tmpdir=sys.argv[1], verbose=False)
+PYEOF
+SO="$(ls "$TMP"/build/lsvfs/_core*.so)"
+
+# A package dir that is the source package except for _core.
+PKG="$TMP/pkg/lsvfs"
+mkdir -p "$PKG"
+for f in "$ROOT"/lsvfs/* ; do
+    case "$(basename "$f")" in _core*.so|_core.c|__pycache__) continue ;; esac
+    ln -s "$f" "$PKG/"
+done
+cp "$SO" "$PKG/"
+
+ASAN_LIB="$(gcc -print-file-name=libasan.so)"
+UBSAN_LIB="$(gcc -print-file-name=libubsan.so)"
+export LD_PRELOAD="$ASAN_LIB:$UBSAN_LIB"
+# ASan reports go to files and pytest runs with --capture=sys, so reports
+# written to fd 2 reach the log: with fd capture, a dying process never hands
+# its captured output back (GCC's UBSan ignores log_path).
+REPORTS="$TMP/reports"
+mkdir -p "$REPORTS"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$REPORTS/asan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export PYTHONMALLOC=malloc  # small Python buffers get ASan redzones too
+export PYTHONPATH="$TMP/pkg${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONSAFEPATH=1  # keep the cwd (the source tree) off sys.path[0]
+export LSVFS_EXPECT_CORE_DIR="$TMP/pkg"
+
+"$PY" - <<'PYEOF'
+import os
+import lsvfs._core as c
+want = os.environ["LSVFS_EXPECT_CORE_DIR"]
+assert c.__file__.startswith(want), f"imported {c.__file__}, not the sanitized build under {want}"
+maps = open("/proc/self/maps").read()
+assert "libasan" in maps, "ASan runtime not loaded"
+print("== sanitized core:", c.__file__)
+PYEOF
+
+LOG="$TMP/pytest.log"
+set +e
+"$PY" -m pytest -p no:cacheprovider --capture=sys -q tests/test_core.py tests/test_core_fuzz.py "$@" 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+set -e
+if compgen -G "$REPORTS/*" > /dev/null || \
+   grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$LOG"; then
+    cat "$REPORTS"/* >&2 2>/dev/null || true
+    echo "== sanitizer report found" >&2
+    exit 1
+fi
+if [ "$rc" -ne 0 ]; then
+    echo "== tests failed under sanitizers (exit $rc)" >&2
+    exit "$rc"
+fi
+echo "== sanitizer run clean"
