@@ -67,28 +67,37 @@ def build(files: list[FileInfo], target: Target = Target()) -> list[FileInfo]:
     if not files:
         raise ReplicaError("replica is empty: no LTX files found")
     chain = extend(usable, 0)
-    if not chain:
-        first = min(files, key=lambda f: f.min_txid)
+    first = min(files, key=lambda f: f.min_txid)
+    if not chain and (target.txid is None or first.min_txid > 1):
         if target.txid is not None and target.txid < first.min_txid:
             raise ReplicaError(f"TXID {target.txid:016x} is older than the replica, which starts at "
                                f"{first.min_txid:016x}")
         raise GapError(0, first.min_txid, "no snapshot: nothing starts at TXID 1")
-    end = chain[-1].max_txid
+    # An empty chain here means every file from TXID 1 reaches past the target.
+    end = chain[-1].max_txid if chain else 0
     beyond = [f for f in usable if f.min_txid > end + 1]
     if target.txid is not None and end != target.txid:
-        if beyond:
+        # A break that some file past the target bridges is no gap: the target lies inside that file.
+        bridged = any(f.min_txid <= end + 1 and f.max_txid > end for f in files)
+        if beyond and chain and not bridged:
             raise GapError(end, min(f.min_txid for f in beyond), f"cannot reach TXID {target.txid:016x}")
         newest = max(f.max_txid for f in files)
         if target.txid > newest:
             raise ReplicaError(f"TXID {target.txid:016x} is newer than the replica's newest, {newest:016x}")
-        ends = sorted({f.max_txid for f in files})
-        near = [t for t in ends if t != end and abs(t - target.txid) <= 3 * max(1, abs(end - target.txid))][:5]
-        hint = f"; restorable TXIDs near it include {', '.join(f'{t:016x}' for t in [end, *near])}"
+        ends = sorted({f.max_txid for f in files}, key=lambda t: (abs(t - target.txid), t))
+        near = [t for t in ends[:64] if _reaches(files, t)][:5]
+        hint = f"; restorable TXIDs near it include {', '.join(f'{t:016x}' for t in near)}" if near else ""
         raise ReplicaError(f"TXID {target.txid:016x} is not a restorable point in this replica "
                            f"(it lies inside a compacted file or beyond the newest){hint}")
     if target.txid is None and beyond:
         raise GapError(end, min(f.min_txid for f in beyond))
     return chain
+
+
+def _reaches(files: list[FileInfo], txid: int) -> bool:
+    """Whether a chain from TXID 1 ends exactly at `txid`."""
+    chain = extend([f for f in files if f.max_txid <= txid], 0)
+    return bool(chain) and chain[-1].max_txid == txid
 
 
 def plan_for(storage: StorageClient, target: Target = Target(),
