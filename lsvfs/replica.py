@@ -25,7 +25,7 @@ from .cache import FrameCache, Key
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
-from .storage import open_storage
+from .storage import ReplicaURL, open_storage, parse_url
 from .storage.base import FileInfo, StorageClient
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,10 @@ class Replica:
 
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
-        indexes = list(self._pool.map(lambda f: self._retry(lambda: self._load_index(f), f.name), chain))
+        def load(f: FileInfo) -> _Index:
+            return self._retry(lambda: self._load_index(f), f.name)
+
+        indexes = [load(chain[0])] if len(chain) == 1 else list(self._pool.map(load, chain))
         table = base.table.clone() if base is not None else core.PageTable()
         page_size = base.page_size if base is not None else indexes[0].header.page_size
         for f, idx in zip(chain, indexes):
@@ -224,6 +227,10 @@ class Replica:
             self.poll_errors += 1
             log.warning("poll of %s failed (staying at TXID %016x): %s", self.url, self.current().txid, exc)
             return False
+        except Exception:  # a custom storage client's own errors must not kill the poller
+            self.poll_errors += 1
+            log.exception("poll of %s failed unexpectedly (staying at TXID %016x)", self.url, self.current().txid)
+            return False
         self.last_poll_ok = time.monotonic()
         return advanced
 
@@ -266,6 +273,10 @@ class Replica:
         """Page `pgno` of `snap`, verified; up to `readahead` following pages of
         the same file are fetched in the same request and cached."""
         loc = snap.table.get(pgno)
+        if loc is not None:
+            page = self.cache.get(loc[:2])
+            if page is not None:
+                return page
         if loc is None:
             if pgno == ltx.lock_pgno(snap.page_size):
                 return bytes(snap.page_size)
@@ -394,8 +405,8 @@ class Replica:
 
 # ---- the registry: the one piece of global state ----------------------------
 
-_registry: dict[str, Replica] = {}
-_opening: dict[str, Future[Replica]] = {}
+_registry: dict[ReplicaURL, Replica] = {}
+_opening: dict[ReplicaURL, Future[Replica]] = {}
 _registry_lock = threading.Lock()
 
 
@@ -406,18 +417,19 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
     outside the registry lock, so other URLs open and close meanwhile;
     concurrent openers of one URL wait for the same attempt.
     """
+    key = parse_url(url)  # one Replica per replica, however its URL is spelled
     while True:
         with _registry_lock:
-            rep = _registry.get(url)
+            rep = _registry.get(key)
             if rep is not None:
                 if options != rep.options:
                     log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
                 rep.refs += 1
                 return rep
-            fut = _opening.get(url)
+            fut = _opening.get(key)
             owner = fut is None
             if owner:
-                fut = _opening[url] = Future()
+                fut = _opening[key] = Future()
         assert fut is not None
         if not owner:
             exc = fut.exception()  # wait for the opener; share its failure
@@ -434,12 +446,12 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
             rep.start_polling()
         except BaseException as exc:
             with _registry_lock:
-                del _opening[url]
+                del _opening[key]
             fut.set_exception(exc)
             raise
         with _registry_lock:
-            del _opening[url]
-            _registry[url] = rep
+            del _opening[key]
+            _registry[key] = rep
             rep.refs += 1
         fut.set_result(rep)
         return rep
@@ -451,12 +463,13 @@ def release(rep: Replica) -> None:
         rep.refs -= 1
         if rep.refs > 0:
             return
-        if _registry.get(rep.url) is rep:
-            del _registry[rep.url]
+        key = parse_url(rep.url)
+        if _registry.get(key) is rep:
+            del _registry[key]
     rep.close()
 
 
 def open_replicas() -> dict[str, Replica]:
     """A copy of the registry, for introspection and tests."""
     with _registry_lock:
-        return dict(_registry)
+        return {rep.url: rep for rep in _registry.values()}

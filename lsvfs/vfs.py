@@ -87,6 +87,8 @@ class ReplicaFile:
         self._run = min(self._run * 2, self.replica.options.readahead) if first == self._next_pgno else 1
         self._next_pgno = last + 1
         readahead = max(self._run, last - first + 1)
+        if first != 1 and amount == ps and offset == (first - 1) * ps and end - offset == ps:
+            return self.replica.read_page(snap, first, readahead)  # the hot path: one whole page
         parts = []
         for pgno in range(first, last + 1):
             page = self.replica.read_page(snap, pgno, readahead if pgno == first else 1)

@@ -460,3 +460,46 @@ def test_bad_urls_and_storage(tmp_path: Path, s3_bucket: str, moto_s3: Any) -> N
     with pytest.raises(lsvfs.StorageError):
         lsvfs.connect("s3://lsvfs-nowhere/db?endpoint=http://127.0.0.1:9&region=us-east-1&force-path-style=true")
     assert lsvfs.open_replicas() == {}
+
+
+def test_one_replica_however_the_url_is_spelled(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    d = str(p.replica_dir)
+    conns = [lsvfs.connect(u) for u in (f"file://{d}", d, d + "/", f"file://localhost{d}")]
+    assert len(lsvfs.open_replicas()) == 1
+    assert lsvfs.open_replicas()[f"file://{d}"].refs == 4
+    for c in conns:
+        c.close()
+    assert lsvfs.open_replicas() == {}
+
+
+class FlakyListing(WrappedStorage):
+    """Raises a plain OSError (not an lsvfs error) from a few listings."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        super().__init__(inner)
+        self.failures = failures
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[Any]:
+        if self.calls["list"] >= 10 and self.failures > 0:
+            self.failures -= 1
+            self._count("list")
+            raise ConnectionResetError("connection reset by peer")
+        return super().list_files(level, min_txid)
+
+
+def test_poller_survives_any_storage_exception(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    flaky = FlakyListing(open_storage(p.replica_url), failures=3)
+    with closing(lsvfs.connect(p.replica_url, storage=flaky, **FAST)) as conn:
+        rep = lsvfs.open_replicas()[p.replica_url]
+        wait_until(lambda: flaky.failures == 0, 10, what="injected failures")
+        p.execute("INSERT INTO t VALUES (1)")
+        target = p.wait_replicated()
+        wait_until(lambda: txid_of(conn) == target, 10, what="replica recovers")
+        assert rep.poll_errors >= 3 and rep._poller is not None and rep._poller.is_alive()
+        assert rows(conn, "SELECT v FROM t") == [(1,)]
