@@ -97,7 +97,7 @@ class Replica:
         """Build the first snapshot, waiting up to open_timeout for a first file."""
         deadline = time.monotonic() + self.options.open_timeout
         while True:
-            files = list_all(self.storage)
+            files = list_all(self.storage, pool=self._pool)
             if files:
                 break
             if time.monotonic() >= deadline:
@@ -244,7 +244,7 @@ class Replica:
             # L0 has a gap (retention deleted files a compaction covers) or we
             # have not looked higher in a while: plan across every level.
             self._since_full_scan = 0
-            files = list_all(self.storage)
+            files = list_all(self.storage, pool=self._pool)
             chain = extend(files, cur.txid)
             reached = chain[-1].max_txid if chain else cur.txid
             beyond = [f.min_txid for f in files if f.min_txid > reached + 1]

@@ -43,6 +43,9 @@ class _Handle:
 class FileStorage:
     """Read-only client of a Litestream directory replica."""
 
+    local = True
+    """Listing is a few local directory scans: callers need no threads for it."""
+
     def __init__(self, root: str | os.PathLike[str], *, max_open: int = DEFAULT_MAX_OPEN) -> None:
         if max_open < 1:
             raise ValueError("max_open must be >= 1")
