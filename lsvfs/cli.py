@@ -88,6 +88,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for f, reason in report.bad:
         print(f"BAD {f.name}: {reason}")
     if not report.ok:
+        first, reason = report.bad[0]
+        more = f" (and {len(report.bad) - 1} more)" if len(report.bad) > 1 else ""
+        print(f"lsvfs verify: error: {len(report.bad)} of {report.files_checked} files failed verification: "
+              f"{first.name}: {reason}{more}", file=sys.stderr)
         return 1
     end = "matches the post-apply checksum" if report.checksum_verified else "(no rolling checksum in files)"
     print(f"ok: {report.files_checked} files, {report.bytes_checked} bytes; latest TXID {report.txid:016x}, "
