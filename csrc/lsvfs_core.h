@@ -67,7 +67,8 @@ int lsvfs_index_locate(const uint8_t *tail, size_t tail_len,
  * must have strictly ascending non-zero pgnos, frames inside the page block
  * [100, index_offset - 6), frames not overlapping, sizes > 6. At most
  * `cap` entries are written; len / 3 + 1 is always enough.
- * `*count` receives the number of entries. */
+ * `*count` receives the number of entries (on error: the number of good
+ * entries before the bad one, i.e. the failing entry's index). */
 int lsvfs_index_decode(const uint8_t *buf, size_t len, uint64_t index_offset,
                        lsvfs_index_entry *out, size_t cap, size_t *count);
 
@@ -96,7 +97,9 @@ int lsvfs_frames_decode(const uint8_t *buf, size_t buf_len,
  * (flag set) over header, frames (with decompressed pages), zero header,
  * index, its length and the post-apply field. Pages are decoded even when
  * the caller only wants the checksum; `out` may then be a scratch buffer of
- * page_size bytes if `out_pages` is 1 (each page overwrites the last). */
+ * page_size bytes if `out_pages` is 1 (each page overwrites the last).
+ * On error `*failed` is the failing entry's index, or n when the fault is
+ * not in a frame (header, zero page header, index length). */
 int lsvfs_file_decode(const uint8_t *file, size_t file_len,
                       const lsvfs_index_entry *entries, size_t n,
                       uint32_t page_size, uint8_t *out, size_t out_pages,

@@ -35,6 +35,14 @@ static inline int read_ext_len(const uint8_t **ipp, const uint8_t *iend,
     return LSVFS_OK;
 }
 
+/* The fast path runs while this much input and output remain: then a
+ * short sequence (literals < 15, match < 19, offset >= 8) needs no checks
+ * beyond the offset: its 16-byte literal copy, 2-byte offset read and
+ * 18-byte match copy all stay inside both buffers, and at least one more
+ * byte of input follows it, so it cannot be the block's last sequence. */
+#define FAST_IN 32
+#define FAST_OUT 32
+
 int lsvfs_lz4_decode_exact(const uint8_t *src, size_t src_len, uint8_t *dst,
                            size_t dst_len)
 {
@@ -49,12 +57,42 @@ int lsvfs_lz4_decode_exact(const uint8_t *src, size_t src_len, uint8_t *dst,
     uint8_t *const oend = dst + dst_len;
 
     for (;;) {
+        unsigned token;
+        size_t lit, mlen, offset;
+        const uint8_t *match;
+
+        /* ---- fast path: short sequences far from both ends ---- */
+        if ((size_t)(iend - ip) >= FAST_IN && (size_t)(oend - op) >= FAST_OUT) {
+            token = *ip++;
+            lit = token >> 4;
+            mlen = token & 15;
+            if (lit == 15)
+                goto literals; /* long literal run: general path */
+            memcpy(op, ip, 16);
+            op += lit;
+            ip += lit;
+            offset = (size_t)ip[0] | (size_t)ip[1] << 8;
+            ip += 2;
+            if (offset == 0 || offset > (size_t)(op - dst))
+                return LSVFS_ECORRUPT;
+            match = op - offset;
+            if (mlen == 15 || offset < 8)
+                goto match_length; /* long or overlapping match */
+            memcpy(op, match, 8);
+            memcpy(op + 8, match + 8, 8);
+            memcpy(op + 16, match + 16, 2);
+            op += mlen + 4;
+            continue;
+        }
+
+        /* ---- general path: every step checked ---- */
         if (ip >= iend)
             return LSVFS_ETRUNCATED;
-        unsigned token = *ip++;
+        token = *ip++;
+        lit = token >> 4;
+        mlen = token & 15;
 
-        /* ---- literals ---- */
-        size_t lit = token >> 4;
+    literals:
         if (lit == 15) {
             int rc = read_ext_len(&ip, iend, &lit, dst_len);
             if (rc)
@@ -78,15 +116,15 @@ int lsvfs_lz4_decode_exact(const uint8_t *src, size_t src_len, uint8_t *dst,
             return (op == oend) ? LSVFS_OK : LSVFS_ESIZE;
         }
 
-        /* ---- match ---- */
         if ((size_t)(iend - ip) < 2)
             return LSVFS_ETRUNCATED;
-        size_t offset = (size_t)ip[0] | (size_t)ip[1] << 8;
+        offset = (size_t)ip[0] | (size_t)ip[1] << 8;
         ip += 2;
         if (offset == 0 || offset > (size_t)(op - dst))
             return LSVFS_ECORRUPT;
+        match = op - offset;
 
-        size_t mlen = token & 15;
+    match_length:
         if (mlen == 15) {
             int rc = read_ext_len(&ip, iend, &mlen, dst_len);
             if (rc)
@@ -99,7 +137,6 @@ int lsvfs_lz4_decode_exact(const uint8_t *src, size_t src_len, uint8_t *dst,
         if (ip == iend)
             return LSVFS_ECORRUPT; /* block must end with literals */
 
-        const uint8_t *match = op - offset;
         if (offset >= 8) {
             if (mlen <= 16 && room >= 16) {
                 /* two non-overlapping 8-byte steps (offset >= 8) */

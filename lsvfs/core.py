@@ -12,6 +12,7 @@ copied out once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union, overload
 
@@ -49,6 +50,15 @@ FRAME_PREFIX = 10  # frame header + u32 compressed size
 # Output buffers are fully overwritten by C before anyone reads them, so
 # skip the zero fill.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
+_lib_frame_decode = lib.lsvfs_frame_decode
+_ffi_buffer = ffi.buffer
+_U8ARR = ffi.typeof("uint8_t[]")
+_tls = threading.local()  # per-thread 64 KiB decode scratch for decode_frame
+
+
+def _new_scratch() -> Any:
+    _tls.scratch = buf = _alloc(_U8ARR, 65536)
+    return buf
 
 
 class LegacyFrame(LTXError):
@@ -73,6 +83,9 @@ def _in(data: Buffer) -> Any:
 
 def _nbytes(data: Buffer) -> int:
     return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
+_PAGE_SIZES = frozenset(512 << i for i in range(8))
 
 
 def _valid_page_size(n: int) -> bool:
@@ -117,11 +130,18 @@ def lock_pgno(page_size: int) -> int:
 
 def lz4_block_decode(src: Buffer, page_size: int, file: str | None = None) -> bytes:
     """Decode one LZ4 block that must expand to exactly `page_size` bytes."""
-    out = _alloc("uint8_t[]", page_size)
+    if page_size not in _PAGE_SIZES and not 0 < page_size <= 1 << 20:
+        raise LTXError(f"invalid decoded size {page_size}", file)
+    try:
+        out = _tls.scratch
+    except AttributeError:
+        out = _new_scratch()
+    if page_size > 65536:
+        out = _alloc(_U8ARR, page_size)
     rc = lib.lsvfs_lz4_decode_exact(_in(src), _nbytes(src), out, page_size)
     if rc:
         raise LTXError(_lz4_reason(rc, page_size), file)
-    return ffi.buffer(out)[:]
+    return _ffi_buffer(out, page_size)[:]
 
 
 def _lz4_reason(rc: int, page_size: int) -> str:
@@ -314,18 +334,29 @@ def decode_frame(frame: Buffer, pgno: int, page_size: int, file: str | None = No
 
     Checks the pgno, flags and stored size. Raises LegacyFrame (an
     LTXError) for a legacy LZ4-frame payload so the caller can use lz4.frame.
+    This is the per-page hot path, so it does no more Python work than the
+    one C call needs; argument problems surface from C as ERANGE.
     """
-    if not _valid_page_size(page_size):
+    if page_size not in _PAGE_SIZES:
         _check_page_size(page_size, file)
-    if pgno <= 0 or pgno > 0xFFFFFFFF:
-        raise LTXError(f"invalid page number {pgno}", file)
-    n = _nbytes(frame)
-    src = _in(frame)
-    out = _alloc("uint8_t[]", page_size)
-    rc = lib.lsvfs_frame_decode(src, n, pgno, page_size, out)
+    if type(frame) is bytes:
+        src, n = frame, len(frame)
+    else:
+        src, n = ffi.from_buffer(frame), memoryview(frame).nbytes
+    try:
+        out = _tls.scratch
+    except AttributeError:
+        out = _new_scratch()
+    try:
+        rc = _lib_frame_decode(src, n, pgno, page_size, out)
+    except (OverflowError, ValueError):  # negative or > 32-bit pgno
+        rc = ERANGE
     if rc:
+        if rc == ERANGE:
+            _check_page_size(page_size, file)
+            raise LTXError(f"invalid page number {pgno}", file)
         _raise_frame(rc, ffi.from_buffer(frame), n, pgno, page_size, "", file)
-    return ffi.buffer(out)[:]
+    return _ffi_buffer(out, page_size)[:]
 
 
 def decode_frames(buf: Buffer, buf_offset: int,
