@@ -112,7 +112,7 @@ class Trailer:
             raise LTXError("trailer truncated", file)
         post, fcs = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
         if not fcs & CHECKSUM_FLAG:
-            raise LTXError("file checksum missing its flag bit", file)
+            raise LTXError("file checksum missing its flag bit (file truncated or trailer corrupt)", file)
         if header.has_checksums and not post & CHECKSUM_FLAG:
             raise LTXError("post-apply checksum missing its flag bit", file)
         return cls(post, fcs)
