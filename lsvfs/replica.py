@@ -14,10 +14,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from . import core, ltx
@@ -36,6 +37,8 @@ TAIL_READ = 64 << 10
 FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing new."""
 HISTORIC_SNAPSHOTS = 4
+CLOSE_WAIT = 1.0
+"""Seconds close() waits for a poll in progress; a poller stuck in storage finishes on its own."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Snapshot:
     page_size: int
     timestamp_ms: int
     table: core.PageTable
+    live: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    """slot -> how many of this snapshot's pages live in that file."""
 
     @property
     def size(self) -> int:
@@ -72,13 +77,22 @@ class Replica:
         self.options = options
         self.storage = storage if storage is not None else open_storage(url)
         self.cache = FrameCache(options.cache_size)
-        self._files: list[FileInfo | None] = [None]  # slot -> file; slot 0 means "no entry"
+        # Slots name files in page tables and cache keys. A slot is held by every
+        # live snapshot with pages in its file and by builds in progress; the
+        # last holder frees it, so polling forever does not grow these maps.
+        # Slot numbers are never reused (0 means "no entry").
+        self._files: dict[int, FileInfo] = {}
         self._slots: dict[FileInfo, int] = {}
+        self._slot_refs: dict[int, int] = {}
+        self._next_slot = 1
+        self._dead: deque[tuple[int, ...]] = deque()  # slots of snapshots garbage-collected since
+        self._slot_lock = threading.Lock()
         self._lock = threading.Lock()
         self._current: Snapshot | None = None
         self._historic: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
         self._historic_lock = threading.Lock()
         self._rebased: dict[int, Future[Snapshot]] = {}
+        self._rebased_done: OrderedDict[int, Snapshot] = OrderedDict()  # TXID -> rebuilt after retention
         self._verified: dict[int, Future[str]] = {}
         self._verified_dir: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lsvfs-index")
@@ -116,10 +130,13 @@ class Replica:
             self._poller.start()
 
     def close(self) -> None:
+        """Stop polling and free everything. A poll stuck in a slow storage call is
+        not waited for beyond CLOSE_WAIT: it ends with that call and publishes nothing."""
         self._stop.set()
         if self._poller is not None and self._poller is not threading.current_thread():
-            self._poller.join(timeout=30)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._poller.join(timeout=CLOSE_WAIT)
+        self._pool.shutdown(wait=not (self._poller is not None and self._poller.is_alive()),
+                            cancel_futures=True)
         self.storage.close()
         if self._verified_dir:
             shutil.rmtree(self._verified_dir, ignore_errors=True)
@@ -151,43 +168,103 @@ class Replica:
                 self._historic.popitem(last=False)
         return snap
 
-    def _slot(self, f: FileInfo) -> int:
-        with self._lock:
+    def _hold(self, f: FileInfo) -> int:
+        """The slot of `f`, with one more hold on it (pair with _unhold)."""
+        with self._slot_lock:
             slot = self._slots.get(f)
             if slot is None:
-                slot = self._slots[f] = len(self._files)
-                self._files.append(f)
+                slot = self._slots[f] = self._next_slot
+                self._next_slot += 1
+                self._files[slot] = f
+            self._slot_refs[slot] = self._slot_refs.get(slot, 0) + 1
             return slot
 
+    def _unhold(self, slots: tuple[int, ...] | list[int]) -> None:
+        freed = []
+        with self._slot_lock:
+            for slot in slots:
+                n = self._slot_refs[slot] - 1
+                if n:
+                    self._slot_refs[slot] = n
+                    continue
+                del self._slot_refs[slot]
+                del self._slots[self._files.pop(slot)]
+                freed.append(slot)
+        if not freed or self.options.verify != "files":
+            return
+        with self._lock:
+            futs = [self._verified.pop(slot, None) for slot in freed]
+        for fut in futs:
+            if fut is not None and fut.done() and fut.exception() is None:
+                try:
+                    os.unlink(fut.result())
+                except OSError:
+                    pass
+
+    def _reclaim(self) -> None:
+        """Free the slots of snapshots collected since the last call.
+
+        Finalizers only queue (they may run in any thread, at any allocation);
+        the work happens here, from polls and builds.
+        """
+        while True:
+            try:
+                slots = self._dead.popleft()
+            except IndexError:
+                return
+            self._unhold(slots)
+
+    def _track(self, snap: Snapshot) -> Snapshot:
+        """Hold the slots `snap` uses until it is garbage-collected."""
+        slots = tuple(snap.live)
+        with self._slot_lock:
+            for slot in slots:
+                self._slot_refs[slot] += 1
+        weakref.finalize(snap, self._dead.append, slots)
+        return snap
+
     def file(self, slot: int) -> FileInfo:
-        f = self._files[slot]
-        assert f is not None
+        f = self._files.get(slot)
+        if f is None:
+            raise ReplicaError(f"{self.url}: no file for slot {slot} (snapshot outlived its files)")
         return f
+
+    def open_slots(self) -> int:
+        """How many files the live snapshots (and builds in progress) point into."""
+        with self._slot_lock:
+            return len(self._files)
 
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
-        def load(f: FileInfo) -> _Index:
-            return self._retry(lambda: self._load_index(f), f.name)
+        self._reclaim()
+        held = [self._hold(f) for f in chain]
+        try:
+            def load(f: FileInfo, slot: int) -> _Index:
+                return self._retry(lambda: self._load_index(f, slot), f.name)
 
-        indexes = [load(chain[0])] if len(chain) == 1 else list(self._pool.map(load, chain))
-        table = base.table.clone() if base is not None else core.PageTable()
-        page_size = base.page_size if base is not None else indexes[0].header.page_size
-        for f, idx in zip(chain, indexes):
-            if idx.header.page_size != page_size:
-                raise LTXError(f"page size {idx.header.page_size} differs from the replica's {page_size}", f.name)
-            table.apply(self._slot(f), idx.entries)
-            table.truncate(idx.header.commit)
-        last = indexes[-1].header
-        return Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table)
+            indexes = ([load(chain[0], held[0])] if len(chain) == 1
+                       else list(self._pool.map(load, chain, held)))
+            table = base.table.clone() if base is not None else core.PageTable()
+            live = dict(base.live) if base is not None else {}
+            page_size = base.page_size if base is not None else indexes[0].header.page_size
+            for f, slot, idx in zip(chain, held, indexes):
+                if idx.header.page_size != page_size:
+                    raise LTXError(f"page size {idx.header.page_size} differs from the replica's {page_size}",
+                                   f.name)
+                _apply(table, live, slot, idx.entries, idx.header.commit)
+            last = indexes[-1].header
+            return self._track(Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table, live))
+        finally:
+            self._unhold(held)
 
-    def _load_index(self, f: FileInfo) -> _Index:
+    def _load_index(self, f: FileInfo, slot: int) -> _Index:
         """Header and page index of one file; small files are read whole, proven
         by their CRC-64, and their pages go straight into the cache."""
         if f.size <= TAIL_READ or self.options.verify == "files":
             data = self.storage.read_all(f)
             decoded = ltx.decode(data, f.name)
             self._check_name(f, decoded.header)
-            slot = self._slot(f)
+            _check_pages(f, decoded.header, decoded.entries)
             if f.size <= TAIL_READ:
                 for i, (_, offset, _) in enumerate(decoded.entries):
                     self.cache.put((slot, offset), bytes(decoded.page(i)))
@@ -204,6 +281,7 @@ class Replica:
             tail_start = idx_off
         rel = idx_off - tail_start
         entries = core.decode_index(tail[rel:rel + idx_len], idx_off, file=f.name)
+        _check_pages(f, header, entries)
         return _Index(header, entries)
 
     @staticmethod
@@ -221,7 +299,10 @@ class Replica:
     def poll(self) -> bool:
         """One poll; True if a new snapshot was published. Never raises."""
         self.poll_count += 1
+        if self._stop.is_set():
+            return False
         try:
+            self._reclaim()
             advanced = self._poll()
         except LsvfsError as exc:
             self.poll_errors += 1
@@ -257,6 +338,8 @@ class Replica:
         if not chain:
             return False
         new = self._build(cur, chain)
+        if self._stop.is_set():
+            return False
         with self._lock:
             self._current = new
         self._last_gap = None
@@ -269,7 +352,7 @@ class Replica:
 
     # ---- page reads -------------------------------------------------------
 
-    def read_page(self, snap: Snapshot, pgno: int, readahead: int = 1) -> bytes:
+    def read_page(self, snap: Snapshot, pgno: int, readahead: int = 1, *, _rebased: bool = False) -> bytes:
         """Page `pgno` of `snap`, verified; up to `readahead` following pages of
         the same file are fetched in the same request and cached."""
         loc = snap.table.get(pgno)
@@ -286,11 +369,21 @@ class Replica:
             return self.cache.get_or_load((slot, offset), lambda: self._fetch_run(snap, pgno, readahead))
         except MissingFileError:
             # Retention removed a file this snapshot points at; the same TXID
-            # rebuilt from the files that compacted it has the same bytes.
-            alt = self._rebased_snapshot(snap.txid)
+            # rebuilt from the files that compacted it has the same bytes. The
+            # rebuilt snapshot is kept, so a pinned transaction re-plans once,
+            # not once per page; if it is missing files too, the read fails.
+            if _rebased:
+                raise
+            alt = self._rebased_snapshot(snap)
             if alt is snap:
                 raise
-            return self.read_page(alt, pgno, readahead)
+            try:
+                return self.read_page(alt, pgno, readahead, _rebased=True)
+            except MissingFileError:
+                with self._historic_lock:
+                    if self._rebased_done.get(alt.txid) is alt:
+                        del self._rebased_done[alt.txid]
+                raise
 
     def _fetch_run(self, snap: Snapshot, pgno: int, readahead: int) -> dict[Key, bytes]:
         locs = snap.table.get_range(pgno, max(1, min(readahead, snap.commit - pgno + 1)))
@@ -340,7 +433,14 @@ class Replica:
                 delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")
 
-    def _rebased_snapshot(self, txid: int) -> Snapshot:
+    def _rebased_snapshot(self, old: Snapshot) -> Snapshot:
+        """`old`'s TXID rebuilt from the files the replica has now (one build, shared)."""
+        txid = old.txid
+        with self._historic_lock:
+            done = self._rebased_done.get(txid)
+            if done is not None and done is not old:
+                self._rebased_done.move_to_end(txid)
+                return done
         with self._lock:
             fut = self._rebased.get(txid)
             owner = fut is None
@@ -350,6 +450,10 @@ class Replica:
         if owner:
             try:
                 snap = self._build(None, plan_for(self.storage, Target(txid)))
+                with self._historic_lock:
+                    self._rebased_done[txid] = snap
+                    while len(self._rebased_done) > HISTORIC_SNAPSHOTS:
+                        self._rebased_done.popitem(last=False)
                 fut.set_result(snap)
                 with self._lock:
                     if self._current is not None and self._current.txid == txid:
@@ -401,6 +505,52 @@ class Replica:
         data = self.storage.read_all(f)
         ltx.decode(data, f.name, want_pages=False)
         return data
+
+
+def _check_pages(f: FileInfo, header: ltx.Header, entries: core.IndexEntries) -> None:
+    """Format rules the index must meet whatever mode: no page past the file's
+    commit, and a snapshot holds every page 1..commit but the lock page. They
+    catch a corrupt commit in a header read without its file's CRC-64."""
+    n = len(entries)
+    if n and entries[n - 1][0] > header.commit:
+        raise LTXError(f"holds page {entries[n - 1][0]} beyond its commit of {header.commit} pages", f.name)
+    if header.is_snapshot:
+        want = header.commit - (1 if ltx.lock_pgno(header.page_size) <= header.commit else 0)
+        if n != want:
+            raise LTXError(f"snapshot of {header.commit} pages holds {n} pages", f.name)
+
+
+def _apply(table: core.PageTable, live: dict[int, int], slot: int, entries: core.IndexEntries,
+           commit: int) -> None:
+    """Apply one file's entries then its commit to `table`, keeping `live`
+    (pages per slot) exact: the pages overwritten or cut off leave their slots."""
+
+    def drop(locs: list[tuple[int, int, int] | None]) -> None:
+        for loc in locs:
+            if loc is not None:
+                left = live[loc[0]] - 1
+                if left:
+                    live[loc[0]] = left
+                else:
+                    del live[loc[0]]
+
+    n = len(entries)
+    if n and table.count:
+        pgnos = entries.pgnos
+        span = pgnos[-1] - pgnos[0] + 1
+        if span <= 4 * n:
+            first = pgnos[0]
+            locs = table.get_range(first, span)
+            drop([locs[p - first] for p in pgnos])
+        else:
+            drop([table.get(p) for p in pgnos])
+    table.apply(slot, entries)
+    if n:
+        live[slot] = live.get(slot, 0) + n
+    end = table.max_pgno
+    if end > commit:
+        drop(table.get_range(commit + 1, end - commit))
+    table.truncate(commit)
 
 
 # ---- the registry: the one piece of global state ----------------------------
