@@ -740,12 +740,13 @@ class ReplicatedPrimary:
         """Block until everything committed so far is in the replica; return its TXID.
 
         Commits a bump of the marker row in its own transaction, then restores
-        the replica with `litestream restore -json` every ~50 ms until the
-        restored database holds that marker value. The marker commit comes
-        after every earlier commit in the WAL, so seeing it proves they are
-        all replicated. The returned TXID is the one litestream's restore
-        reports for the bytes it produced, i.e. the max TXID of the files that
-        restore applied: it names exactly the state that was checked.
+        the replica every ~50 ms until the restored database holds that marker
+        value. The marker commit comes after every earlier commit in the WAL,
+        so seeing it proves they are all replicated. Each try lists the
+        replica, takes the newest TXID the files reach, and restores exactly
+        that TXID with `litestream restore -txid`: the returned TXID names
+        exactly the state that was checked. (The TXID `restore -json` prints
+        for a latest restore can lag the bytes it wrote, seen on S3 under load.)
 
         With `exact` (default) it also waits until the restored bytes equal
         `image()`, which absorbs litestream's own writes to `_litestream_seq`
@@ -772,7 +773,8 @@ class ReplicatedPrimary:
                 tries += 1
                 self._check_alive()
                 try:
-                    res = self.restore(out, timeout=max(1.0, deadline - time.monotonic()))
+                    end = self._newest_txid()
+                    res = self.restore(out, txid=end, timeout=max(1.0, deadline - time.monotonic()))
                     data = out.read_bytes()
                     seen = _marker_of(data)
                     if seen >= seq:
@@ -799,6 +801,17 @@ class ReplicatedPrimary:
             for p in (out, out.with_name(out.name + "-wal"), out.with_name(out.name + "-shm")):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+
+    def _newest_txid(self) -> int | None:
+        """The TXID the replica's files reach now (None before the first file)."""
+        from lsvfs.errors import ReplicaError
+        from lsvfs.plan import build
+
+        files = [f for fs in self.replica_files().values() for f in fs]
+        try:
+            return build(files)[-1].max_txid if files else None
+        except ReplicaError as e:  # a gap while litestream compacts: try again
+            raise ReplicationError(str(e)) from e
 
     def open_storage(self) -> Any:
         """An lsvfs storage client for this replica (caller closes it)."""
