@@ -78,7 +78,7 @@ def build(files: list[FileInfo], target: Target = Target()) -> list[FileInfo]:
         raise ReplicaError("replica is empty: no LTX files found")
     chain = extend(usable, 0)
     first = min(files, key=lambda f: f.min_txid)
-    if not chain and (target.txid is None or first.min_txid > 1):
+    if not chain and (target.txid is None or first.min_txid > 1 or target.txid < first.min_txid):
         if target.txid is not None and target.txid < first.min_txid:
             raise ReplicaError(f"TXID {target.txid:016x} is older than the replica, which starts at "
                                f"{first.min_txid:016x}")

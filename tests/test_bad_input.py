@@ -349,3 +349,20 @@ def test_unusable_url(tmp_path: Path, url: str) -> None:
     one_error_line(cli("restore", url, str(tmp_path / "x.db")), "restore")
     one_error_line(cli("ls", url), "ls")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("txid", "reason"), [(0, "older than the replica"), (1 << 40, "newer than the replica")])
+def test_txid_outside_the_replica(frozen: Frozen, tmp_path: Path, txid: int, reason: str) -> None:
+    """A TXID before the first or after the newest is a ReplicaError naming it, never a crash or a file."""
+    exc = check_restore_fails_txid(str(frozen.replica), tmp_path, txid)
+    assert isinstance(exc, lsvfs.ReplicaError) and not isinstance(exc, lsvfs.GapError)
+    assert reason in str(exc) and f"{txid:016x}" in str(exc)
+
+
+def check_restore_fails_txid(url: str, tmp_path: Path, txid: int) -> Exception:
+    with pytest.raises(lsvfs.ReplicaError) as exc:
+        lsvfs.restore(url, tmp_path / "x.db", txid=txid)
+    line = one_error_line(cli("restore", url, str(tmp_path / "x.db"), "--txid", f"{txid:x}"), "restore")
+    assert f"{txid:016x}" in line
+    assert os.listdir(tmp_path) == []
+    return exc.value
