@@ -110,6 +110,7 @@ def restore(url: str | StorageClient, out: str | os.PathLike[str], *, txid: int 
         files = plan_for(storage, Target(txid, timestamp_ms))
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a database gets the usual mode
             header, trailer = apply_plan(storage, files, fd, progress)
             checksum = _file_checksum(fd, header.page_size, header.commit)
             verified = header.has_checksums
@@ -129,6 +130,20 @@ def restore(url: str | StorageClient, out: str | os.PathLike[str], *, txid: int 
         if isinstance(url, str):
             storage.close()
     return RestoreResult(header.max_txid, header.page_size, header.commit, checksum, tuple(files), verified)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _file_checksum(fd: int, page_size: int, commit: int) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from replication import MakePrimary, ReplicatedPrimary
+from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 
 import lsvfs
 from lsvfs import ltx
@@ -277,6 +277,22 @@ def test_restore_verifies_database_checksum_before_rename(tmp_path: Path) -> Non
     r = cli("verify", str(bad))
     assert r.returncode == 1
     assert "BAD L0/0000000000000002-0000000000000002.ltx" in r.stdout
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_restored_file_has_the_usual_mode(frozen: Frozen, tmp_path: Path, umask: int) -> None:
+    """The output gets 0666 & ~umask like any new file (and like `litestream restore`), not the
+    temp file's 0600."""
+    r = subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$0" -m lsvfs restore "$1" "$2"',
+                        sys.executable, str(frozen.replica), str(tmp_path / "m.db")],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.db").stat().st_mode & 0o777 == 0o666 & ~umask
+    r = subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$0" restore -o "$1" "$2"', litestream_binary(),
+                        str(tmp_path / "lit.db"), frozen.replica.as_uri()],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "lit.db").stat().st_mode & 0o777 == (tmp_path / "m.db").stat().st_mode & 0o777
 
 
 def test_restore_txid_and_timestamp_options(frozen: Frozen, tmp_path: Path) -> None:
