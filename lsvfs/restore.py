@@ -6,6 +6,7 @@ byte of it lands in the output; the output appears only by an atomic rename.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -120,16 +121,35 @@ def restore(url: str | StorageClient, out: str | os.PathLike[str], *, txid: int 
             os.fsync(fd)
             os.close(fd)
             fd = -1
-            os.replace(tmp, out)
+            _publish(tmp, out, force)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
     finally:
         if isinstance(url, str):
             storage.close()
     return RestoreResult(header.max_txid, header.page_size, header.commit, checksum, tuple(files), verified)
+
+
+def _publish(tmp: str, out: Path, force: bool) -> None:
+    """Move the finished temp file to `out` atomically; without `force`, never over an existing file,
+    even one that appeared while the restore ran (a hard link fails if the name exists)."""
+    if force:
+        os.replace(tmp, out)
+        return
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite") from None
+    except OSError:  # no hard links on this filesystem: check, then rename
+        if out.exists():
+            raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite") from None
+        os.replace(tmp, out)
+        return
+    os.unlink(tmp)
 
 
 def _umask() -> int:

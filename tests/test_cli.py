@@ -212,6 +212,23 @@ def test_restore_refuses_to_overwrite_without_force(frozen: Frozen, tmp_path: Pa
     assert sorted(os.listdir(tmp_path)) == ["out.db"]
 
 
+def test_restore_never_clobbers_a_file_that_appears_meanwhile(frozen: Frozen, tmp_path: Path) -> None:
+    """OUT created by someone else while the restore runs is not overwritten without force."""
+    out = tmp_path / "out.db"
+
+    def someone_else(done: int, total: int) -> None:
+        if not out.exists():
+            out.write_bytes(b"theirs")
+
+    with pytest.raises(FileExistsError):
+        lsvfs.restore(str(frozen.replica), out, progress=someone_else)
+    assert out.read_bytes() == b"theirs"
+    assert os.listdir(tmp_path) == ["out.db"]
+    lsvfs.restore(str(frozen.replica), out, progress=someone_else, force=True)
+    assert out.read_bytes() == frozen.image
+    assert os.listdir(tmp_path) == ["out.db"]
+
+
 def test_failed_restore_leaves_no_output_and_no_temp_file(frozen: Frozen, tmp_path: Path) -> None:
     """A restore that fails after writing part of the database removes its temp file; OUT never appears."""
     rep = copy_replica(frozen.replica, tmp_path / "rep")
