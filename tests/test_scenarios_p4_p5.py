@@ -1,0 +1,490 @@
+"""Test plan, priorities 4 and 5 (temp files & lifecycle; SQLite behaviours): scenarios 14-22."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+from synthetic import (
+    STRESS_SECONDS,
+    DirTarget,
+    RawPrimary,
+    SyntheticPrimary,
+    make_target,
+    open_replica,
+)
+
+import lsvfs
+import lsvfs.vfs
+from lsvfs import ltx
+from lsvfs.vfs import ReplicaFile, register
+
+SPILL = "PRAGMA temp_store=FILE; PRAGMA cache_size=8; PRAGMA temp.cache_size=4"
+"""Makes sorts and temp tables go to temp files rather than memory."""
+BIG_SORT = "SELECT a.k, a.v FROM t a, t b WHERE b.id <= 4 ORDER BY a.v, b.id"
+"""A ~700 KB sort: spills to temp files under SPILL."""
+
+
+def big_table(p: SyntheticPrimary, rows: int = 1500) -> None:
+    rnd = random.Random(4)
+    p.commit("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    p.commit("INSERT INTO t(k, v) VALUES (?, ?)", many=[(rnd.randrange(1 << 20), rnd.randbytes(120))
+                                                          for _ in range(rows)])
+
+
+def temp_fds(vfs: Any) -> int:
+    """Descriptors of this process open on files in the VFS's temp directory.
+
+    The unix VFS unlinks delete-on-close files as soon as it opens them, so
+    a temp file is visible only as a descriptor to "<dir>/tmp-... (deleted)".
+    """
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(vfs.temp_dir + os.sep):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def temp_state(vfs: Any) -> tuple[int, int, list[str]]:
+    """(temp files tracked, descriptors on them, names left in the directory)."""
+    return vfs.temp_files_open(), temp_fds(vfs), sorted(os.listdir(vfs.temp_dir))
+
+
+# ---- 14-17: temp files ------------------------------------------------------------------
+
+@pytest.mark.stress
+def test_s14_temp_file_lifecycle_under_concurrency(tmp_path: Path) -> None:
+    """Scenario 14: 8 threads, each with its own connection (some reopened
+    mid-run), spill sorts and build/drop temp tables through the VFS's temp
+    files for LSVFS_STRESS_SECONDS; every result is right, and afterwards no
+    temp file is tracked or left in the private temp directory."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    big_table(p)
+    want_sorted = p.rows(BIG_SORT)
+    want_count = p.rows("SELECT count(*) FROM t WHERE k % 3 = 0")
+    vfs = register()
+    before = temp_state(vfs)
+    errors: list[str] = []
+    spills = [0] * 8
+    deadline = time.monotonic() + STRESS_SECONDS
+
+    def worker(i: int) -> None:
+        try:
+            while time.monotonic() < deadline:
+                with closing(lsvfs.connect(p.url)) as conn:
+                    conn.execute(SPILL)
+                    for _ in range(3):
+                        if conn.execute(BIG_SORT).fetchall() != want_sorted:
+                            errors.append("sort")
+                        conn.execute(f"CREATE TEMP TABLE s{i} AS SELECT id, k FROM t WHERE k % 3 = 0")
+                        if conn.execute(f"SELECT count(*) FROM s{i}").fetchall() != want_count:
+                            errors.append("temp table")
+                        conn.execute(f"DROP TABLE s{i}")
+                        spills[i] += 1
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(repr(exc))
+
+    with closing(lsvfs.connect(p.url, poll_interval=0)):
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        peak = peak_fds = 0
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, vfs.temp_files_open())
+            peak_fds = max(peak_fds, temp_fds(vfs))
+            time.sleep(0.005)
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors[:5]
+    assert min(spills) > 0 and peak > 1 and peak_fds > 1
+    assert temp_state(vfs) == before == (0, 0, [])
+
+
+def test_s15_temp_files_with_the_same_name_stay_apart() -> None:
+    """Scenario 15: SQLite asking twice for a temp file of the same name gets two
+    distinct private files; closing (and deleting) one leaves the other intact,
+    and tracking returns to where it was."""
+    vfs = register()
+    before = temp_state(vfs)
+    flags = (apsw.SQLITE_OPEN_TEMP_JOURNAL | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_READWRITE
+             | apsw.SQLITE_OPEN_DELETEONCLOSE)
+    a = vfs.xOpen("etilqs_same", [flags, 0])
+    b = vfs.xOpen("etilqs_same", [flags, 0])
+    try:
+        assert a.path != b.path and os.path.dirname(a.path) == vfs.temp_dir
+        a.xWrite(b"A" * 4096, 0)
+        b.xWrite(b"B" * 4096, 0)
+        assert vfs.temp_files_open() == before[0] + 2 and temp_fds(vfs) == before[1] + 2
+        a.xClose()
+        assert vfs.temp_files_open() == before[0] + 1 and temp_fds(vfs) == before[1] + 1
+        assert b.xRead(4096, 0) == b"B" * 4096
+    finally:
+        b.xClose()
+    assert temp_state(vfs) == before
+
+
+def test_s15_temp_tables_of_the_same_name_in_two_connections(tmp_path: Path) -> None:
+    """Scenario 15 through SQL: two connections each create TEMP TABLE scratch
+    (spilled to temp files); each sees only its own rows."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    big_table(p, rows=300)
+    with closing(lsvfs.connect(p.url, poll_interval=0)) as a, closing(lsvfs.connect(p.url)) as b:
+        for c in (a, b):
+            c.execute(SPILL)
+        a.execute("CREATE TEMP TABLE scratch AS SELECT id, v FROM t WHERE id % 2 = 0")
+        b.execute("CREATE TEMP TABLE scratch AS SELECT id, v FROM t WHERE id % 2 = 1")
+        assert a.execute("SELECT count(*), min(id) FROM scratch").fetchall() == [(150, 2)]
+        assert b.execute("SELECT count(*), min(id) FROM scratch").fetchall() == [(150, 1)]
+        assert temp_fds(register()) >= 2
+    assert temp_state(register()) == (0, 0, [])
+
+
+def test_s16_temp_directory_unusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario 16 (no temp directory): when the private temp directory cannot
+    hold files, a statement that needs one fails at once with a SQLite error,
+    nothing stays tracked, the connection keeps answering queries that need
+    no temp file, and temp work succeeds again once the directory is back."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    big_table(p, rows=600)
+    vfs = register()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with closing(lsvfs.connect(p.url, poll_interval=0)) as conn:
+        conn.execute(SPILL)
+        monkeypatch.setattr(vfs, "temp_dir", str(blocker / "tmp"))
+        with pytest.raises((apsw.CantOpenError, apsw.IOError)):
+            conn.execute("CREATE TEMP TABLE s AS SELECT * FROM t")
+        assert vfs.temp_files_open() == 0
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(600,)]
+        monkeypatch.undo()
+        conn.execute("CREATE TEMP TABLE s AS SELECT * FROM t")
+        assert conn.execute("SELECT count(*) FROM s").fetchall() == [(600,)]
+    assert temp_state(vfs) == (0, 0, [])
+
+
+def test_s16_temp_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario 16 (disk full): temp files that stop accepting writes (ENOSPC
+    after 64 KiB) make a temp-table build and a spilling sort fail with
+    SQLITE_FULL; the sort's files are gone at once (the temp database stays
+    open until the connection closes, as SQLite keeps it), the connection
+    works again when space returns, and nothing is left after close."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    big_table(p, rows=1500)
+    vfs = register()
+    real = apsw.VFSFile
+
+    class FullDisk(real):  # type: ignore[misc, valid-type]
+        full = True
+
+        def xWrite(self, data: bytes, offset: int) -> None:
+            if FullDisk.full and offset + len(data) > 64 << 10:
+                raise apsw.FullError("No space left on device (injected)")
+            super().xWrite(data, offset)
+
+    with closing(lsvfs.connect(p.url, poll_interval=0)) as conn:
+        conn.execute(SPILL)
+        monkeypatch.setattr(lsvfs.vfs.apsw, "VFSFile", FullDisk)
+        with pytest.raises(apsw.FullError):
+            conn.execute("CREATE TEMP TABLE s AS SELECT * FROM t")
+        with pytest.raises(apsw.FullError):
+            conn.execute(BIG_SORT).fetchall()
+        tracked, fds, _ = temp_state(vfs)
+        assert tracked == fds <= 1, "only the connection's temp database file stays open"
+        FullDisk.full = False
+        conn.execute("CREATE TEMP TABLE s AS SELECT * FROM t")
+        assert conn.execute("SELECT count(*) FROM s").fetchall() == [(1500,)]
+        assert conn.execute(BIG_SORT).fetchall() == p.rows(BIG_SORT)
+    assert temp_state(vfs) == (0, 0, [])
+
+
+def test_s17_closing_a_connection_mid_query_removes_its_temp_files(tmp_path: Path) -> None:
+    """Scenario 17: a connection closed while a cursor is in the middle of a
+    spilled sort (and with a temp table) removes every temp file it had, at
+    once, and forgets them."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    big_table(p)
+    vfs = register()
+    conn = lsvfs.connect(p.url, poll_interval=0)
+    conn.execute(SPILL)
+    conn.execute("CREATE TEMP TABLE keep AS SELECT id, v FROM t")
+    cur = conn.execute(BIG_SORT)
+    cur.fetchone()
+    n, fds, _ = temp_state(vfs)
+    assert n >= 2 and fds == n
+    conn.close()
+    assert temp_state(vfs) == (0, 0, [])
+
+
+# ---- 18: lock page -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
+def test_s18_reads_across_the_lock_page(tmp_path: Path, page_size: int) -> None:
+    """Scenario 18: at every page size, a database reaching past the lock page
+    (the page holding byte 2**30, never stored): pages on both sides of it are
+    served exactly, the lock page itself reads as zeros, one xRead spanning
+    all three is stitched correctly, and xFileSize counts the lock page."""
+    raw = RawPrimary(DirTarget(tmp_path / "r"), page_size=page_size)
+    lock = ltx.lock_pgno(page_size)
+    raw.write([1], commit=1)  # a complete one-page snapshot
+    raw.write([2, lock - 1, lock + 1], commit=lock + 1)  # then a sparse growth past the lock page
+    with open_replica(raw.url, poll_interval=0) as rep:
+        snap = rep.current()
+        assert snap.commit == lock + 1 and snap.size == (lock + 1) * page_size
+        assert rep.read_page(snap, lock) == bytes(page_size)
+        f = ReplicaFile(register(), rep)
+        rep.refs += 1
+        try:
+            f.xLock(apsw.SQLITE_LOCK_SHARED)
+            assert f.xFileSize() == (lock + 1) * page_size
+            got = f.xRead(3 * page_size, (lock - 2) * page_size)
+            want = raw.content(lock - 1, 2) + bytes(page_size) + raw.content(lock + 1, 2)
+            assert got == want
+            mid = f.xRead(page_size, (lock - 1) * page_size - page_size // 2)  # straddles into the lock page
+            assert mid == want[page_size // 2:page_size // 2 + page_size]
+            with pytest.raises(apsw.CorruptError, match=f"page {lock - 2} "):
+                f.xRead(page_size, (lock - 3) * page_size)  # never written: an error, not zeros
+        finally:
+            f.xUnlock(apsw.SQLITE_LOCK_NONE)
+            f.xClose()
+
+
+# ---- 19: page 1 header ---------------------------------------------------------------------
+
+def test_s19_page1_header_is_rewritten_exactly(tmp_path: Path) -> None:
+    """Scenario 19: page 1 of a WAL-mode database is served with bytes 18-19 =
+    1 (rollback journal), the change counter (24-27) and version-valid-for
+    (92-95) = the TXID's low 32 bits, the in-header size (28-31) = the
+    snapshot's page count; every other byte is as stored, also for partial
+    reads of the header. Connections at one TXID see identical headers; a
+    connection pinned to an older TXID sees that TXID's counter."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "src"), page_size=1024)
+    big_table(p, rows=200)
+    target = DirTarget(tmp_path / "r")
+    ps = 1024
+    images = {}
+    for txid in (1, 2):
+        img = bytearray(p.image(p.txid))
+        img[18] = img[19] = 2  # as a WAL-mode primary stores it
+        img[24:28] = struct.pack(">I", 0xAB00 + txid)
+        images[txid] = bytes(img)
+        pages = [(n // ps + 1, bytes(img[n:n + ps])) for n in range(0, len(img), ps)]
+        if txid == 2:
+            pages = pages[:1]
+        hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, ps, len(img) // ps, 1 if txid == 1 else 2, txid,
+                         1_700_000_000_000 + txid)
+        target.put(0, hdr.min_txid, txid, ltx.encode(hdr, pages))
+    with open_replica(target.url, poll_interval=0) as rep:
+        files = [ReplicaFile(register(), rep) for _ in range(2)]
+        rep.refs += 2
+        try:
+            heads = []
+            for f in files:
+                f.xLock(apsw.SQLITE_LOCK_SHARED)
+                heads.append(f.xRead(ps, 0))
+            h = heads[0]
+            stored = images[2][:ps]
+            assert heads[0] == heads[1]
+            assert h[18:20] == b"\x01\x01"
+            assert h[24:28] == h[92:96] == struct.pack(">I", 2)
+            assert h[28:32] == struct.pack(">I", len(images[2]) // ps)
+            for lo, hi in ((0, 18), (20, 24), (32, 92), (96, ps)):
+                assert h[lo:hi] == stored[lo:hi]
+            assert files[0].xRead(100, 0) == h[:100] and files[0].xRead(8, 20) == h[20:28]
+            for f in files:
+                f.xUnlock(apsw.SQLITE_LOCK_NONE)
+            files[1].pin_txid = 1
+            files[1].xLock(apsw.SQLITE_LOCK_SHARED)
+            old = files[1].xRead(ps, 0)
+            assert old[24:28] == old[92:96] == struct.pack(">I", 1)
+            assert old[18:20] == b"\x01\x01"
+        finally:
+            for f in files:
+                f.xUnlock(apsw.SQLITE_LOCK_NONE)
+                f.xClose()
+    with closing(lsvfs.connect(target.url)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchall() == [("delete",)]
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(200,)]
+
+
+def test_s19_data_version_moves_exactly_with_the_txid(tmp_path: Path) -> None:
+    """Scenario 19 (the change counter's purpose): PRAGMA data_version, which
+    SQLite derives from the change counter, stays put across transactions
+    while nothing changes and moves when the connection sees a new TXID."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    big_table(p, rows=10)
+    with closing(lsvfs.connect(p.url, poll_interval=0)) as conn, closing(lsvfs.connect(p.url)) as other:
+        rep = lsvfs.open_replicas()[p.url]
+
+        def version() -> int:
+            conn.execute("SELECT count(*) FROM t").fetchall()
+            return int(conn.execute("PRAGMA data_version").fetchall()[0][0])
+
+        v0 = version()
+        assert version() == v0 == version()
+        p.commit("INSERT INTO t(k) VALUES (1)")
+        assert rep.poll()
+        v1 = version()
+        assert v1 != v0 and version() == v1
+        assert other.execute("SELECT count(*) FROM t").fetchall() == [(11,)]
+        assert version() == v1
+
+
+# ---- 20: empty and edge-case replicas -------------------------------------------------
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+@pytest.mark.parametrize("case", ["nothing", "junk_only", "no_snapshot", "empty_database", "emptied"])
+def test_s20_empty_and_edge_case_replicas(tmp_path: Path, request: pytest.FixtureRequest, storage: str,
+                                          case: str) -> None:
+    """Scenario 20: an empty replica (nothing, or only non-LTX names such as
+    Litestream's temp files) is a ReplicaError saying so; L0 files with no
+    snapshot are a GapError; the snapshot of a database with no tables, and a
+    database whose tables were all dropped and vacuumed, open and answer."""
+    target = make_target(storage, tmp_path, request)
+    p = SyntheticPrimary(target, page_size=1024)
+    if case == "nothing":
+        with pytest.raises(lsvfs.ReplicaError, match="empty"):
+            lsvfs.connect(p.url)
+    elif case == "junk_only":
+        hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, 1024, 1, 1, 1, 0)
+        data = ltx.encode(hdr, [(1, bytes(1024))])
+        if isinstance(target, DirTarget):
+            d = target.root / "ltx" / "0"
+            d.mkdir(parents=True)
+            (d / "0000000000000001-0000000000000001.ltx.tmp").write_bytes(data)
+            (d / "README").write_text("not a file of ours")
+        else:
+            target.moto.bulk_put(target.bucket, [(f"{target.path}/0000/0000000000000001-0000000000000001.ltx.tmp",
+                                                  data), (f"{target.path}/0000/README", b"x")])
+        with pytest.raises(lsvfs.ReplicaError, match="empty"):
+            lsvfs.connect(p.url)
+    elif case == "no_snapshot":
+        p.commit("CREATE TABLE t(v)", publish=False)
+        for i in range(3):
+            p.commit("INSERT INTO t VALUES (?)", (i,))
+        with pytest.raises(lsvfs.GapError, match="no snapshot"):
+            lsvfs.connect(p.url)
+    elif case == "empty_database":
+        p.commit("PRAGMA user_version = 5", transaction=False)  # one page, no tables
+        with closing(lsvfs.connect(p.url)) as conn:
+            assert conn.execute("SELECT count(*) FROM sqlite_master").fetchall() == [(0,)]
+            assert conn.execute("PRAGMA page_count").fetchall() == [(1,)]
+            assert conn.execute("PRAGMA user_version").fetchall() == [(5,)]
+    else:
+        big_table(p, rows=100)
+        p.commit("DROP TABLE t")
+        p.commit("VACUUM", transaction=False)
+        with closing(lsvfs.connect(p.url)) as conn:
+            assert conn.execute("SELECT count(*) FROM sqlite_master").fetchall() == [(0,)]
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert lsvfs.open_replicas() == {}
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.FixtureRequest, storage: str) -> None:
+    """Scenario 20 (the plan's TODO "open even when no files are available"):
+    with open_timeout, connect() waits for the replica's first file, over
+    both backends, and fails only when the timeout passes."""
+    p = SyntheticPrimary(make_target(storage, tmp_path, request), page_size=1024)
+    t0 = time.monotonic()
+    with pytest.raises(lsvfs.ReplicaError, match="empty"):
+        lsvfs.connect(p.url, open_timeout=0.2)
+    assert time.monotonic() - t0 >= 0.2
+    timer = threading.Timer(0.3, lambda: p.commit("CREATE TABLE late(v)"))
+    timer.start()
+    try:
+        with closing(lsvfs.connect(p.url, open_timeout=10, poll_interval=0.05)) as conn:
+            assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("late",)]
+    finally:
+        timer.cancel()
+
+
+# ---- 21: auto-vacuum -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["FULL", "INCREMENTAL"])
+def test_s21_auto_vacuum_shrinks_and_regrows(tmp_path: Path, mode: str) -> None:
+    """Scenario 21: with auto_vacuum FULL (shrinks at commit) and INCREMENTAL
+    (shrinks at PRAGMA incremental_vacuum) the replica's size follows the
+    primary down and back up; pages past the shrink point never come back
+    stale; integrity_check passes at every step; a transaction pinned before
+    the shrink still reads its rows."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024, auto_vacuum=mode)
+    big_table(p, rows=1000)
+    sql = "SELECT id, k, v FROM t ORDER BY id"
+    with closing(lsvfs.connect(p.url, poll_interval=0)) as conn, closing(lsvfs.connect(p.url)) as pinned:
+        rep = lsvfs.open_replicas()[p.url]
+        big = conn.execute("PRAGMA page_count").fetchall()[0][0]
+        pinned.execute("BEGIN")
+        before = pinned.execute(sql).fetchall()
+        p.commit("DELETE FROM t WHERE id > 100")
+        if mode == "INCREMENTAL":
+            p.commit("PRAGMA incremental_vacuum", transaction=False)
+        assert rep.poll()
+        small = conn.execute("PRAGMA page_count").fetchall()[0][0]
+        assert small < big / 3 and small == p.commits[p.txid]
+        assert conn.execute(sql).fetchall() == p.rows(sql)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert pinned.execute(sql).fetchall() == before
+        pinned.execute("COMMIT")
+        p.commit("INSERT INTO t(k, v) SELECT k + 1, randomblob(150) FROM t")
+        p.commit("INSERT INTO t(k, v) SELECT k + 2, randomblob(150) FROM t")
+        assert rep.poll()
+        assert conn.execute("PRAGMA page_count").fetchall()[0][0] == p.commits[p.txid] > small
+        assert conn.execute(sql).fetchall() == p.rows(sql)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        snap = rep.current()
+        for pgno in range(small + 1, snap.commit + 1):
+            assert rep.read_page(snap, pgno) == p.page(p.txid, pgno)
+
+
+# ---- 22: PRAGMAs -----------------------------------------------------------------------------
+
+def test_s22_pragmas_on_a_replica_connection(tmp_path: Path) -> None:
+    """Scenario 22: journal_mode reads 'delete' and cannot be switched to WAL;
+    per-connection PRAGMAs (cache_size, temp_store, mmap_size) round-trip;
+    database PRAGMAs read the replica's values (page_size, page_count,
+    user_version, schema_version, freelist_count, quick_check) and writing
+    ones fail read-only; the litestream_* PRAGMAs work in any case and with a
+    schema prefix; unknown PRAGMAs are ignored, as SQLite does."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=2048)
+    big_table(p, rows=100)
+    p.commit("PRAGMA user_version = 42", transaction=False)
+    with closing(lsvfs.connect(p.url, poll_interval=0)) as conn:
+        def one(sql: str) -> Any:
+            rows = conn.execute(sql).fetchall()
+            return rows[0][0] if rows else None
+
+        assert one("PRAGMA journal_mode") == "delete"
+        assert one("PRAGMA journal_mode=WAL") == "delete"
+        assert one("PRAGMA journal_mode") == "delete"
+        conn.execute("PRAGMA cache_size=-1234")
+        assert one("PRAGMA cache_size") == -1234
+        conn.execute("PRAGMA temp_store=MEMORY")
+        assert one("PRAGMA temp_store") == 2
+        conn.execute("PRAGMA page_size=4096")
+        assert one("PRAGMA page_size") == 2048
+        assert one("PRAGMA page_count") == p.commits[p.txid]
+        assert one("PRAGMA user_version") == 42
+        assert one("PRAGMA schema_version") == p.rows("PRAGMA schema_version")[0][0]
+        assert one("PRAGMA freelist_count") == p.rows("PRAGMA freelist_count")[0][0]
+        assert one("PRAGMA quick_check") == "ok"
+        for sql in ("PRAGMA user_version=1", "PRAGMA incremental_vacuum", "VACUUM", "ANALYZE"):
+            with pytest.raises(apsw.ReadOnlyError):
+                conn.execute(sql).fetchall()
+        txid = f"{p.txid:016x}"
+        assert one("PRAGMA litestream_txid") == txid == one("PRAGMA LITESTREAM_TXID") == one(
+            "PRAGMA main.litestream_txid")
+        assert int(one("PRAGMA litestream_lag")) >= 0
+        assert one("PRAGMA litestream_time").endswith("Z")
+        assert conn.execute("PRAGMA no_such_pragma").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(100,)]
