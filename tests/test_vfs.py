@@ -503,3 +503,30 @@ def test_poller_survives_any_storage_exception(file_primary: ReplicatedPrimary) 
         wait_until(lambda: txid_of(conn) == target, 10, what="replica recovers")
         assert rep.poll_errors >= 3 and rep._poller is not None and rep._poller.is_alive()
         assert rows(conn, "SELECT v FROM t") == [(1,)]
+
+
+def test_bad_credentials_fail_at_connect(moto_s3_auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in list(os.environ):
+        if var.startswith(("AWS_", "LITESTREAM_")):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nope")
+    with pytest.raises(lsvfs.StorageError, match="InvalidAccessKeyId"):
+        lsvfs.connect(moto_s3_auth.url())
+    assert lsvfs.open_replicas() == {}
+
+
+def test_uri_parameters_set_options(file_primary: ReplicatedPrimary) -> None:
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    register()
+    uri = f"file:x.db?vfs=litestream&replica={quote(p.replica_url, safe='')}&poll_interval=300ms&verify=files"
+    conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    opts = lsvfs.open_replicas()[p.replica_url].options
+    assert (opts.poll_interval, opts.verify) == (0.3, "files")
+    assert rows(conn, "SELECT count(*) FROM t") == [(0,)]
+    conn.close()
+    with pytest.raises(apsw.CantOpenError, match="verify must be one of"):
+        apsw.Connection(uri.replace("verify=files", "verify=most"), flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
