@@ -12,7 +12,6 @@ copied out once.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union, overload
 
@@ -53,12 +52,6 @@ _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _lib_frame_decode = lib.lsvfs_frame_decode
 _ffi_buffer = ffi.buffer
 _U8ARR = ffi.typeof("uint8_t[]")
-_tls = threading.local()  # per-thread 64 KiB decode scratch for decode_frame
-
-
-def _new_scratch() -> Any:
-    _tls.scratch = buf = _alloc(_U8ARR, 65536)
-    return buf
 
 
 class LegacyFrame(LTXError):
@@ -132,12 +125,7 @@ def lz4_block_decode(src: Buffer, page_size: int, file: str | None = None) -> by
     """Decode one LZ4 block that must expand to exactly `page_size` bytes."""
     if page_size not in _PAGE_SIZES and not 0 < page_size <= 1 << 20:
         raise LTXError(f"invalid decoded size {page_size}", file)
-    try:
-        out = _tls.scratch
-    except AttributeError:
-        out = _new_scratch()
-    if page_size > 65536:
-        out = _alloc(_U8ARR, page_size)
+    out = _alloc(_U8ARR, page_size)
     rc = lib.lsvfs_lz4_decode_exact(_in(src), _nbytes(src), out, page_size)
     if rc:
         raise LTXError(_lz4_reason(rc, page_size), file)
@@ -343,10 +331,7 @@ def decode_frame(frame: Buffer, pgno: int, page_size: int, file: str | None = No
         src, n = frame, len(frame)
     else:
         src, n = ffi.from_buffer(frame), memoryview(frame).nbytes
-    try:
-        out = _tls.scratch
-    except AttributeError:
-        out = _new_scratch()
+    out = _alloc(_U8ARR, page_size)
     try:
         rc = _lib_frame_decode(src, n, pgno, page_size, out)
     except (OverflowError, ValueError):  # negative or > 32-bit pgno
