@@ -87,6 +87,7 @@ class Replica:
         self._next_slot = 1
         self._dead: deque[tuple[int, ...]] = deque()  # slots of snapshots garbage-collected since
         self._slot_lock = threading.Lock()
+        self._poll_lock = threading.Lock()
         self._lock = threading.Lock()
         self._current: Snapshot | None = None
         self._historic: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
@@ -111,7 +112,7 @@ class Replica:
         """Build the first snapshot, waiting up to open_timeout for a first file."""
         deadline = time.monotonic() + self.options.open_timeout
         while True:
-            files = list_all(self.storage, pool=self._pool)
+            files = self._retry(lambda: list_all(self.storage, pool=self._pool), self.url)
             if files:
                 break
             if time.monotonic() >= deadline:
@@ -160,7 +161,7 @@ class Replica:
             if snap is not None:
                 self._historic.move_to_end(key)  # type: ignore[arg-type]
                 return snap
-        chain = plan_for(self.storage, Target(txid, timestamp_ms))
+        chain = self._retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms)), self.url)
         snap = self._build(None, chain)
         with self._historic_lock:
             self._historic[key] = snap  # type: ignore[index]
@@ -297,7 +298,15 @@ class Replica:
             self.poll()
 
     def poll(self) -> bool:
-        """One poll; True if a new snapshot was published. Never raises."""
+        """One poll; True if a new snapshot was published. Never raises.
+
+        Polls are serialized: two at once would each build on the same
+        snapshot and the slower could publish an older TXID over a newer one.
+        """
+        with self._poll_lock:
+            return self._poll_once()
+
+    def _poll_once(self) -> bool:
         self.poll_count += 1
         if self._stop.is_set():
             return False
@@ -449,7 +458,7 @@ class Replica:
         assert fut is not None
         if owner:
             try:
-                snap = self._build(None, plan_for(self.storage, Target(txid)))
+                snap = self._build(None, self._retry(lambda: plan_for(self.storage, Target(txid)), self.url))
                 with self._historic_lock:
                     self._rebased_done[txid] = snap
                     while len(self._rebased_done) > HISTORIC_SNAPSHOTS:

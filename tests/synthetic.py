@@ -222,15 +222,15 @@ class SyntheticPrimary:
     def image(self, txid: int | None = None) -> bytes:
         return self._image if txid is None else self.images[txid]
 
-    def rows(self, sql: str, txid: int | None = None) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, txid: int | None = None, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """`sql` against the primary now, or against its image at `txid`."""
         with self._lock:
             if txid is None or txid == self.txid:
-                return list(self.db.execute(sql))
+                return list(self.db.execute(sql, params or None))
         c = apsw.Connection(":memory:")
         try:
             c.deserialize("main", self.images[txid])
-            return list(c.execute(sql))
+            return list(c.execute(sql, params or None))
         finally:
             c.close()
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import apsw
 import pytest
-from faults import FaultyStorage
+from faults import FaultyStorage, server_error
 from synthetic import (
     SOAK_SECONDS,
     STRESS_SECONDS,
@@ -30,6 +30,7 @@ from synthetic import (
     make_target,
     open_replica,
 )
+from wrappers import WrappedStorage
 
 import lsvfs
 from lsvfs import ltx
@@ -198,6 +199,63 @@ def test_s02_storage_failures_fail_cleanly_then_recover(tmp_path: Path, request:
         rep.poll()
         assert rep.current().txid == p.txid
         assert _query_loop(p, rep, p.url, 2)["ok"] == 2
+
+
+class _Stamped(WrappedStorage):
+    """Fails the first `fail` calls of `op` with a 500 and records when every call came."""
+
+    def __init__(self, inner: Any, op: str, fail: int) -> None:
+        super().__init__(inner)
+        self.op, self.fail, self.times = op, fail, []
+
+    def _maybe(self, op: str, info: Any) -> None:
+        if op != self.op:
+            return
+        self.times.append(time.monotonic())
+        if len(self.times) <= self.fail:
+            raise server_error(self.inner, info, op)
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[Any]:
+        if level == 0:
+            self._maybe("list", None)
+        return super().list_files(level, min_txid)
+
+    def read(self, info: Any, offset: int, length: int) -> bytes:
+        self._maybe("read", info)
+        return super().read(info, offset, length)
+
+
+def test_s02_retries_back_off_boundedly_and_give_up(tmp_path: Path) -> None:
+    """Scenario 2 (the plan's TODO "add retries"): a failing read is retried
+    read_retries times with exponential backoff (20 ms doubling, capped at
+    1 s); a fault that clears within the retries is invisible, one that
+    does not fails after exactly read_retries + 1 attempts. Listing at open
+    is retried the same way, so a transient 500 does not fail connect()."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    seeded_table(p, rows=300)  # the snapshot is read by ranges
+    sql = "SELECT count(*), sum(k) FROM t"
+    flaky_list = _Stamped(open_storage(p.url), "list", fail=2)
+    with closing(lsvfs.connect(p.url, storage=flaky_list, poll_interval=0, read_retries=3)) as conn:
+        assert conn.execute(sql).fetchall() == p.rows(sql)
+    gaps = [b - a for a, b in zip(flaky_list.times, flaky_list.times[1:])][:2]
+    assert 0.018 <= gaps[0] and 0.038 <= gaps[1] < 0.5, gaps
+    for retries, fail, ok in ((4, 4, True), (4, 5, False), (0, 1, False), (6, 99, False)):
+        flaky = _Stamped(open_storage(p.url), "read", fail=0)
+        with closing(lsvfs.connect(p.url, storage=flaky, poll_interval=0, read_retries=retries,
+                                   cache_size=0)) as conn:
+            flaky.fail, flaky.times = fail, []
+            t0 = time.monotonic()
+            if ok:
+                assert conn.execute(sql).fetchall() == p.rows(sql)
+            else:
+                with pytest.raises(apsw.IOError, match="InternalError|Input/output error"):
+                    conn.execute(sql).fetchall()
+                assert len(flaky.times) == retries + 1, (retries, len(flaky.times))
+            took = time.monotonic() - t0
+            waits = [b - a for a, b in zip(flaky.times, flaky.times[1:])][:min(fail, retries)]
+            nominal = [min(0.02 * 2 ** i, 1.0) for i in range(len(waits))]
+            assert all(w >= n * 0.9 for w, n in zip(waits, nominal)), (waits, nominal)
+            assert took < sum(nominal) + 2.0, (took, nominal)
 
 
 class _FlipAt:
