@@ -468,7 +468,7 @@ def test_s34_chaos(replicated_primary: Any, record_property: Any, storage: str, 
 
     def reader() -> None:
         with closing(lsvfs.connect(p.replica_url)) as c:
-            c.execute("PRAGMA cache_size=4")
+            c.execute("PRAGMA cache_size=2")
             while not stop.is_set():
                 try:
                     c.execute("BEGIN")
@@ -491,7 +491,7 @@ def test_s34_chaos(replicated_primary: Any, record_property: Any, storage: str, 
                     return
 
     with closing(lsvfs.connect(p.replica_url, storage=mix.storage, poll_interval=0.03, verify=verify,
-                               cache_size="64KiB", read_retries=2)) as conn:
+                               cache_size=0, read_retries=2)) as conn:
         rep = lsvfs.open_replicas()[p.replica_url]
         mix.faulty.enabled = mix.late.enabled = True
         threads = [threading.Thread(target=reader) for _ in range(6)]

@@ -375,9 +375,10 @@ def test_s29_real_litestream_on_s3_with_late_listings(replicated_primary: Any) -
 @pytest.mark.parametrize("storage", ["file", "s3"])
 def test_s30_descriptors_return_to_baseline(tmp_path: Path, request: pytest.FixtureRequest, storage: str,
                                             record_property: Any) -> None:
-    """Scenario 30: 16 threads query a replica of 120 LTX files through a
-    budget of 8 concurrent storage requests (more fail like EMFILE and are
-    retried); every query is right or fails with an I/O error that says so;
+    """Scenario 30: 16 threads query a replica of 120 LTX files (no page cache,
+    2 ms per read) through a budget of 4 concurrent storage requests (more
+    fail like EMFILE and are retried); every query is right or fails with an
+    I/O error that says so;
     requests in flight return to 0, and once the connections close the
     process's descriptors (files and sockets, counted in /proc/self/fd)
     return to the baseline."""
@@ -387,17 +388,25 @@ def test_s30_descriptors_return_to_baseline(tmp_path: Path, request: pytest.Fixt
         p.commit("INSERT INTO t(k, v) VALUES (?, randomblob(300))", (i,))
     sql = "SELECT count(*), sum(k) FROM t"
     want = p.rows(sql)
+    ranged = "SELECT id, k, hex(v) FROM t WHERE id BETWEEN ? AND ? ORDER BY id"
+    wants = {lo: p.rows(ranged, None, (lo, lo + 10)) for lo in range(110)}
     baseline = fd_count()
-    budget = DescriptorBudgetStorage(open_storage(p.url), budget=1 << 20)  # the budget starts after open
+    real = open_storage(p.url)
+    # 2 ms per read, so 16 threads really have requests in flight together
+    budget = DescriptorBudgetStorage(LatencyStorage(real, 0.002, ops=("read",)), budget=1 << 20)
+    budget.budget = 1 << 20  # the budget starts after open
     errors: list[str] = []
     ok = [0]
     peak_fds = [baseline]
 
-    def worker() -> None:
-        for _ in range(6):
+    def worker(i: int) -> None:
+        for j in range(6):
             try:
                 with closing(lsvfs.connect(p.url)) as c:
-                    if c.execute(sql).fetchall() != want:
+                    lo = (i * 7 + j * 31) % 110  # threads read different pages at once
+                    if c.execute(ranged, (lo, lo + 10)).fetchall() != wants[lo]:
+                        errors.append(f"wrong rows from {lo}")
+                    if j == 5 and c.execute(sql).fetchall() != want:
                         errors.append("wrong rows")
                     ok[0] += 1
             except apsw.IOError as exc:
@@ -405,18 +414,19 @@ def test_s30_descriptors_return_to_baseline(tmp_path: Path, request: pytest.Fixt
                     errors.append(str(exc))
             peak_fds[0] = max(peak_fds[0], fd_count())
 
-    with closing(lsvfs.connect(p.url, storage=budget, poll_interval=0.05, cache_size="64KiB")):
-        budget.budget, budget.peak = 8, 0
-        threads = [threading.Thread(target=worker) for _ in range(16)]
+    with closing(lsvfs.connect(p.url, storage=budget, poll_interval=0.05, cache_size=0)):
+        budget.budget, budget.peak = 4, 0
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=60)
         if storage == "file":
-            assert budget.inner.open_handles() <= 64  # the directory client's own descriptor cache
-    assert budget.in_flight == 0 and budget.peak <= 8
+            assert real.open_handles() <= 64  # the directory client's own descriptor cache
+    assert budget.in_flight == 0 and budget.peak <= 4
     assert not errors, errors[:5]
     assert ok[0] >= 32, ok
+    assert budget.refused > 0, "the budget was reached (and its refusals retried)"
     wait_until(lambda: fd_count() <= baseline, 10, interval=0.05,
                what=f"descriptors back to {baseline} (now {fd_count()})")
     record_property("fds_baseline", baseline)
