@@ -231,7 +231,7 @@ def encode(header: Header, pages: list[tuple[int, bytes]], *, post_apply_checksu
     varints = bytearray()
     for triple in index:
         for v in triple:
-            varints += _uvarint(v)
+            varints += uvarint(v)
     varints += b"\x00"
     tail += varints
     tail += _U64.pack(len(varints))
@@ -242,7 +242,8 @@ def encode(header: Header, pages: list[tuple[int, bytes]], *, post_apply_checksu
     return bytes(out)
 
 
-def _uvarint(v: int) -> bytes:
+def uvarint(v: int) -> bytes:
+    """Unsigned LEB128, as the page index stores pgnos, offsets and sizes."""
     out = bytearray()
     while v >= 0x80:
         out.append((v & 0x7F) | 0x80)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import struct
 
-import lz4.block
 
 CORPUS_DIR = os.path.join(os.path.dirname(__file__), "corpus")
 CORPUS = sorted(os.path.join(CORPUS_DIR, f) for f in os.listdir(CORPUS_DIR) if f.endswith(".ltx"))

@@ -802,6 +802,22 @@ class ReplicatedPrimary:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
 
+    def write_until_snapshot(self, rows: int, size: int, timeout: float = 20.0) -> int:
+        """Insert and replicate batches until litestream has written a snapshot
+        (L9); returns how many batches that took (their seeds are 1..n)."""
+        from lsvfs.storage.base import SNAPSHOT_LEVEL
+
+        deadline = time.monotonic() + timeout
+        n = 0
+        while not self.replica_files()[SNAPSHOT_LEVEL]:
+            if time.monotonic() > deadline:
+                raise ReplicationError(f"litestream wrote no snapshot within {timeout}s")
+            n += 1
+            self.insert_rows(rows, size, seed=n)
+            self.wait_replicated()
+            time.sleep(0.1)
+        return n
+
     def _newest_txid(self) -> int | None:
         """The TXID the replica's files reach now (None before the first file)."""
         from lsvfs.errors import ReplicaError

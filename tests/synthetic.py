@@ -340,20 +340,12 @@ def fast_zero_snapshot(n_pages: int, page_size: int = 512, txid: int = 1) -> byt
         out.append(b"".join(h + payload for h in heads))
         crc = core.crc64(b"".join(h + page for h in heads), crc)
 
-    def uv(v: int) -> bytes:
-        b = bytearray()
-        while v >= 0x80:
-            b.append((v & 0x7F) | 0x80)
-            v >>= 7
-        b.append(v)
-        return bytes(b)
-
-    size_v = uv(flen)
+    size_v = ltx.uvarint(flen)
     varints = bytearray()
     off = 100
     for p in range(1, n_pages + 1):
-        varints += uv(p)
-        varints += uv(off)
+        varints += ltx.uvarint(p)
+        varints += ltx.uvarint(off)
         varints += size_v
         off += flen
     varints += b"\x00"
@@ -392,3 +384,21 @@ def open_replica(url: str, storage: Any = None, **options: Any) -> Iterator[Any]
 def fd_count() -> int:
     """Open descriptors of this process (sockets included)."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def in_txn(conn: apsw.Connection, *sqls: str) -> tuple[int, list[list[tuple[Any, ...]]]]:
+    """(TXID, rows of each statement), all in one read transaction; a failure rolls back.
+
+    The TXID is asked after the first read: the transaction pins its snapshot there.
+    """
+    conn.execute("BEGIN")
+    try:
+        out = [conn.execute(s).fetchall() for s in sqls]
+        txid = int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
+    except BaseException:
+        if not conn.getautocommit():
+            with contextlib.suppress(apsw.Error):
+                conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return txid, out

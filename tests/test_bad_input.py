@@ -56,14 +56,7 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frozen]:
     """
     p = ReplicatedPrimary(tmp_path_factory.mktemp("bad-input-primary"), storage="file", page_size=4096)
     try:
-        deadline = time.monotonic() + 20
-        i = 0
-        while not p.replica_files()[SNAPSHOT_LEVEL]:
-            assert time.monotonic() < deadline, "litestream wrote no snapshot"
-            i += 1
-            p.insert_rows(30, 300, seed=i)
-            p.wait_replicated()
-            time.sleep(0.1)
+        i = p.write_until_snapshot(30, 300)
         for n, size in ((20, 300), (300, 500), (20, 300), (20, 300)):
             i += 1
             p.insert_rows(n, size, seed=i)

@@ -24,7 +24,7 @@ from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 import lsvfs
 from lsvfs import ltx
 from lsvfs.plan import list_all, plan_for
-from lsvfs.storage import SNAPSHOT_LEVEL, open_storage
+from lsvfs.storage import open_storage
 from lsvfs.storage.file import FileStorage
 
 CONSOLE_SCRIPT = shutil.which("lsvfs", path=str(Path(sys.executable).parent)) or shutil.which("lsvfs")
@@ -45,14 +45,7 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frozen]:
     then litestream stopped: the latest plan is the snapshot plus L0 files."""
     p = ReplicatedPrimary(tmp_path_factory.mktemp("cli-primary"), storage="file", page_size=4096)
     try:
-        deadline = time.monotonic() + 20
-        i = 0
-        while not p.replica_files()[SNAPSHOT_LEVEL]:
-            assert time.monotonic() < deadline, "litestream wrote no snapshot"
-            i += 1
-            p.insert_rows(40, 300, seed=i)
-            p.wait_replicated()
-            time.sleep(0.1)
+        p.write_until_snapshot(40, 300)
         for j in range(3):
             p.insert_rows(40, 300, seed=100 + j)
             p.wait_replicated()

@@ -31,7 +31,7 @@ import pytest
 from faults import chaos
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from replication import ReplicatedPrimary, wait_until
 from synthetic import (
     CHAOS_SECONDS,

@@ -5,7 +5,6 @@ See tests/TEST_PLAN.md for the scenario -> test map and what each proves.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import random
@@ -27,6 +26,7 @@ from synthetic import (
     RawPrimary,
     SyntheticPrimary,
     fast_zero_snapshot,
+    in_txn,
     make_target,
     open_replica,
 )
@@ -41,25 +41,9 @@ LTX_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}\.ltx")
 
 
 def txid_rows(conn: apsw.Connection, sql: str) -> tuple[int, list[tuple[Any, ...]]]:
-    """(TXID, rows) read in one read transaction.
-
-    The query runs first: the transaction pins its snapshot at its first read,
-    and PRAGMA litestream_txid before that reports the newest TXID, which a
-    poll may replace before the read. Not `with conn:`: after an I/O error
-    SQLite has already rolled back, and apsw's savepoint release would then
-    mask the real error.
-    """
-    conn.execute("BEGIN")
-    try:
-        got = conn.execute(sql).fetchall()
-        txid = int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
-    except BaseException:
-        if not conn.getautocommit():
-            with contextlib.suppress(apsw.Error):
-                conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return txid, got
+    """(TXID, rows) read in one read transaction."""
+    txid, (rows,) = in_txn(conn, sql)
+    return txid, rows
 
 
 def seeded_table(p: SyntheticPrimary, rows: int = 400, size: int = 300, seed: int = 1) -> None:

@@ -7,7 +7,6 @@ Snapshot at SHARED and drops it at NONE. The plan's index races become
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
@@ -19,7 +18,7 @@ import apsw
 import pytest
 from faults import AllocFailureStorage, BlockingStorage, FaultyStorage
 from replication import ReplicatedPrimary, wait_until
-from synthetic import STRESS_SECONDS, DirTarget, SyntheticPrimary, make_target, open_replica
+from synthetic import STRESS_SECONDS, DirTarget, SyntheticPrimary, in_txn, make_target, open_replica
 from wrappers import WrappedStorage
 
 import lsvfs
@@ -29,24 +28,6 @@ from lsvfs.vfs import ReplicaFile, register
 
 def txid_of(conn: apsw.Connection) -> int:
     return int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
-
-
-def in_txn(conn: apsw.Connection, *sqls: str) -> tuple[int, list[list[tuple[Any, ...]]]]:
-    """(TXID, rows of each statement), all in one read transaction; a failure rolls back.
-
-    The TXID is asked after the first read: the transaction pins its snapshot there.
-    """
-    conn.execute("BEGIN")
-    try:
-        out = [conn.execute(s).fetchall() for s in sqls]
-        txid = txid_of(conn)
-    except BaseException:
-        if not conn.getautocommit():
-            with contextlib.suppress(apsw.Error):
-                conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return txid, out
 
 
 def replica_file(rep: Any) -> ReplicaFile:
