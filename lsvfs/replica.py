@@ -14,19 +14,19 @@ import shutil
 import tempfile
 import threading
 import time
-import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from . import core, ltx
+from . import core, ltx, slots
 from .cache import FrameCache, Key
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
 from .storage import ReplicaURL, open_storage, parse_url
+from .slots import FileSlots
 from .storage.base import FileInfo, StorageClient
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,7 @@ class Replica:
         self.options = options
         self.storage = storage if storage is not None else open_storage(url)
         self.cache = FrameCache(options.cache_size)
-        # Slots name files in page tables and cache keys. A slot is held by every
-        # live snapshot with pages in its file and by builds in progress; the
-        # last holder frees it, so polling forever does not grow these maps.
-        # Slot numbers are never reused (0 means "no entry").
-        self._files: dict[int, FileInfo] = {}
-        self._slots: dict[FileInfo, int] = {}
-        self._slot_refs: dict[int, int] = {}
-        self._next_slot = 1
-        self._dead: deque[tuple[int, ...]] = deque()  # slots of snapshots garbage-collected since
-        self._slot_lock = threading.Lock()
+        self._slots = FileSlots(self._forget_verified if options.verify == "files" else None)
         self._poll_lock = threading.Lock()
         self._lock = threading.Lock()
         self._current: Snapshot | None = None
@@ -169,30 +160,15 @@ class Replica:
                 self._historic.popitem(last=False)
         return snap
 
-    def _hold(self, f: FileInfo) -> int:
-        """The slot of `f`, with one more hold on it (pair with _unhold)."""
-        with self._slot_lock:
-            slot = self._slots.get(f)
-            if slot is None:
-                slot = self._slots[f] = self._next_slot
-                self._next_slot += 1
-                self._files[slot] = f
-            self._slot_refs[slot] = self._slot_refs.get(slot, 0) + 1
-            return slot
+    def file(self, slot: int) -> FileInfo:
+        return self._slots.file(slot)
 
-    def _unhold(self, slots: tuple[int, ...] | list[int]) -> None:
-        freed = []
-        with self._slot_lock:
-            for slot in slots:
-                n = self._slot_refs[slot] - 1
-                if n:
-                    self._slot_refs[slot] = n
-                    continue
-                del self._slot_refs[slot]
-                del self._slots[self._files.pop(slot)]
-                freed.append(slot)
-        if not freed or self.options.verify != "files":
-            return
+    def open_slots(self) -> int:
+        """How many files the live snapshots (and builds in progress) point into."""
+        return len(self._slots)
+
+    def _forget_verified(self, freed: list[int]) -> None:
+        """Freed slots' verified copies ("files" mode) are deleted with them."""
         with self._lock:
             futs = [self._verified.pop(slot, None) for slot in freed]
         for fut in futs:
@@ -202,43 +178,10 @@ class Replica:
                 except OSError:
                     pass
 
-    def _reclaim(self) -> None:
-        """Free the slots of snapshots collected since the last call.
-
-        Finalizers only queue (they may run in any thread, at any allocation);
-        the work happens here, from polls and builds.
-        """
-        while True:
-            try:
-                slots = self._dead.popleft()
-            except IndexError:
-                return
-            self._unhold(slots)
-
-    def _track(self, snap: Snapshot) -> Snapshot:
-        """Hold the slots `snap` uses until it is garbage-collected."""
-        slots = tuple(snap.live)
-        with self._slot_lock:
-            for slot in slots:
-                self._slot_refs[slot] += 1
-        weakref.finalize(snap, self._dead.append, slots)
-        return snap
-
-    def file(self, slot: int) -> FileInfo:
-        f = self._files.get(slot)
-        if f is None:
-            raise ReplicaError(f"{self.url}: no file for slot {slot} (snapshot outlived its files)")
-        return f
-
-    def open_slots(self) -> int:
-        """How many files the live snapshots (and builds in progress) point into."""
-        with self._slot_lock:
-            return len(self._files)
-
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
-        self._reclaim()
-        held = [self._hold(f) for f in chain]
+        self._slots.reclaim()
+        held = [self._slots.hold(f) for f in chain]
         try:
             def load(f: FileInfo, slot: int) -> _Index:
                 return self._retry(lambda: self._load_index(f, slot), f.name)
@@ -252,11 +195,13 @@ class Replica:
                 if idx.header.page_size != page_size:
                     raise LTXError(f"page size {idx.header.page_size} differs from the replica's {page_size}",
                                    f.name)
-                _apply(table, live, slot, idx.entries, idx.header.commit)
+                slots.apply(table, live, slot, idx.entries, idx.header.commit)
             last = indexes[-1].header
-            return self._track(Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table, live))
+            snap = Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table, live)
+            self._slots.track(snap, tuple(live))
+            return snap
         finally:
-            self._unhold(held)
+            self._slots.release(held)
 
     def _load_index(self, f: FileInfo, slot: int) -> _Index:
         """Header and page index of one file; small files are read whole, proven
@@ -311,7 +256,7 @@ class Replica:
         if self._stop.is_set():
             return False
         try:
-            self._reclaim()
+            self._slots.reclaim()
             advanced = self._poll()
         except LsvfsError as exc:
             self.poll_errors += 1
@@ -527,39 +472,6 @@ def _check_pages(f: FileInfo, header: ltx.Header, entries: core.IndexEntries) ->
         want = header.commit - (1 if ltx.lock_pgno(header.page_size) <= header.commit else 0)
         if n != want:
             raise LTXError(f"snapshot of {header.commit} pages holds {n} pages", f.name)
-
-
-def _apply(table: core.PageTable, live: dict[int, int], slot: int, entries: core.IndexEntries,
-           commit: int) -> None:
-    """Apply one file's entries then its commit to `table`, keeping `live`
-    (pages per slot) exact: the pages overwritten or cut off leave their slots."""
-
-    def drop(locs: list[tuple[int, int, int] | None]) -> None:
-        for loc in locs:
-            if loc is not None:
-                left = live[loc[0]] - 1
-                if left:
-                    live[loc[0]] = left
-                else:
-                    del live[loc[0]]
-
-    n = len(entries)
-    if n and table.count:
-        pgnos = entries.pgnos
-        span = pgnos[-1] - pgnos[0] + 1
-        if span <= 4 * n:
-            first = pgnos[0]
-            locs = table.get_range(first, span)
-            drop([locs[p - first] for p in pgnos])
-        else:
-            drop([table.get(p) for p in pgnos])
-    table.apply(slot, entries)
-    if n:
-        live[slot] = live.get(slot, 0) + n
-    end = table.max_pgno
-    if end > commit:
-        drop(table.get_range(commit + 1, end - commit))
-    table.truncate(commit)
 
 
 # ---- the registry: the one piece of global state ----------------------------
