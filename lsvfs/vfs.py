@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 import apsw
 
 from . import replica as registry
-from .errors import LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
+from .errors import LsvfsError, LTXError, ReplicaError
 from .options import NAMES, resolve
 from .replica import Replica, Snapshot
 from .storage.base import StorageClient
@@ -36,8 +36,6 @@ def _sqlite_error(exc: LsvfsError) -> apsw.Error:
     """Map our errors to what SQLite expects: bad bytes are corruption, the rest I/O."""
     if isinstance(exc, LTXError):
         return apsw.CorruptError(str(exc))
-    if isinstance(exc, (StorageError, MissingFileError)):
-        return apsw.IOError(str(exc))
     return apsw.IOError(str(exc))
 
 
