@@ -83,8 +83,8 @@ def run_demo(seconds: float = 20.0, out=sys.stdout) -> int:  # type: ignore[no-u
             if proc.poll() is not None:
                 raise RuntimeError(f"litestream exited with {proc.returncode}; see {tmp}/litestream.log")
             (txid,), = replica.execute("PRAGMA litestream_txid").fetchall()
-            rows, orders, refunds, newest = replica.execute(
-                "SELECT count(*), sum(kind='order'), sum(kind='refund'), max(at) FROM events").fetchone()
+            (rows, orders, refunds, newest), = replica.execute(
+                "SELECT count(*), sum(kind='order'), sum(kind='refund'), max(at) FROM events").fetchall()
             print(f"{time.monotonic() - start:6.1f}s  {txid}  {rows:>5}  {orders or 0:>6}  {refunds or 0:>7}  "
                   f"{newest or '-'}", file=out, flush=True)
             time.sleep(1.0)

@@ -148,6 +148,7 @@ def decode(data: bytes, file: str | None = None, *, want_pages: bool = True) -> 
     trailer = Trailer.decode(data, header, file)
     idx_off, idx_len = core.locate_index(data, len(data), file=file)
     entries = core.decode_index(data[idx_off:idx_off + idx_len], idx_off, file=file)
+    pages: bytes | memoryview | None
     try:
         pages, checksum = core.decode_file(data, entries, header.page_size, want_pages=want_pages, file=file)
     except core.LegacyFrame:

@@ -94,7 +94,8 @@ def build(files: list[FileInfo], target: Target = Target()) -> list[FileInfo]:
         newest = max(f.max_txid for f in files)
         if target.txid > newest:
             raise ReplicaError(f"TXID {target.txid:016x} is newer than the replica's newest, {newest:016x}")
-        ends = sorted({f.max_txid for f in files}, key=lambda t: (abs(t - target.txid), t))
+        want = target.txid
+        ends = sorted({f.max_txid for f in files}, key=lambda t: (abs(t - want), t))
         near = [t for t in ends[:64] if _reaches(files, t)][:5]
         hint = f"; restorable TXIDs near it include {', '.join(f'{t:016x}' for t in near)}" if near else ""
         raise ReplicaError(f"TXID {target.txid:016x} is not a restorable point in this replica "
