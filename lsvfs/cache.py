@@ -27,13 +27,17 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
 
+    def _hit(self, key: Key) -> bytes | None:
+        """Lookup with the lock held: a hit becomes most recently used."""
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+            self.hits += 1
+        return page
+
     def get(self, key: Key) -> bytes | None:
         with self._lock:
-            page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-                self.hits += 1
-            return page
+            return self._hit(key)
 
     def put(self, key: Key, page: bytes) -> None:
         if len(page) > self.max_bytes:
@@ -54,10 +58,8 @@ class FrameCache:
         `load` may return neighbouring pages too (read-ahead); all are cached.
         """
         with self._lock:
-            page = self._pages.get(key)
+            page = self._hit(key)
             if page is not None:
-                self._pages.move_to_end(key)
-                self.hits += 1
                 return page
             fut = self._inflight.get(key)
             owner = fut is None
