@@ -186,8 +186,12 @@ class Replica:
             def load(f: FileInfo, slot: int) -> _Index:
                 return self._retry(lambda: self._load_index(f, slot), f.name)
 
-            indexes = ([load(chain[0], held[0])] if len(chain) == 1
-                       else list(self._pool.map(load, chain, held)))
+            # Remote indexes are fetched in parallel; local ones are a few
+            # preads each, cheaper than starting threads.
+            if len(chain) == 1 or getattr(self.storage, "local", False):
+                indexes = [load(f, slot) for f, slot in zip(chain, held)]
+            else:
+                indexes = list(self._pool.map(load, chain, held))
             table = base.table.clone() if base is not None else core.PageTable()
             live = dict(base.live) if base is not None else {}
             page_size = base.page_size if base is not None else indexes[0].header.page_size
