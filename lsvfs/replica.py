@@ -37,6 +37,8 @@ TAIL_READ = 64 << 10
 FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing new."""
 HISTORIC_SNAPSHOTS = 4
+LOCAL_SERIAL_FILES = 8
+"""Longest chain of local files whose indexes are read in turn rather than in parallel."""
 CLOSE_WAIT = 1.0
 """Seconds close() waits for a poll in progress; a poller stuck in storage finishes on its own."""
 
@@ -186,9 +188,9 @@ class Replica:
             def load(f: FileInfo, slot: int) -> _Index:
                 return self._retry(lambda: self._load_index(f, slot), f.name)
 
-            # Remote indexes are fetched in parallel; local ones are a few
-            # preads each, cheaper than starting threads.
-            if len(chain) == 1 or getattr(self.storage, "local", False):
+            # Indexes are fetched in parallel, except a short chain of local
+            # files: a few preads each, cheaper than starting threads.
+            if len(chain) == 1 or (len(chain) <= LOCAL_SERIAL_FILES and getattr(self.storage, "local", False)):
                 indexes = [load(f, slot) for f, slot in zip(chain, held)]
             else:
                 indexes = list(self._pool.map(load, chain, held))

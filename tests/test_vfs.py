@@ -530,3 +530,60 @@ def test_uri_parameters_set_options(file_primary: ReplicatedPrimary) -> None:
     conn.close()
     with pytest.raises(apsw.CantOpenError, match="verify must be one of"):
         apsw.Connection(uri.replace("verify=files", "verify=most"), flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+
+
+class ConcurrencyMeter(WrappedStorage):
+    """Counts how many reads are in flight at once (each held briefly)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.in_flight = 0
+        self.peak = 0
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def read(self, info: Any, offset: int, length: int) -> bytes:
+        self._enter()
+        try:
+            time.sleep(0.02)
+            return super().read(info, offset, length)
+        finally:
+            self._leave()
+
+    def read_all(self, info: Any) -> bytes:
+        self._enter()
+        try:
+            time.sleep(0.02)
+            return super().read_all(info)
+        finally:
+            self._leave()
+
+
+def test_open_fetches_page_indexes_in_parallel(tmp_path: Path) -> None:
+    """A plan of many files is opened with its page indexes fetched concurrently."""
+    ps = 512
+    conn = apsw.Connection(":memory:")
+    conn.execute(f"PRAGMA page_size={ps}; CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    l0 = tmp_path / "ltx" / "0"
+    l0.mkdir(parents=True)
+    prev = b""
+    for txid in range(1, 21):
+        with conn:
+            conn.execute("INSERT INTO t(v) VALUES (randomblob(200))")
+        image = conn.serialize("main")
+        pages = [(n // ps + 1, image[n:n + ps]) for n in range(0, len(image), ps)
+                 if prev[n:n + ps] != image[n:n + ps]]
+        hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, ps, len(image) // ps, 1 if txid == 1 else txid, txid, txid)
+        (l0 / ltx.format_filename(hdr.min_txid, txid)).write_bytes(ltx.encode(hdr, pages))
+        prev = image
+    meter = ConcurrencyMeter(open_storage(str(tmp_path)))
+    with closing(lsvfs.connect(str(tmp_path), storage=meter, poll_interval=0)) as c:
+        assert rows(c, "SELECT count(*) FROM t") == [(20,)]
+    assert meter.peak > 1
