@@ -16,7 +16,8 @@ import cffi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "lsvfs_core.h")
-SOURCES = ["status.c", "crc64.c", "lz4block.c", "pageindex.c", "frame.c", "pagetable.c"]
+SOURCES = ["status.c", "crc64.c", "lz4block.c", "pageindex.c", "frame.c", "pagetable.c", "cache.c",
+           "snapshot.c", "vfs.c"]
 DEFAULT_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-O2", "-std=c11"]
 
 _DEFINE_INT = re.compile(r"^\s*#\s*define\s+([A-Za-z_]\w*)\s+(-?(?:0[xX][0-9a-fA-F]+|\d+)[uUlL]*)\s*(?:/\*.*\*/)?\s*$")
@@ -27,10 +28,13 @@ def cdef_from_header(text: str) -> str:
 
     Everything else starting with '#' goes: #include (cffi knows the stdint
     types), and the include guard (#ifndef/#define without value/#endif).
+    Functions marked LSVFS_PYTHON become cffi `extern "Python+C"` callbacks,
+    which the C files call and lsvfs/vfs.py implements.
     Constants become `#define NAME ...` so the C compiler, not cffi's parser,
     supplies the value (cffi cannot parse suffixes like ULL).
     """
     out = []
+    text = text.replace("LSVFS_PYTHON ", 'extern "Python+C" ')
     for line in text.splitlines():
         if not line.lstrip().startswith("#"):
             out.append(line)

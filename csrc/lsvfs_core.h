@@ -12,6 +12,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Marks a function Python implements (cffi extern "Python+C"). */
+#ifndef LSVFS_PYTHON
+#define LSVFS_PYTHON extern
+#endif
+
 /* ---- status codes ---------------------------------------------------- */
 #define LSVFS_OK 0
 #define LSVFS_ETRUNCATED -1 /* input ends before the structure does */
@@ -139,5 +144,159 @@ uint32_t lsvfs_ptable_count(const lsvfs_ptable *t);
 size_t lsvfs_ptable_memory(const lsvfs_ptable *t);
 /* Bytes held by chunks only this table references. */
 size_t lsvfs_ptable_unique_memory(const lsvfs_ptable *t);
+
+/* ---- page cache ------------------------------------------------------ */
+/* Decoded pages keyed by frame location (file slot, frame offset): LTX
+ * files never change, so an entry is valid forever and is only ever
+ * evicted, never invalidated. Bounded by bytes; sharded by key so many
+ * readers copy pages out at once. Every function is thread-safe. */
+typedef struct lsvfs_cache lsvfs_cache;
+
+typedef struct {
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t evictions;
+    uint64_t bytes;   /* page bytes held now */
+    uint64_t entries; /* pages held now */
+    uint64_t max_bytes;
+} lsvfs_cache_stats;
+
+lsvfs_cache *lsvfs_cache_new(size_t max_bytes);
+void lsvfs_cache_free(lsvfs_cache *c);
+/* Copy the page at (slot, offset) into out if it is held with exactly len
+ * bytes: 1 on a hit, 0 on a miss. `count` adds a hit to the stats; a miss
+ * is counted by whoever then loads the page (lsvfs_cache_count_miss), so a
+ * page many readers wait for is one miss. */
+int lsvfs_cache_get(lsvfs_cache *c, uint32_t slot, uint64_t offset,
+                    uint8_t *out, size_t len, int count);
+int lsvfs_cache_contains(lsvfs_cache *c, uint32_t slot, uint64_t offset);
+/* Insert (or keep) a page, evicting least recently used ones to stay within
+ * budget; a page larger than a shard's budget is not kept. */
+int lsvfs_cache_put(lsvfs_cache *c, uint32_t slot, uint64_t offset,
+                    const uint8_t *page, size_t len);
+void lsvfs_cache_count_miss(lsvfs_cache *c, uint32_t slot, uint64_t offset);
+void lsvfs_cache_get_stats(lsvfs_cache *c, lsvfs_cache_stats *out);
+/* Drop every page (stats other than bytes and entries stay). */
+void lsvfs_cache_clear(lsvfs_cache *c);
+
+/* ---- replicas and snapshots ------------------------------------------ */
+/* A replica is the C half of one Python Replica: the newest snapshot and
+ * the page cache, shared by every connection. A snapshot is the database
+ * at one TXID: immutable, reference counted, with its own page table.
+ * Python creates a snapshot holding one reference and hands that reference
+ * on (publish, lsvfs_file_choose); when the last reference goes, the
+ * snapshot's id is queued for lsvfs_replica_drain_freed, so Python can let
+ * go of what it kept for that snapshot without ever being called back. */
+typedef struct lsvfs_replica lsvfs_replica;
+typedef struct lsvfs_snapshot lsvfs_snapshot;
+
+typedef struct {
+    uint64_t id; /* Python's name for the snapshot */
+    uint64_t txid;
+    int64_t timestamp_ms;
+    uint32_t commit; /* database size in pages */
+    uint32_t page_size;
+} lsvfs_snapshot_info;
+
+/* One reference, the owner's; readahead = most pages asked per miss. */
+lsvfs_replica *lsvfs_replica_new(size_t cache_bytes, uint32_t readahead);
+/* The owner lets go: no newest snapshot any more (open files keep theirs);
+ * the memory goes with the last file and snapshot. */
+void lsvfs_replica_close(lsvfs_replica *r);
+lsvfs_cache *lsvfs_replica_cache(lsvfs_replica *r);
+/* A snapshot over a private clone of `table`, holding one reference. */
+lsvfs_snapshot *lsvfs_snapshot_new(lsvfs_replica *r, const lsvfs_ptable *table,
+                                   const lsvfs_snapshot_info *info);
+void lsvfs_snapshot_retain(lsvfs_snapshot *s);
+void lsvfs_snapshot_release(lsvfs_snapshot *s);
+void lsvfs_snapshot_get_info(const lsvfs_snapshot *s, lsvfs_snapshot_info *out);
+/* Make `s` the newest snapshot, taking over the caller's reference. */
+void lsvfs_replica_publish(lsvfs_replica *r, lsvfs_snapshot *s);
+/* The newest snapshot with a reference for the caller (NULL before any). */
+lsvfs_snapshot *lsvfs_replica_current(lsvfs_replica *r);
+/* Ids of snapshots freed since the last call (at most cap; the rest stay). */
+size_t lsvfs_replica_drain_freed(lsvfs_replica *r, uint64_t *ids, size_t cap);
+/* Snapshots alive now (tests: nothing leaks). */
+size_t lsvfs_replica_live_snapshots(lsvfs_replica *r);
+
+/* ---- the VFS ---------------------------------------------------------- */
+/* A `sqlite3_vfs` whose main databases are replicas; every other file
+ * (temp databases, statement journals, ...) goes to that SQLite's default
+ * VFS. One registration per SQLite library: the functions it calls are the
+ * ones of that library (an extension's api routines, or a shared library's
+ * symbols), never whichever `sqlite3_*` the linker found. */
+typedef struct lsvfs_vfs lsvfs_vfs;
+typedef struct lsvfs_file lsvfs_file;
+
+/* SQLite functions a registration calls, in this order in `fns`. */
+#define LSVFS_FN_VFS_FIND 0
+#define LSVFS_FN_VFS_REGISTER 1
+#define LSVFS_FN_URI_KEY 2
+#define LSVFS_FN_URI_PARAMETER 3
+#define LSVFS_FN_MPRINTF 4
+#define LSVFS_FN_FREE 5
+#define LSVFS_FN_COUNT 6
+
+/* Fill fns from the api routines handed to this library's extension entry
+ * point (sqlite3_lsvfs_init) by its last load: 1 if it was loaded. */
+int lsvfs_extension_fns(void *fns[]);
+/* Register a VFS named `name` in the SQLite that `fns` belong to.
+ * `ctx` is handed back to lsvfs_py_open. On failure: NULL, reason in err. */
+lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[],
+                              void *ctx, char *err, size_t errcap);
+/* After this, no callback enters Python (interpreter shutdown): reads that
+ * miss the cache fail, closes free only the C side. */
+void lsvfs_python_gone(void);
+
+/* Called by Python inside lsvfs_py_open: the file serves `r` (one reference
+ * taken), and `handle` is passed to every later callback of this file. */
+void lsvfs_file_attach(lsvfs_file *f, lsvfs_replica *r, void *handle);
+/* Serve `s` (NULL: the newest) from the next read transaction on; takes
+ * over the caller's reference. */
+void lsvfs_file_choose(lsvfs_file *f, lsvfs_snapshot *s);
+/* What the file would read now: pinned, else chosen, else the newest. */
+int lsvfs_file_snapshot_info(lsvfs_file *f, lsvfs_snapshot_info *out);
+/* The snapshot pinned from SHARED to NONE: LSVFS_ENOTFOUND when none. */
+int lsvfs_file_pinned_info(lsvfs_file *f, lsvfs_snapshot_info *out);
+/* The PRAGMA result to hand SQLite (copied); NULL for none. */
+int lsvfs_file_set_result(lsvfs_file *f, const char *text);
+/* The last error of this file: set by C or by Python callbacks. */
+void lsvfs_file_set_error(lsvfs_file *f, const char *text);
+const char *lsvfs_file_error(lsvfs_file *f);
+
+/* Direct access to a main-database file's methods, bypassing SQLite: the
+ * same code SQLite calls (for tests and fuzzing). `params` holds URI
+ * key/value pairs as NUL-terminated strings, ending with an empty key.
+ * Return codes are SQLite's. */
+int lsvfs_file_open(lsvfs_vfs *v, const char *params, size_t params_len,
+                    lsvfs_file **out);
+/* Close and free a file from lsvfs_file_open. */
+int lsvfs_file_close(lsvfs_file *f);
+int lsvfs_file_read(lsvfs_file *f, void *buf, int amount, int64_t offset);
+int lsvfs_file_lock(lsvfs_file *f, int level);
+int lsvfs_file_unlock(lsvfs_file *f, int level);
+int lsvfs_file_lock_level(lsvfs_file *f);
+int lsvfs_file_check_reserved(lsvfs_file *f, int *out);
+int lsvfs_file_size(lsvfs_file *f, int64_t *out);
+int lsvfs_file_pragma(lsvfs_file *f, const char *name, const char *value,
+                      char **result);
+void lsvfs_free_result(lsvfs_file *f, char *result);
+
+/* ---- callbacks into Python (cffi extern "Python") ---------------------- */
+/* The only places C enters Python; no C lock is held across any of them.
+ * Each returns a SQLite result code. */
+LSVFS_PYTHON int lsvfs_py_open(void *ctx, const char *params, size_t params_len,
+                               lsvfs_file *f);
+/* A cache miss: write page `pgno` of `s` (len bytes) into out, and cache
+ * it and up to readahead - 1 following pages. */
+LSVFS_PYTHON int lsvfs_py_fetch(void *handle, lsvfs_file *f, lsvfs_snapshot *s,
+                                uint32_t pgno, uint32_t readahead, uint8_t *out,
+                                uint32_t len);
+/* A litestream_* PRAGMA: result through lsvfs_file_set_result. */
+LSVFS_PYTHON int lsvfs_py_pragma(void *handle, lsvfs_file *f, const char *name,
+                                 const char *value);
+/* An error found in C (a page in no file): log it. */
+LSVFS_PYTHON void lsvfs_py_error(void *handle, int rc, const char *message);
+LSVFS_PYTHON void lsvfs_py_close(void *handle);
 
 #endif

@@ -2,12 +2,12 @@
 
 from .errors import (ChecksumError, GapError, LsvfsError, LTXError, MissingFileError, ReplicaError,
                      StorageError, URLError)
-from .replica import open_replicas
+from .registry import open_replicas
 from .restore import RestoreResult, VerifyReport, restore, verify
-from .vfs import connect, register
+from .vfs import connect, register, uri
 
 __all__ = [
     "ChecksumError", "GapError", "LsvfsError", "LTXError", "MissingFileError", "ReplicaError",
     "StorageError", "URLError", "RestoreResult", "VerifyReport", "connect", "open_replicas", "register",
-    "restore", "verify",
+    "restore", "uri", "verify",
 ]

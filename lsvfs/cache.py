@@ -1,71 +1,59 @@
-"""Decoded pages keyed by frame location, bounded by bytes.
+"""Decoded pages keyed by frame location: the C cache, seen from Python.
 
 LTX files never change once written, so (file slot, frame offset) names the
-same page bytes forever: nothing here is ever invalidated by a poll. Misses
-are single-flight, so a storm of readers wanting one page makes one request.
+same page bytes forever: nothing here is ever invalidated by a poll. The
+pages live in C (csrc/cache.c), where the VFS's read path finds them without
+Python; Python adds single-flight misses, so a storm of readers wanting one
+page makes one request.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
+
+from ._core import ffi, lib
 
 Key = tuple[int, int]  # (file slot, frame offset)
 
 
 class FrameCache:
-    """LRU of decoded pages, thread-safe."""
+    """The page cache of one C replica, thread-safe; `owner` keeps it alive."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, owner: Any, max_bytes: int) -> None:
+        self._owner = owner
+        self._c = lib.lsvfs_replica_cache(owner)
         self.max_bytes = max_bytes
-        self._pages: OrderedDict[Key, bytes] = OrderedDict()
         self._inflight: dict[Key, Future[bytes]] = {}
         self._lock = threading.Lock()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
 
-    def _hit(self, key: Key) -> bytes | None:
-        """Lookup with the lock held: a hit becomes most recently used."""
-        page = self._pages.get(key)
-        if page is not None:
-            self._pages.move_to_end(key)
-            self.hits += 1
-        return page
-
-    def get(self, key: Key) -> bytes | None:
-        with self._lock:
-            return self._hit(key)
+    def get(self, key: Key, size: int) -> bytes | None:
+        """The page at `key` if cached with `size` bytes (not counted in the stats)."""
+        out = ffi.new("uint8_t[]", size)
+        if lib.lsvfs_cache_get(self._c, key[0], key[1], out, size, 0):
+            return ffi.buffer(out)[:]
+        return None
 
     def put(self, key: Key, page: bytes) -> None:
-        if len(page) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._pages.pop(key, None)
-            if old is not None:
-                self.bytes -= len(old)
-            self._pages[key] = page
-            self.bytes += len(page)
-            while self.bytes > self.max_bytes:
-                _, evicted = self._pages.popitem(last=False)
-                self.bytes -= len(evicted)
+        if lib.lsvfs_cache_put(self._c, key[0], key[1], page, len(page)):
+            raise MemoryError("page cache: out of memory")
 
-    def get_or_load(self, key: Key, load: Callable[[], dict[Key, bytes]]) -> bytes:
+    def get_or_load(self, key: Key, size: int, load: Callable[[], dict[Key, bytes]]) -> bytes:
         """The page at `key`; on a miss one caller runs `load`, the rest wait.
 
         `load` may return neighbouring pages too (read-ahead); all are cached.
         """
         with self._lock:
-            page = self._hit(key)
-            if page is not None:
-                return page
             fut = self._inflight.get(key)
             owner = fut is None
             if owner:
+                page = self.get(key, size)
+                if page is not None:
+                    return page
                 fut = self._inflight[key] = Future()
-                self.misses += 1
+                lib.lsvfs_cache_count_miss(self._c, key[0], key[1])
         assert fut is not None
         if not owner:
             return fut.result()
@@ -82,9 +70,28 @@ class FrameCache:
                 self._inflight.pop(key, None)
         return fut.result()
 
+    def clear(self) -> None:
+        lib.lsvfs_cache_clear(self._c)
+
+    def stats(self) -> Any:
+        out = ffi.new("lsvfs_cache_stats *")
+        lib.lsvfs_cache_get_stats(self._c, out)
+        return out
+
+    @property
+    def hits(self) -> int:
+        return int(self.stats().hits)
+
+    @property
+    def misses(self) -> int:
+        return int(self.stats().misses)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.stats().bytes)
+
     def __contains__(self, key: Key) -> bool:
-        with self._lock:
-            return key in self._pages
+        return bool(lib.lsvfs_cache_contains(self._c, key[0], key[1]))
 
     def __len__(self) -> int:
-        return len(self._pages)
+        return int(self.stats().entries)

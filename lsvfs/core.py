@@ -458,6 +458,11 @@ class PageTable:
             raise MemoryError("page table allocation failed")
         self._t = ffi.gc(_ptr, lib.lsvfs_ptable_free)
 
+    @property
+    def cdata(self) -> Any:
+        """The C table, for C calls that read it (lsvfs_snapshot_new clones it)."""
+        return self._t
+
     def clone(self) -> PageTable:
         """A new table with the same entries, sharing every chunk."""
         return PageTable(lib.lsvfs_ptable_clone(self._t))

@@ -1,9 +1,10 @@
-"""One Replica per URL per process: snapshots, the poller, and page reads.
+"""A live replica: snapshots, the poller, and page reads on a cache miss.
 
-Every connection to a URL shares its Replica: one poller, one page table, one
-cache. Each poll that finds new files publishes a new immutable Snapshot;
-a read transaction pins one, so it sees exactly one TXID with nothing to
-merge and nothing to race on.
+Every connection to a URL shares its Replica (lsvfs/registry.py): one
+poller, one page table, one cache. Each poll that finds new files publishes
+a new immutable Snapshot to the C side (csrc/snapshot.c), where a read
+transaction pins one, so it sees exactly one TXID with nothing to merge and
+nothing to race on. Python is asked for pages only on a cache miss.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import core, ltx, slots
+from ._core import ffi, lib
 from .cache import FrameCache, Key
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
-from .storage import ReplicaURL, open_storage, parse_url
+from .storage import open_storage
 from .slots import FileSlots
 from .storage.base import FileInfo, StorageClient
 
@@ -59,11 +61,6 @@ class Snapshot:
     def size(self) -> int:
         return self.commit * self.page_size
 
-    @property
-    def change_counter(self) -> int:
-        """Served in page 1: equal TXIDs have equal bytes, so SQLite's cache survives."""
-        return self.txid & 0xFFFFFFFF
-
 
 @dataclass(frozen=True)
 class _Index:
@@ -78,7 +75,13 @@ class Replica:
         self.url = url
         self.options = options
         self.storage = storage if storage is not None else open_storage(url)
-        self.cache = FrameCache(options.cache_size)
+        self.c = ffi.gc(lib.lsvfs_replica_new(options.cache_size, max(1, options.readahead)),
+                        lib.lsvfs_replica_close)
+        if self.c == ffi.NULL:
+            raise MemoryError("replica allocation failed")
+        self.cache = FrameCache(self.c, options.cache_size)
+        self._c_snapshots: dict[int, Snapshot] = {}  # C snapshot id -> the Snapshot it mirrors
+        self._c_next_id = 0
         self._slots = FileSlots(self._forget_verified if options.verify == "files" else None)
         self._poll_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -113,7 +116,7 @@ class Replica:
                 raise ReplicaError(f"replica {self.url} is empty: no LTX files{waited}")
             time.sleep(min(0.1, max(self.options.poll_interval, 0.01)))
         chain = plan_for(self.storage, Target(), files)
-        self._current = self._build(None, chain)
+        self._publish(self._build(None, chain))
         self.last_poll_ok = time.monotonic()
         log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.url,
                  self._current.txid, self._current.commit, self._current.page_size, len(chain))
@@ -131,6 +134,7 @@ class Replica:
             self._poller.join(timeout=CLOSE_WAIT)
         self._pool.shutdown(wait=not (self._poller is not None and self._poller.is_alive()),
                             cancel_futures=True)
+        lib.lsvfs_replica_publish(self.c, ffi.NULL)  # open files keep the snapshots they hold
         self.storage.close()
         if self._verified_dir:
             shutil.rmtree(self._verified_dir, ignore_errors=True)
@@ -161,6 +165,52 @@ class Replica:
             while len(self._historic) > HISTORIC_SNAPSHOTS:
                 self._historic.popitem(last=False)
         return snap
+
+    def _publish(self, snap: Snapshot) -> None:
+        """Make `snap` the newest, in Python and for the C read path."""
+        with self._lock:
+            self._current = snap
+        lib.lsvfs_replica_publish(self.c, self.c_snapshot(snap))
+
+    def c_snapshot(self, snap: Snapshot) -> Any:
+        """A C twin of `snap` holding one reference, for the caller to hand on
+        (publish, lsvfs_file_choose). `snap` is kept until C frees the twin."""
+        self._drain_c_snapshots()
+        with self._lock:
+            self._c_next_id += 1
+            sid = self._c_next_id
+            self._c_snapshots[sid] = snap
+        info = ffi.new("lsvfs_snapshot_info *", {"id": sid, "txid": snap.txid, "timestamp_ms": snap.timestamp_ms,
+                                                 "commit": snap.commit, "page_size": snap.page_size})
+        c = lib.lsvfs_snapshot_new(self.c, snap.table.cdata, info)
+        if c == ffi.NULL:
+            with self._lock:
+                del self._c_snapshots[sid]
+            raise MemoryError("snapshot allocation failed")
+        return c
+
+    def snapshot_of(self, c: Any) -> Snapshot:
+        """The Snapshot a live C snapshot mirrors."""
+        info = ffi.new("lsvfs_snapshot_info *")
+        lib.lsvfs_snapshot_get_info(c, info)
+        return self.snapshot_of_id(info.id)
+
+    def snapshot_of_id(self, sid: int) -> Snapshot:
+        with self._lock:
+            return self._c_snapshots[sid]
+
+    def _drain_c_snapshots(self) -> None:
+        """Let go of the Snapshots whose C twins are gone (and so, in time, of their files)."""
+        ids = ffi.new("uint64_t[]", 64)
+        while n := lib.lsvfs_replica_drain_freed(self.c, ids, 64):
+            with self._lock:
+                for i in range(n):
+                    self._c_snapshots.pop(ids[i], None)
+
+    def c_snapshots(self) -> int:
+        """C snapshots alive now (the newest, pinned ones, chosen ones)."""
+        self._drain_c_snapshots()
+        return int(lib.lsvfs_replica_live_snapshots(self.c))
 
     def file(self, slot: int) -> FileInfo:
         return self._slots.file(slot)
@@ -262,6 +312,7 @@ class Replica:
         if self._stop.is_set():
             return False
         try:
+            self._drain_c_snapshots()
             self._slots.reclaim()
             advanced = self._poll()
         except LsvfsError as exc:
@@ -300,8 +351,7 @@ class Replica:
         new = self._build(cur, chain)
         if self._stop.is_set():
             return False
-        with self._lock:
-            self._current = new
+        self._publish(new)
         self._last_gap = None
         log.debug("%s: TXID %016x -> %016x", self.url, cur.txid, new.txid)
         return True
@@ -317,7 +367,7 @@ class Replica:
         the same file are fetched in the same request and cached."""
         loc = snap.table.get(pgno)
         if loc is not None:
-            page = self.cache.get(loc[:2])
+            page = self.cache.get(loc[:2], snap.page_size)
             if page is not None:
                 return page
         if loc is None:
@@ -326,7 +376,8 @@ class Replica:
             raise LTXError(f"page {pgno} of TXID {snap.txid:016x} is in no LTX file (commit {snap.commit})")
         slot, offset, _ = loc
         try:
-            return self.cache.get_or_load((slot, offset), lambda: self._fetch_run(snap, pgno, readahead))
+            return self.cache.get_or_load((slot, offset), snap.page_size,
+                                          lambda: self._fetch_run(snap, pgno, readahead))
         except MissingFileError:
             # Retention removed a file this snapshot points at; the same TXID
             # rebuilt from the files that compacted it has the same bytes. The
@@ -415,9 +466,8 @@ class Replica:
                     while len(self._rebased_done) > HISTORIC_SNAPSHOTS:
                         self._rebased_done.popitem(last=False)
                 fut.set_result(snap)
-                with self._lock:
-                    if self._current is not None and self._current.txid == txid:
-                        self._current = snap
+                if self._current is not None and self._current.txid == txid:
+                    self._publish(snap)
             except BaseException as exc:
                 fut.set_exception(exc)
             finally:
@@ -478,75 +528,3 @@ def _check_pages(f: FileInfo, header: ltx.Header, entries: core.IndexEntries) ->
         want = header.commit - (1 if ltx.lock_pgno(header.page_size) <= header.commit else 0)
         if n != want:
             raise LTXError(f"snapshot of {header.commit} pages holds {n} pages", f.name)
-
-
-# ---- the registry: the one piece of global state ----------------------------
-
-_registry: dict[ReplicaURL, Replica] = {}
-_opening: dict[ReplicaURL, Future[Replica]] = {}
-_registry_lock = threading.Lock()
-
-
-def acquire(url: str, options: Options, storage: StorageClient | None = None) -> Replica:
-    """The shared Replica for `url`, opened on first use; pair with release().
-
-    Opening (which may wait `open_timeout` for an empty replica) happens
-    outside the registry lock, so other URLs open and close meanwhile;
-    concurrent openers of one URL wait for the same attempt.
-    """
-    key = parse_url(url)  # one Replica per replica, however its URL is spelled
-    while True:
-        with _registry_lock:
-            rep = _registry.get(key)
-            if rep is not None:
-                if options != rep.options:
-                    log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
-                rep.refs += 1
-                return rep
-            fut = _opening.get(key)
-            owner = fut is None
-            if owner:
-                fut = _opening[key] = Future()
-        assert fut is not None
-        if not owner:
-            exc = fut.exception()  # wait for the opener; share its failure
-            if exc is not None:
-                raise exc
-            continue  # take a reference under the lock
-        try:
-            rep = Replica(url, options, storage)
-            try:
-                rep.open()
-            except BaseException:
-                rep.close()
-                raise
-            rep.start_polling()
-        except BaseException as exc:
-            with _registry_lock:
-                del _opening[key]
-            fut.set_exception(exc)
-            raise
-        with _registry_lock:
-            del _opening[key]
-            _registry[key] = rep
-            rep.refs += 1
-        fut.set_result(rep)
-        return rep
-
-
-def release(rep: Replica) -> None:
-    """Drop one reference; the last one stops the poller and frees everything."""
-    with _registry_lock:
-        rep.refs -= 1
-        if rep.refs > 0:
-            return
-        key = parse_url(rep.url)
-        if _registry.get(key) is rep:
-            del _registry[key]
-    rep.close()
-
-
-def open_replicas() -> dict[str, Replica]:
-    """A copy of the registry, for introspection and tests."""
-    with _registry_lock:
-        return {rep.url: rep for rep in _registry.values()}

@@ -1,188 +1,116 @@
-"""The apsw glue: the `litestream` VFS, its main-database file, temp files, PRAGMAs.
+"""The `litestream` VFS: registration in both SQLites, and its Python callbacks.
 
-A connection pins the Replica's newest snapshot when SQLite takes its SHARED
-lock and lets go at NONE, so a read transaction sees exactly one TXID.
+The VFS itself is C (csrc/vfs.c): locks, file size and every read that hits
+the page cache run there without the GIL. Python is entered only through the
+callbacks below: to open a main database, on a cache miss, for the
+litestream_* PRAGMAs, and at close.
+
+apsw links its own SQLite and exports none of its symbols, so the VFS
+reaches it through a loadable-extension entry point, which hands over that
+SQLite's api routines. The standard library's `sqlite3` uses the SQLite its
+`_sqlite3` module links; its functions are looked up through that module,
+never by a guessed library path.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import logging
 import os
-import shutil
-import struct
-import tempfile
 import threading
-import uuid
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import apsw
 
-from . import replica as registry
+from . import _core, registry
+from ._core import ffi, lib
 from .errors import LsvfsError, LTXError, ReplicaError
 from .options import NAMES, resolve
 from .replica import Replica, Snapshot
+from .storage import parse_url
 from .storage.base import StorageClient
 from .timeutil import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
-_TEMP_FLAGS = (apsw.SQLITE_OPEN_TEMP_DB | apsw.SQLITE_OPEN_TEMP_JOURNAL | apsw.SQLITE_OPEN_SUBJOURNAL
-               | apsw.SQLITE_OPEN_TRANSIENT_DB)
-_PRAGMAS = ("litestream_txid", "litestream_lag", "litestream_time")
+SQLITE_OK = 0
+SQLITE_ERROR = 1
+SQLITE_CORRUPT = 11
+SQLITE_NOTFOUND = 12
+SQLITE_CANTOPEN = 14
+SQLITE_IOERR_READ = 10 | (1 << 8)
+
+_ENTRY_POINT = "sqlite3_lsvfs_init"
+_SQLITE_FUNCTIONS = ("sqlite3_vfs_find", "sqlite3_vfs_register", "sqlite3_uri_key", "sqlite3_uri_parameter",
+                     "sqlite3_mprintf", "sqlite3_free")  # in LSVFS_FN_* order
 
 
-def _sqlite_error(exc: LsvfsError) -> apsw.Error:
-    """Map our errors to what SQLite expects: bad bytes are corruption, the rest I/O."""
-    if isinstance(exc, LTXError):
-        return apsw.CorruptError(str(exc))
-    return apsw.IOError(str(exc))
+# ---- open files ---------------------------------------------------------------------
 
+class OpenFile:
+    """Python's side of one open main database: its Replica and its last error."""
 
-class ReplicaFile:
-    """The main database file of one connection, served from its Replica."""
-
-    def __init__(self, vfs: LitestreamVFS, rep: Replica) -> None:
+    def __init__(self, vfs: Registration, replica: Replica, file: Any) -> None:
         self.vfs = vfs
-        self.replica = rep
-        self.lock = apsw.SQLITE_LOCK_NONE
-        self.pinned: Snapshot | None = None
-        self.pin_txid: int | None = None
-        self.pin_time_ms: int | None = None
-        self._next_pgno = 0
-        self._run = 1
-        self._closed = False
+        self.replica = replica
+        self.file = file
+        self.handle = ffi.new_handle(self)
+        self.last_error = ""
 
-    # -- snapshot selection --
+    def fail(self, rc: int, exc: BaseException) -> int:
+        """Record and log a failed read; SQLite gets only the code."""
+        self.last_error = str(exc)
+        lib.lsvfs_file_set_error(self.file, self.last_error.encode(errors="replace"))
+        log.warning("%s: read failed: %s", self.replica.url, exc)
+        return rc
 
-    def _wanted(self) -> Snapshot:
-        if self.pin_txid is not None:
-            return self.replica.snapshot_at(txid=self.pin_txid)
-        if self.pin_time_ms is not None:
-            return self.replica.snapshot_at(timestamp_ms=self.pin_time_ms)
-        return self.replica.current()
+    def snapshot_info(self) -> Any:
+        info = ffi.new("lsvfs_snapshot_info *")
+        if lib.lsvfs_file_snapshot_info(self.file, info):
+            raise ReplicaError(f"replica {self.replica.url} has no snapshot")
+        return info
 
-    def snapshot(self) -> Snapshot:
-        return self.pinned if self.pinned is not None else self._wanted()
-
-    # -- VFSFile methods --
-
-    def xRead(self, amount: int, offset: int) -> bytes:
-        try:
-            snap = self.snapshot()
-            return self._read(snap, amount, offset)
-        except LsvfsError as exc:
-            raise _sqlite_error(exc) from exc
-
-    def _read(self, snap: Snapshot, amount: int, offset: int) -> bytes:
-        ps = snap.page_size
-        end = min(offset + amount, snap.size)
-        if offset >= end:
-            return b""
-        first = offset // ps + 1
-        last = (end - 1) // ps + 1
-        # Sequential access grows the read-ahead window; a jump resets it.
-        self._run = min(self._run * 2, self.replica.options.readahead) if first == self._next_pgno else 1
-        self._next_pgno = last + 1
-        readahead = max(self._run, last - first + 1)
-        if first != 1 and amount == ps and offset == (first - 1) * ps and end - offset == ps:
-            return self.replica.read_page(snap, first, readahead)  # the hot path: one whole page
-        parts = []
-        for pgno in range(first, last + 1):
-            page = self.replica.read_page(snap, pgno, readahead if pgno == first else 1)
-            if pgno == 1:
-                page = _shim_page1(page, snap)
-            parts.append(page)
-        data = b"".join(parts)
-        start = offset - (first - 1) * ps
-        return data[start:start + (end - offset)]
-
-    def xWrite(self, data: bytes, offset: int) -> None:
-        raise apsw.ReadOnlyError("litestream replicas are read-only")
-
-    def xTruncate(self, newsize: int) -> None:
-        raise apsw.ReadOnlyError("litestream replicas are read-only")
-
-    def xSync(self, flags: int) -> None:
-        pass
-
-    def xFileSize(self) -> int:
-        try:
-            return self.snapshot().size
-        except LsvfsError as exc:
-            raise _sqlite_error(exc) from exc
-
-    def xLock(self, level: int) -> None:
-        if level >= apsw.SQLITE_LOCK_RESERVED:
-            raise apsw.ReadOnlyError("litestream replicas are read-only")
-        if self.lock == apsw.SQLITE_LOCK_NONE and level >= apsw.SQLITE_LOCK_SHARED:
-            try:
-                self.pinned = self._wanted()
-            except LsvfsError as exc:
-                raise _sqlite_error(exc) from exc
-        self.lock = level
-
-    def xUnlock(self, level: int) -> None:
-        if level == apsw.SQLITE_LOCK_NONE:
-            self.pinned = None
-        self.lock = level
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 4096
-
-    def xDeviceCharacteristics(self) -> int:
-        return 0
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        if op != apsw.SQLITE_FCNTL_PRAGMA:
-            return False
-        pragma = apsw.VFSFcntlPragma(ptr)
-        name = pragma.name.lower()
-        if name not in _PRAGMAS:
-            return False
-        try:
-            pragma.result = self._pragma(name, pragma.value)
-        except (ValueError, LsvfsError) as exc:
-            pragma.result = str(exc)
-            raise apsw.SQLError(str(exc)) from exc
-        return True
-
-    def _pragma(self, name: str, value: str | None) -> str | None:
+    def pragma(self, name: str, value: str | None) -> str | None:
         rep = self.replica
+        if name == "litestream_error":
+            if value is not None:
+                raise ValueError("litestream_error is read-only")
+            return self.last_error
         if name == "litestream_lag":
             if value is not None:
                 raise ValueError("litestream_lag is read-only")
             lag = rep.lag()
             return "-1" if lag < 0 else str(int(lag))
+        # Setting one answers with what the connection will read from its next
+        # transaction on (a PRAGMA that answers nothing has no column name,
+        # which the standard library's sqlite3 takes for a failed allocation).
         if name == "litestream_txid":
             if value is None:
-                return f"{self.snapshot().txid:016x}"
-            txid = _parse_txid(value)
-            if txid is not None:
-                rep.snapshot_at(txid=txid)  # fails here, at the PRAGMA, if unreachable
-            self.pin_txid, self.pin_time_ms = txid, None
-            return None
+                return f"{self.snapshot_info().txid:016x}"
+            txid = parse_txid(value)
+            # Resolved here, so an unreachable TXID fails at the PRAGMA.
+            return self._choose(rep.snapshot_at(txid=txid) if txid is not None else None, name)
         if value is None:
-            return format_time(self.snapshot().timestamp_ms)
-        if value.strip().upper() == "LATEST":
-            self.pin_txid = self.pin_time_ms = None
-            return None
-        ms = parse_time(value)
-        rep.snapshot_at(timestamp_ms=ms)
-        self.pin_txid, self.pin_time_ms = None, ms
-        return None
+            return format_time(self.snapshot_info().timestamp_ms)
+        if value.strip().strip("'\"").upper() == "LATEST":
+            return self._choose(None, name)
+        return self._choose(rep.snapshot_at(timestamp_ms=parse_time(value)), name)
 
-    def xClose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.pinned = None
-            registry.release(self.replica)
+    def _choose(self, snap: Snapshot | None, pragma: str) -> str:
+        lib.lsvfs_file_choose(self.file, ffi.NULL if snap is None else self.replica.c_snapshot(snap))
+        if snap is None:
+            return "LATEST"
+        return f"{snap.txid:016x}" if pragma == "litestream_txid" else format_time(snap.timestamp_ms)
 
 
-def _parse_txid(value: str) -> int | None:
+PRAGMAS = ("litestream_txid", "litestream_lag", "litestream_time", "litestream_error")
+
+
+def parse_txid(value: str) -> int | None:
+    """A TXID in hex (16 digits, 0x optional); None for LATEST."""
     v = value.strip().strip("'\"").lower()
     if v in ("latest", ""):
         return None
@@ -195,127 +123,286 @@ def _parse_txid(value: str) -> int | None:
     return txid
 
 
-def _shim_page1(page: bytes, snap: Snapshot) -> bytes:
-    """Present a rollback-journal database whose change counter moves exactly
-    when the data can have changed, so SQLite keeps its cache otherwise."""
-    buf = bytearray(page)
-    buf[18] = buf[19] = 1
-    counter = struct.pack(">I", snap.change_counter)
-    buf[24:28] = counter
-    buf[28:32] = struct.pack(">I", snap.commit)
-    buf[92:96] = counter
-    return bytes(buf)
+def _params(raw: bytes) -> dict[str, str]:
+    parts = raw.split(b"\0")
+    out: dict[str, str] = {}
+    for i in range(0, len(parts) - 1, 2):
+        if not parts[i]:
+            break
+        out.setdefault(parts[i].decode(errors="replace"), parts[i + 1].decode(errors="replace"))
+    return out
 
 
-class TempFile:
-    """A temp file SQLite asked for, in our private directory, removed on close."""
+# ---- callbacks (csrc/lsvfs_core.h, "callbacks into Python") -------------------------
 
-    def __init__(self, vfs: LitestreamVFS, path: str, flags: list[int]) -> None:
-        self._vfs = vfs
-        self.path = path
-        self._file = apsw.VFSFile("", path, [flags[0] | apsw.SQLITE_OPEN_DELETEONCLOSE, 0])
-        flags[1] = flags[0]
+def _unexpected(exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    log.error("lsvfs callback failed unexpectedly", exc_info=(exc_type, exc, tb))
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
+
+@ffi.def_extern(error=SQLITE_CANTOPEN, onerror=_unexpected)
+def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
+    vfs: Registration = ffi.from_handle(ctx)
+    p = _params(ffi.buffer(params, params_len)[:])
+    url = p.get("replica") or os.environ.get("LITESTREAM_REPLICA_URL")
+    if not url:
+        log.error("cannot open: no replica URL (pass replica=<url> in the URI or set LITESTREAM_REPLICA_URL)")
+        return SQLITE_CANTOPEN
+    try:
+        rep = registry.acquire(url, resolve({k: p[k] for k in NAMES if k in p}))
+    except (ValueError, LsvfsError) as exc:
+        log.error("cannot open %s: %s", url, exc)
+        return SQLITE_CANTOPEN
+    f = OpenFile(vfs, rep, file)
+    with vfs.lock:
+        vfs.files.add(f)
+    lib.lsvfs_file_attach(file, rep.c, f.handle)
+    return SQLITE_OK
+
+
+@ffi.def_extern(error=SQLITE_IOERR_READ, onerror=_unexpected)
+def lsvfs_py_fetch(handle: Any, file: Any, snap: Any, pgno: int, readahead: int, out: Any, size: int) -> int:
+    f: OpenFile = ffi.from_handle(handle)
+    try:
+        page = f.replica.read_page(f.replica.snapshot_of(snap), pgno, readahead)
+    except LTXError as exc:
+        return f.fail(SQLITE_CORRUPT, exc)
+    except LsvfsError as exc:
+        return f.fail(SQLITE_IOERR_READ, exc)
+    if len(page) != size:
+        return f.fail(SQLITE_CORRUPT, LTXError(f"page {pgno} has {len(page)} bytes, not {size}"))
+    ffi.memmove(out, page, size)
+    return SQLITE_OK
+
+
+@ffi.def_extern(error=SQLITE_ERROR, onerror=_unexpected)
+def lsvfs_py_pragma(handle: Any, file: Any, name: Any, value: Any) -> int:
+    f: OpenFile = ffi.from_handle(handle)
+    pragma = ffi.string(name).decode().lower()
+    if pragma not in PRAGMAS:
+        return SQLITE_NOTFOUND
+    arg = None if value == ffi.NULL else ffi.string(value).decode(errors="replace")
+    try:
+        result = f.pragma(pragma, arg)
+    except (ValueError, LsvfsError) as exc:
+        lib.lsvfs_file_set_result(file, str(exc).encode())
+        return SQLITE_ERROR
+    lib.lsvfs_file_set_result(file, ffi.NULL if result is None else result.encode())
+    return SQLITE_OK
+
+
+@ffi.def_extern(onerror=_unexpected)
+def lsvfs_py_error(handle: Any, rc: int, message: Any) -> None:
+    f: OpenFile = ffi.from_handle(handle)
+    f.last_error = ffi.string(message).decode(errors="replace")
+    log.warning("%s: read failed (SQLite code %d): %s", f.replica.url, rc, f.last_error)
+
+
+@ffi.def_extern(onerror=_unexpected)
+def lsvfs_py_close(handle: Any) -> None:
+    f: OpenFile = ffi.from_handle(handle)
+    with f.vfs.lock:
+        f.vfs.files.discard(f)
+    registry.release(f.replica)
+
+
+# ---- registration -------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Registration:
+    """One VFS name, registered in apsw's SQLite and, where possible, the standard library's."""
+
+    name: str
+    files: set[OpenFile] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stdlib_error: str | None = None
+    handle: Any = None
+    vfs: dict[str, Any] = field(default_factory=dict)  # "apsw" / "sqlite3" -> lsvfs_vfs*
+
+    def open_files(self) -> list[OpenFile]:
+        with self.lock:
+            return list(self.files)
+
+
+_registrations: dict[str, Registration] = {}
+_registrations_lock = threading.Lock()
+
+
+def _apsw_functions() -> Any:
+    """apsw's SQLite's functions, from our extension entry point loaded on a
+    private connection (which is then closed: no other connection changes)."""
+    conn = apsw.Connection(":memory:")
+    try:
+        conn.enable_load_extension(True)
+        conn.load_extension(_core.__file__, _ENTRY_POINT)
+    finally:
+        conn.close()
+    fns = ffi.new("void *[]", lib.LSVFS_FN_COUNT)
+    if not lib.lsvfs_extension_fns(fns):
+        raise LsvfsError("apsw did not call the lsvfs extension entry point")
+    return fns
+
+
+def _stdlib_functions() -> Any:
+    """The functions of the SQLite that the running `_sqlite3` module uses.
+
+    dlsym on the module's own handle searches the module, then the libraries
+    it links, in load order: exactly what its calls resolve to. The library
+    version found must be the one `sqlite3` reports, or we found another.
+    """
+    import sqlite3
+
+    import _sqlite3
+
+    path = _sqlite3.__file__
+    try:
+        dll = ctypes.CDLL(path)
+        addrs = [ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in _SQLITE_FUNCTIONS]
+        version = dll.sqlite3_libversion
+    except (OSError, AttributeError) as exc:
+        raise LsvfsError(f"the standard library's sqlite3 ({path}) does not expose SQLite's C functions "
+                         f"(SQLite linked in statically?): {exc}; use lsvfs.connect(), which uses apsw") from None
+    version.restype = ctypes.c_char_p
+    found = version().decode()
+    if found != sqlite3.sqlite_version:
+        raise LsvfsError(f"the SQLite found through {path} is {found}, but sqlite3 reports "
+                         f"{sqlite3.sqlite_version}; not registering in the wrong library")
+    fns = ffi.new("void *[]", lib.LSVFS_FN_COUNT)
+    for i, a in enumerate(addrs):
+        fns[i] = ffi.cast("void *", a)
+    return fns
+
+
+def _register_in(reg: Registration, which: str, fns: Any) -> None:
+    err = ffi.new("char[]", 256)
+    v = lib.lsvfs_vfs_register(reg.name.encode(), fns, reg.handle, err, 256)
+    if v == ffi.NULL:
+        raise LsvfsError(f"registering VFS {reg.name!r} in {which}'s SQLite: {ffi.string(err).decode()}")
+    reg.vfs[which] = v
+
+
+def register(name: str = "litestream") -> Registration:
+    """Register the VFS as `name` in apsw's SQLite and the standard library's
+    (once per process; later calls return the same registration)."""
+    with _registrations_lock:
+        reg = _registrations.get(name)
+        if reg is not None:
+            return reg
+        reg = Registration(name)
+        reg.handle = ffi.new_handle(reg)
+        _register_in(reg, "apsw", _apsw_functions())
+        try:
+            _register_in(reg, "sqlite3", _stdlib_functions())
+        except LsvfsError as exc:
+            reg.stdlib_error = str(exc)
+            log.info("VFS %r not available to the standard library's sqlite3: %s", name, exc)
+        _registrations[name] = reg
+        return reg
+
+
+atexit.register(lib.lsvfs_python_gone)
+
+
+# ---- direct access ------------------------------------------------------------------
+
+def _check(rc: int) -> None:
+    if rc:
+        raise apsw.exception_for(rc)
+
+
+class ReplicaFile:
+    """A main-database file opened on the C VFS without SQLite: the very
+    methods SQLite calls, for tests and fuzzing. Errors are apsw's."""
+
+    def __init__(self, reg: Registration, url: str, **options: Any) -> None:
+        params = {"replica": url, **{k: str(v) for k, v in options.items()}}
+        raw = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+        out = ffi.new("lsvfs_file **")
+        _check(lib.lsvfs_file_open(reg.vfs["apsw"], raw, len(raw), out))
+        self._f = out[0]
+        self.replica: Replica = next(f.replica for f in reg.open_files() if f.file == self._f)
+
+    def _snapshot(self, fn: Any) -> Snapshot | None:
+        info = ffi.new("lsvfs_snapshot_info *")
+        return None if fn(self._f, info) else self.replica.snapshot_of_id(info.id)
+
+    @property
+    def pinned(self) -> Snapshot | None:
+        return self._snapshot(lib.lsvfs_file_pinned_info)
+
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot(lib.lsvfs_file_snapshot_info)
+
+    @property
+    def lock(self) -> int:
+        return int(lib.lsvfs_file_lock_level(self._f))
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        """The bytes read; fewer than asked past the end (SQLite gets them zero-filled)."""
+        buf = ffi.new("uint8_t[]", max(amount, 1))
+        rc = lib.lsvfs_file_read(self._f, buf, amount, offset)
+        if rc == apsw.SQLITE_IOERR_SHORT_READ:
+            return ffi.buffer(buf, max(0, min(amount, self.xFileSize() - offset)))[:]
+        _check(rc)
+        return ffi.buffer(buf, amount)[:]
+
+    def xLock(self, level: int) -> None:
+        _check(lib.lsvfs_file_lock(self._f, level))
+
+    def xUnlock(self, level: int) -> None:
+        _check(lib.lsvfs_file_unlock(self._f, level))
+
+    def xCheckReservedLock(self) -> bool:
+        out = ffi.new("int *")
+        _check(lib.lsvfs_file_check_reserved(self._f, out))
+        return bool(out[0])
+
+    def xFileSize(self) -> int:
+        out = ffi.new("int64_t *")
+        _check(lib.lsvfs_file_size(self._f, out))
+        return int(out[0])
+
+    def pragma(self, name: str, value: str | None = None) -> str | None:
+        result = ffi.new("char **")
+        rc = lib.lsvfs_file_pragma(self._f, name.encode(), ffi.NULL if value is None else value.encode(), result)
+        text = None if result[0] == ffi.NULL else ffi.string(result[0]).decode()
+        lib.lsvfs_free_result(self._f, result[0])
+        if rc == SQLITE_NOTFOUND:
+            raise KeyError(name)
+        if rc:
+            raise apsw.SQLError(text or name)
+        return text
 
     def xClose(self) -> None:
-        self._file.xClose()
-        self._vfs._temp_closed(self.path)
+        if self._f is not None:
+            lib.lsvfs_file_close(self._f)
+            self._f = None
 
 
-class LitestreamVFS(apsw.VFS):
-    """Opens main databases from replicas; delegates temp files to the default VFS."""
+# ---- URIs and connect() -------------------------------------------------------------
 
-    def __init__(self, name: str = "litestream") -> None:
-        super().__init__(name, "")
-        self.name = name
-        self.temp_dir = tempfile.mkdtemp(prefix="lsvfs-tmp-")
-        self._temp_open: set[str] = set()
-        self._temp_lock = threading.Lock()
+def uri(url: str, *, name: str = "replica.db", vfs: str = "litestream", **options: Any) -> str:
+    """`file:` URI of a read-only replica connection, for `sqlite3.connect(..., uri=True)`.
 
-    def temp_files_open(self) -> int:
-        with self._temp_lock:
-            return len(self._temp_open)
-
-    def _temp_closed(self, path: str) -> None:
-        with self._temp_lock:
-            self._temp_open.discard(path)
-        if os.path.exists(path):
-            os.unlink(path)
-
-    def xOpen(self, name: Any, flags: list[int]) -> Any:
-        inflags = flags[0]
-        if inflags & apsw.SQLITE_OPEN_MAIN_DB:
-            url, opts = _replica_params(name)
-            try:
-                rep = registry.acquire(url, resolve(opts))
-            except ValueError as exc:
-                raise apsw.CantOpenError(str(exc)) from exc
-            except LsvfsError as exc:
-                raise apsw.CantOpenError(f"{url}: {exc}") from exc
-            flags[1] = (inflags & ~(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)) | apsw.SQLITE_OPEN_READONLY
-            return ReplicaFile(self, rep)
-        if inflags & _TEMP_FLAGS:
-            path = os.path.join(self.temp_dir, f"tmp-{uuid.uuid4().hex}")
-            with self._temp_lock:
-                self._temp_open.add(path)
-            try:
-                return TempFile(self, path, flags)
-            except BaseException:
-                self._temp_closed(path)
-                raise
-        raise apsw.CantOpenError("litestream replicas are read-only: no journal or WAL is ever created")
-
-    def xAccess(self, pathname: str, flags: int) -> bool:
-        if pathname.startswith(self.temp_dir + os.sep):
-            return bool(super().xAccess(pathname, flags))
-        return False
-
-    def xDelete(self, filename: str, syncdir: bool) -> None:
-        if filename.startswith(self.temp_dir + os.sep):
-            super().xDelete(filename, syncdir)
-
-    def xFullPathname(self, name: str) -> str:
-        return name
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+    Registers the VFS; bad options or URL fail here, and so does a standard
+    library whose SQLite cannot take a VFS (with the reason).
+    """
+    reg = register(vfs)
+    if reg.stdlib_error is not None:
+        raise LsvfsError(reg.stdlib_error)
+    return _uri(url, name, vfs, options)
 
 
-# ---- registration and connect() -------------------------------------------
-
-_vfs_lock = threading.Lock()
-_vfs: dict[str, LitestreamVFS] = {}
-
-
-def register(name: str = "litestream") -> LitestreamVFS:
-    """Register the VFS under `name` (once per process; later calls return it)."""
-    with _vfs_lock:
-        vfs = _vfs.get(name)
-        if vfs is None:
-            vfs = _vfs[name] = LitestreamVFS(name)
-        return vfs
-
-
-def _replica_params(name: Any) -> tuple[str, dict[str, str]]:
-    params: dict[str, str] = {}
-    url = None
-    if isinstance(name, apsw.URIFilename):
-        url = name.uri_parameter("replica")
-        for opt in NAMES:
-            v = name.uri_parameter(opt)
-            if v is not None:
-                params[opt] = v
-    url = url or os.environ.get("LITESTREAM_REPLICA_URL")
-    if not url:
-        raise apsw.CantOpenError("no replica URL: pass replica=<url> in the URI or set LITESTREAM_REPLICA_URL")
-    return url, params
+def _uri(url: str, name: str, vfs: str, options: dict[str, Any]) -> str:
+    parse_url(url)
+    given = {k: v for k, v in options.items() if v is not None}
+    resolve(given)  # a ValueError naming the option
+    params = {"vfs": vfs, "mode": "ro", "replica": url, **{k: str(v) for k, v in given.items()}}
+    return f"file:{quote(name)}?{urlencode(params)}"
 
 
 def connect(url: str | None = None, *, name: str = "replica.db", vfs: str = "litestream",
             storage: StorageClient | None = None, **options: Any) -> apsw.Connection:
-    """A read-only connection on the replica at `url` (or LITESTREAM_REPLICA_URL).
+    """A read-only apsw connection on the replica at `url` (or LITESTREAM_REPLICA_URL).
 
     Options (poll_interval, cache_size, open_timeout, verify, read_retries,
     readahead) may be keywords, URI parameters, or LSVFS_* environment
@@ -327,12 +414,10 @@ def connect(url: str | None = None, *, name: str = "replica.db", vfs: str = "lit
     if not url:
         raise ReplicaError("no replica URL given and LITESTREAM_REPLICA_URL is not set")
     given = {k: v for k, v in options.items() if v is not None}
-    opts = resolve(given)  # fail early, as a ValueError naming the option
-    rep = registry.acquire(url, opts, storage)  # typed lsvfs errors surface here
-    params = {"vfs": vfs, "replica": url, **{k: str(v) for k, v in given.items()}}
-    uri = f"file:{quote(name)}?{urlencode(params)}"
+    rep = registry.acquire(url, resolve(given), storage)  # typed lsvfs errors surface here
     try:
-        # xOpen finds the Replica acquired above, so it shares it.
-        return apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI, vfs=vfs)
+        # The VFS's open finds the Replica acquired above, so it shares it.
+        return apsw.Connection(_uri(url, name, vfs, given), flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
+                               vfs=vfs)
     finally:
         registry.release(rep)

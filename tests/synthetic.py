@@ -372,7 +372,7 @@ FUZZ_EXAMPLES = int(os.environ.get("LSVFS_FUZZ_EXAMPLES") or 60)
 def open_replica(url: str, storage: Any = None, **options: Any) -> Iterator[Any]:
     """The shared Replica for `url` (through the registry), released on exit."""
     from lsvfs.options import resolve
-    from lsvfs.replica import acquire, release
+    from lsvfs.registry import acquire, release
 
     rep = acquire(url, resolve(options), storage)
     try:

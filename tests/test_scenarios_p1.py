@@ -624,8 +624,7 @@ def test_s05_page_arithmetic_at_every_page_size(tmp_path: Path, page_size: int) 
     image = p.image()
     ps = page_size
     with open_replica(p.url, poll_interval=0) as rep:
-        f = ReplicaFile(register(), rep)
-        rep.refs += 1  # the file releases one reference on close
+        f = ReplicaFile(register(), rep.url)
         try:
             f.xLock(apsw.SQLITE_LOCK_SHARED)
             size = f.xFileSize()

@@ -32,8 +32,7 @@ def txid_of(conn: apsw.Connection) -> int:
 
 def replica_file(rep: Any) -> ReplicaFile:
     """A VFS main-db file on `rep` (it takes one reference; xClose gives it back)."""
-    rep.refs += 1
-    return ReplicaFile(register(), rep)
+    return ReplicaFile(register(), rep.url)
 
 
 def all_pages(f: ReplicaFile) -> bytes:

@@ -242,8 +242,7 @@ def test_s18_reads_across_the_lock_page(tmp_path: Path, page_size: int) -> None:
         snap = rep.current()
         assert snap.commit == lock + 1 and snap.size == (lock + 1) * page_size
         assert rep.read_page(snap, lock) == bytes(page_size)
-        f = ReplicaFile(register(), rep)
-        rep.refs += 1
+        f = ReplicaFile(register(), rep.url)
         try:
             f.xLock(apsw.SQLITE_LOCK_SHARED)
             assert f.xFileSize() == (lock + 1) * page_size
@@ -285,8 +284,7 @@ def test_s19_page1_header_is_rewritten_exactly(tmp_path: Path) -> None:
                          1_700_000_000_000 + txid)
         target.put(0, hdr.min_txid, txid, ltx.encode(hdr, pages))
     with open_replica(target.url, poll_interval=0) as rep:
-        files = [ReplicaFile(register(), rep) for _ in range(2)]
-        rep.refs += 2
+        files = [ReplicaFile(register(), rep.url) for _ in range(2)]
         try:
             heads = []
             for f in files:

@@ -1,0 +1,87 @@
+"""The registry of replicas: one Replica per replica per process.
+
+The one piece of global state: every connection to a replica, however its
+URL is spelled, shares one Replica (one poller, one page table, one cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+
+from .options import Options
+from .replica import Replica
+from .storage import ReplicaURL, parse_url
+from .storage.base import StorageClient
+
+log = logging.getLogger(__name__)
+
+_registry: dict[ReplicaURL, Replica] = {}
+_opening: dict[ReplicaURL, Future[Replica]] = {}
+_registry_lock = threading.Lock()
+
+
+def acquire(url: str, options: Options, storage: StorageClient | None = None) -> Replica:
+    """The shared Replica for `url`, opened on first use; pair with release().
+
+    Opening (which may wait `open_timeout` for an empty replica) happens
+    outside the registry lock, so other URLs open and close meanwhile;
+    concurrent openers of one URL wait for the same attempt.
+    """
+    key = parse_url(url)  # one Replica per replica, however its URL is spelled
+    while True:
+        with _registry_lock:
+            rep = _registry.get(key)
+            if rep is not None:
+                if options != rep.options:
+                    log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
+                rep.refs += 1
+                return rep
+            fut = _opening.get(key)
+            owner = fut is None
+            if owner:
+                fut = _opening[key] = Future()
+        assert fut is not None
+        if not owner:
+            exc = fut.exception()  # wait for the opener; share its failure
+            if exc is not None:
+                raise exc
+            continue  # take a reference under the lock
+        try:
+            rep = Replica(url, options, storage)
+            try:
+                rep.open()
+            except BaseException:
+                rep.close()
+                raise
+            rep.start_polling()
+        except BaseException as exc:
+            with _registry_lock:
+                del _opening[key]
+            fut.set_exception(exc)
+            raise
+        with _registry_lock:
+            del _opening[key]
+            _registry[key] = rep
+            rep.refs += 1
+        fut.set_result(rep)
+        return rep
+
+
+def release(rep: Replica) -> None:
+    """Drop one reference; the last one stops the poller and frees everything."""
+    with _registry_lock:
+        rep.refs -= 1
+        if rep.refs > 0:
+            return
+        key = parse_url(rep.url)
+        if _registry.get(key) is rep:
+            del _registry[key]
+    rep.close()
+
+
+def open_replicas() -> dict[str, Replica]:
+    """A copy of the registry, for introspection and tests."""
+    with _registry_lock:
+        return {rep.url: rep for rep in _registry.values()}
