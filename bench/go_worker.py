@@ -18,6 +18,9 @@ Requests (one JSON object per line) and replies:
     {"op": "open_extra", "n": N, "sql": Q}           -> {"open": N}  (extra connections, kept)
     {"op": "batch_extra", "sql": Q}                  -> {"open": N}  (Q once on each extra connection)
     {"op": "close_extra"}                            -> {"open": 0}
+    {"op": "threads", "sql": Q, "params": [[P, ...], ...], "check": bool}
+                                                     -> {"elapsed": s, "queries": n, "rows": n, "checksum": h|null}
+                                                        (one thread and connection per parameter list; kept)
     {"op": "rss"}                                    -> {"rss_kb": ..., "baseline_kb": ...}
     {"op": "quit"}
 
@@ -38,6 +41,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,6 +94,57 @@ def run_cold(open_conn: Callable[[], apsw.Connection], sql: str, params: Sequenc
     return {"elapsed": elapsed, "checksum": checksum(rows), "rows": len(rows)}
 
 
+def run_threads(conns: Sequence[Any], sql: str, params: Sequence[Sequence[Params]],
+                check: bool = True) -> dict[str, Any]:
+    """Thread i runs `sql` once per parameter set of params[i] on conns[i]
+    (apsw or sqlite3 connections, each used by one thread only).
+
+    The threads start together at a barrier; `elapsed` runs from the barrier
+    to the last thread's end (thread start-up is not in it). The checksum
+    (of every thread's rows, in thread order) is computed only if `check`.
+    """
+    n = len(params)
+    if len(conns) < n:
+        raise ValueError(f"{n} threads but {len(conns)} connections")
+    barrier = threading.Barrier(n + 1)
+    ends = [0.0] * n
+    rows: list[list[Row]] = [[] for _ in range(n)]
+    counts = [0] * n
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        conn, out, keep = conns[i], rows[i], check
+        count = 0
+        try:
+            barrier.wait(60)
+            for p in params[i]:
+                r = conn.execute(sql, p).fetchall()
+                count += len(r)
+                if keep:
+                    out.extend(r)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            ends[i] = time.perf_counter()
+            counts[i] = count
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"bench-{i}", daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        barrier.wait(60)
+    except threading.BrokenBarrierError:
+        pass
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {"elapsed": max(ends) - start, "queries": sum(len(p) for p in params), "rows": sum(counts),
+            "checksum": checksum([r for rs in rows for r in rs]) if check else None}
+
+
 def rss_kb(pid: int | str = "self") -> int:
     """VmRSS of a process in KiB (from /proc/<pid>/status)."""
     with open(f"/proc/{pid}/status") as fh:
@@ -124,6 +179,7 @@ class Worker:
         self.options = options
         self.conn: apsw.Connection | None = None
         self.extra: list[apsw.Connection] = []
+        self.thread_conns: list[apsw.Connection] = []
         if system == "go":
             load_go_vfs()
         elif system == "lsvfs":
@@ -168,12 +224,16 @@ class Worker:
                 c.close()
             self.extra.clear()
             return {"open": 0}
+        if op == "threads":
+            while len(self.thread_conns) < len(req["params"]):
+                self.thread_conns.append(self.new_conn())
+            return run_threads(self.thread_conns, req["sql"], req["params"], bool(req.get("check", True)))
         if op == "rss":
             return {"rss_kb": rss_kb(), "baseline_kb": self.baseline_kb}
         raise ValueError(f"unknown op {op!r}")
 
     def close(self) -> None:
-        for c in [*self.extra, *([self.conn] if self.conn else [])]:
+        for c in [*self.extra, *self.thread_conns, *([self.conn] if self.conn else [])]:
             c.close()
 
 

@@ -5,6 +5,9 @@
 
 Ratios are lsvfs time / other time (medians by default, `--stat min` for the
 fastest round, which is steadier on a busy machine): below 1 means lsvfs is faster.
+The first two tables are issue 7's (test_bench_threads.py): threaded point
+lookups, 20k warm lookups and warm/cold full scans against local SQLite
+through the same driver (apsw or sqlite3), with each target and whether it is met.
 """
 
 from __future__ import annotations
@@ -138,6 +141,77 @@ def poll_table(benches: list[Bench], markdown: bool) -> Table:
     return t
 
 
+TARGETS = {"threads": 1 / 0.8, "warm_lookups": 1.2, "warm_scan": 1.3, "cold_scan": 2.0}
+"""Issue 7's targets, as lsvfs time / local time (same driver); test_bench_threads.py has the same."""
+SYSTEM_ORDER = ("local", "lsvfs", "lsvfs_fit", "go")
+
+
+def _issue7(benches: list[Bench]) -> dict[tuple[Any, ...], dict[tuple[str, str], Bench]]:
+    """test_bench_threads results: (op, threads) -> (system, driver) -> bench."""
+    by: dict[tuple[Any, ...], dict[tuple[str, str], Bench]] = defaultdict(dict)
+    for b in benches:
+        e = b["extra_info"]
+        if e.get("kind") in ("threads", "lookups", "scan") and "driver" in e:
+            by[(e["op"], e.get("threads", 0))][(e["system"], e["driver"])] = b
+    return by
+
+
+def _cost(b: Bench) -> float:
+    """Seconds per query (per scan), from the statistic chosen: the in-process
+    timing of the work itself (threads: barrier to last thread done)."""
+    e = b["extra_info"]
+    key = "internal_min_s" if STAT == "min" else "internal_median_s"
+    seconds = e.get(key) if STAT != "mean" else b["stats"]["mean"]
+    return float(seconds) / e.get("queries", 1)
+
+
+def _verdict(ratio: float, op: str) -> str:
+    return "ok" if ratio <= TARGETS[op] else "MISS"
+
+
+def threads_table(benches: list[Bench], markdown: bool) -> Table:
+    by = _issue7(benches)
+    t = Table(f"Point lookups from N threads, one connection each ({STAT}; q/s over all threads; "
+              f"ratio = local q/s / system q/s, same driver; target lsvfs <= {TARGETS['threads']:.2f}, "
+              "i.e. >= 0.8x local's q/s)",
+              ["threads", "system", "driver", "q/s", "local q/s", "ratio", "target", "misses/query"], markdown)
+    for (op, threads), s in sorted(by.items(), key=lambda kv: kv[0][1]):
+        if op != "threads":
+            continue
+        for (system, driver) in sorted(s, key=lambda k: (SYSTEM_ORDER.index(k[0]), k[1])):
+            b = s[(system, driver)]
+            local = s.get(("local", driver))
+            cost = _cost(b)
+            ratio = cost / _cost(local) if local else None
+            t.add(threads, system, driver, f"{1 / cost:,.0f}", f"{1 / _cost(local):,.0f}" if local else "-",
+                  "-" if ratio is None or system == "local" else f"{ratio:.2f}",
+                  _verdict(ratio, op) if ratio is not None and system.startswith("lsvfs") else "",
+                  b["extra_info"].get("vfs_misses_per_query", ""))
+    return t
+
+
+def issue7_table(benches: list[Bench], markdown: bool) -> Table:
+    by = _issue7(benches)
+    t = Table(f"Warm lookups and full scans ({STAT}; ratio = system time / local time, same driver)",
+              ["benchmark", "system", "driver", "ms", "local ms", "ratio", "target", "q/s", "misses/round"],
+              markdown)
+    for op in ("warm_lookups", "warm_scan", "cold_scan"):
+        s = by.get((op, 0), {})
+        for (system, driver) in sorted(s, key=lambda k: (SYSTEM_ORDER.index(k[0]), k[1])):
+            b = s[(system, driver)]
+            e = b["extra_info"]
+            local = s.get(("local", driver))
+            n = e.get("queries", 1)
+            ratio = _cost(b) / _cost(local) if local else None
+            misses = e.get("vfs_misses_per_query")
+            t.add(op, system, driver, _ms(_cost(b) * n), _ms(_cost(local) * n) if local else "-",
+                  "-" if ratio is None or system == "local" else f"{ratio:.2f}",
+                  f"{_verdict(ratio, op)} (<= {TARGETS[op]})" if ratio is not None and system.startswith("lsvfs")
+                  else "", f"{1 / _cost(b):,.0f}" if "queries" in e else "",
+                  "" if misses is None else f"{misses * n:,.0f}")
+    return t
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
@@ -156,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = data.get("machine_info", {})
     print(f"# {machine.get('node', '?')}: {machine.get('cpu', {}).get('brand_raw', '?')}, "
           f"Python {machine.get('python_version', '?')}, {data.get('datetime', '')}\n")
-    for table in (query_table, restore_table, memory_table, poll_table):
+    for table in (threads_table, issue7_table, query_table, restore_table, memory_table, poll_table):
         out = table(benches, args.markdown).render()
         if out:
             print(out)

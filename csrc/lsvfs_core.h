@@ -235,13 +235,18 @@ typedef struct lsvfs_file lsvfs_file;
 #define LSVFS_FN_URI_PARAMETER 3
 #define LSVFS_FN_MPRINTF 4
 #define LSVFS_FN_FREE 5
-#define LSVFS_FN_COUNT 6
+#define LSVFS_FN_AUTO_EXTENSION 6
+#define LSVFS_FN_COUNT 7
 
 /* Fill fns from the api routines handed to this library's extension entry
  * point (sqlite3_lsvfs_init) by its last load: 1 if it was loaded. */
 int lsvfs_extension_fns(void *fns[]);
-/* Register a VFS named `name` in the SQLite that `fns` belong to.
- * `ctx` is handed back to lsvfs_py_open. On failure: NULL, reason in err. */
+/* Register a VFS named `name` in the SQLite that `fns` belong to, and the
+ * Go VFS's SQL functions (litestream_txid(), litestream_lag(),
+ * litestream_time(), litestream_set_time(x)) on every connection of that
+ * SQLite whose main database is a replica (an auto-extension that leaves
+ * other connections alone). `ctx` is handed back to lsvfs_py_open. On
+ * failure: NULL, reason in err. */
 lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[],
                               void *ctx, char *err, size_t errcap);
 /* After this, no callback enters Python (interpreter shutdown): reads that

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build lsvfs._core with AddressSanitizer + UndefinedBehaviorSanitizer into a
-# temporary directory and run the core tests against that build.
+# temporary directory and run the core tests and the VFS tests (the C VFS's
+# methods called directly, fuzzed reads, both drivers, many threads on their
+# own connections) against that build.
 #
-#   bash csrc/sanitize.sh [extra pytest args]
+#   bash csrc/sanitize.sh [pytest args: test files and options instead of the default set]
 #
 # Exits non-zero on any sanitizer report or test failure. The sanitized
 # extension is imported through PYTHONPATH ahead of the source tree (a copy
@@ -71,7 +73,10 @@ PYEOF
 
 LOG="$TMP/pytest.log"
 set +e
-"$PY" -m pytest -p no:cacheprovider --capture=sys -q tests/test_core.py tests/test_core_fuzz.py "$@" 2>&1 | tee "$LOG"
+if [ "$#" -eq 0 ]; then
+    set -- tests/test_core.py tests/test_core_fuzz.py tests/test_native_vfs.py tests/test_vfs.py
+fi
+"$PY" -m pytest -p no:cacheprovider --capture=sys -q "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 if compgen -G "$REPORTS/*" > /dev/null || \

@@ -26,6 +26,7 @@ typedef struct {
     const char *(*uri_parameter)(const char *, const char *);
     char *(*mprintf)(const char *, ...);
     void (*free)(void *);
+    int (*auto_extension)(void (*)(void));
 } sqlite_fns;
 
 struct lsvfs_vfs {
@@ -252,6 +253,10 @@ int lsvfs_file_read(lsvfs_file *f, void *buf, int amount, int64_t offset)
         return SQLITE_IOERR_READ;
     if (amount == 0)
         return SQLITE_OK;
+    /* Inside a transaction the pin is ours already: no reference counting
+     * on the snapshot every thread shares. */
+    if (f->pinned != NULL)
+        return read_pages(f, f->pinned, buf, amount, offset);
     lsvfs_snapshot *s = file_snapshot(f);
     if (s == NULL)
         return SQLITE_IOERR_READ;
@@ -301,10 +306,16 @@ int lsvfs_file_check_reserved(lsvfs_file *f, int *out)
 
 int lsvfs_file_size(lsvfs_file *f, int64_t *out)
 {
+    const lsvfs_snapshot_info *info;
+    if (f->pinned != NULL) {
+        info = lsvfs_snapshot_info_of(f->pinned);
+        *out = (int64_t)info->commit * info->page_size;
+        return SQLITE_OK;
+    }
     lsvfs_snapshot *s = file_snapshot(f);
     if (s == NULL)
         return SQLITE_IOERR_FSTAT;
-    const lsvfs_snapshot_info *info = lsvfs_snapshot_info_of(s);
+    info = lsvfs_snapshot_info_of(s);
     *out = (int64_t)info->commit * info->page_size;
     lsvfs_snapshot_release(s);
     return SQLITE_OK;
@@ -567,8 +578,14 @@ static int vfs_delete(sqlite3_vfs *pv, const char *name, int sync_dir)
 
 static int vfs_access(sqlite3_vfs *pv, const char *name, int flags, int *out)
 {
-    (void)pv, (void)name, (void)flags;
-    *out = 0; /* no journal, WAL or hot journal exists beside a replica */
+    /* "Is this directory writable" (temp_store_directory) is a question
+     * about the real file system; whether a journal or WAL exists beside a
+     * replica is not: none ever does, whatever lies in the working directory. */
+    if (flags == SQLITE_ACCESS_READWRITE) {
+        sqlite3_vfs *d = ((lsvfs_vfs *)pv->pAppData)->deflt;
+        return d->xAccess(d, name, flags, out);
+    }
+    *out = 0;
     return SQLITE_OK;
 }
 
@@ -641,6 +658,125 @@ static int vfs_current_time64(sqlite3_vfs *pv, sqlite3_int64 *out)
     return rc;
 }
 
+/* ---- the Go VFS's SQL functions ----------------------------------------- */
+/* Each answers like its PRAGMA, through the same code: litestream_txid()
+ * is PRAGMA litestream_txid, litestream_set_time(x) is PRAGMA
+ * litestream_time = x. The api routines of the SQLite running the
+ * function are its user data. */
+
+static lsvfs_file *replica_file_of(const sqlite3_api_routines *api, sqlite3 *db)
+{
+    sqlite3_file *fp = NULL;
+    if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &fp) != SQLITE_OK ||
+        fp == NULL || fp->pMethods != &io_methods)
+        return NULL;
+    return F(fp);
+}
+
+/* A function cannot name the library it runs in without calling into that
+ * library, so each library that runs the auto-extension gets a slot, and
+ * each slot its own copies of the functions (they differ only in the slot
+ * they read the api routines from). */
+#define API_SLOTS 4
+static const sqlite3_api_routines *api_slots[API_SLOTS];
+
+static void sql_answer(int slot, sqlite3_context *ctx, const char *pragma,
+                       sqlite3_value *arg, int integer)
+{
+    const sqlite3_api_routines *api = api_slots[slot];
+    lsvfs_file *f = replica_file_of(api, api->context_db_handle(ctx));
+    if (f == NULL) {
+        api->result_error(ctx, "not a litestream replica connection", -1);
+        return;
+    }
+    const char *value = arg != NULL ? (const char *)api->value_text(arg) : NULL;
+    if (arg != NULL && value == NULL) {
+        api->result_error(ctx, "litestream_set_time: NULL is not a time", -1);
+        return;
+    }
+    char *result = NULL;
+    int rc = lsvfs_file_pragma(f, pragma, value, &result);
+    if (rc != SQLITE_OK)
+        api->result_error(ctx, result != NULL ? result : "litestream: not available", -1);
+    else if (result == NULL)
+        api->result_null(ctx);
+    else if (integer)
+        api->result_int64(ctx, strtoll(result, NULL, 10));
+    else
+        api->result_text(ctx, result, -1, SQLITE_TRANSIENT);
+    free(result);
+}
+
+#define SLOT_FUNCTIONS(n)                                                      \
+    static void txid_##n(sqlite3_context *c, int argc, sqlite3_value **argv)   \
+    {                                                                          \
+        (void)argc, (void)argv;                                                \
+        sql_answer(n, c, "litestream_txid", NULL, 0);                          \
+    }                                                                          \
+    static void lag_##n(sqlite3_context *c, int argc, sqlite3_value **argv)    \
+    {                                                                          \
+        (void)argc, (void)argv;                                                \
+        sql_answer(n, c, "litestream_lag", NULL, 1);                           \
+    }                                                                          \
+    static void time_##n(sqlite3_context *c, int argc, sqlite3_value **argv)   \
+    {                                                                          \
+        (void)argc, (void)argv;                                                \
+        sql_answer(n, c, "litestream_time", NULL, 0);                          \
+    }                                                                          \
+    static void set_time_##n(sqlite3_context *c, int argc,                     \
+                             sqlite3_value **argv)                             \
+    {                                                                          \
+        (void)argc;                                                            \
+        sql_answer(n, c, "litestream_time", argv[0], 0);                       \
+    }
+SLOT_FUNCTIONS(0)
+SLOT_FUNCTIONS(1)
+SLOT_FUNCTIONS(2)
+SLOT_FUNCTIONS(3)
+
+typedef void (*sql_fn)(sqlite3_context *, int, sqlite3_value **);
+static const struct {
+    const char *name;
+    int nargs;
+    sql_fn fn[API_SLOTS];
+} sql_functions[] = {
+    {"litestream_txid", 0, {txid_0, txid_1, txid_2, txid_3}},
+    {"litestream_lag", 0, {lag_0, lag_1, lag_2, lag_3}},
+    {"litestream_time", 0, {time_0, time_1, time_2, time_3}},
+    {"litestream_set_time", 1, {set_time_0, set_time_1, set_time_2, set_time_3}},
+};
+
+static int api_slot(const sqlite3_api_routines *api)
+{
+    for (int i = 0; i < API_SLOTS; i++) {
+        const sqlite3_api_routines *seen = NULL;
+        if (__atomic_compare_exchange_n(&api_slots[i], &seen, api, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
+            seen == api)
+            return i;
+    }
+    return -1;
+}
+
+/* The auto-extension: runs on every new connection of a SQLite we are
+ * registered in, and adds the functions only where the main database is a
+ * replica. */
+static int sql_functions_init(sqlite3 *db, char **err,
+                              const sqlite3_api_routines *api)
+{
+    (void)err;
+    if (replica_file_of(api, db) == NULL)
+        return SQLITE_OK;
+    int slot = api_slot(api);
+    if (slot < 0)
+        return SQLITE_OK; /* more SQLite libraries than slots: no functions */
+    for (size_t i = 0; i < sizeof sql_functions / sizeof sql_functions[0]; i++)
+        api->create_function_v2(db, sql_functions[i].name, sql_functions[i].nargs,
+                                SQLITE_UTF8, NULL, sql_functions[i].fn[slot],
+                                NULL, NULL, NULL);
+    return SQLITE_OK;
+}
+
 /* ---- registration ------------------------------------------------------- */
 
 static sqlite_fns ext_fns;
@@ -658,6 +794,7 @@ int sqlite3_lsvfs_init(sqlite3 *db, char **err,
     ext_fns.uri_parameter = api->uri_parameter;
     ext_fns.mprintf = api->mprintf;
     ext_fns.free = api->free;
+    ext_fns.auto_extension = api->auto_extension;
     __atomic_store_n(&ext_loaded, 1, __ATOMIC_RELEASE);
     return SQLITE_OK_LOAD_PERMANENTLY;
 }
@@ -672,6 +809,7 @@ int lsvfs_extension_fns(void *fns[])
     fns[LSVFS_FN_URI_PARAMETER] = (void *)ext_fns.uri_parameter;
     fns[LSVFS_FN_MPRINTF] = (void *)ext_fns.mprintf;
     fns[LSVFS_FN_FREE] = (void *)ext_fns.free;
+    fns[LSVFS_FN_AUTO_EXTENSION] = (void *)ext_fns.auto_extension;
     return 1;
 }
 
@@ -700,6 +838,7 @@ lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[], void *ctx,
         (const char *(*)(const char *, const char *))fns[LSVFS_FN_URI_PARAMETER];
     v->fns.mprintf = (char *(*)(const char *, ...))fns[LSVFS_FN_MPRINTF];
     v->fns.free = (void (*)(void *))fns[LSVFS_FN_FREE];
+    v->fns.auto_extension = (int (*)(void (*)(void)))fns[LSVFS_FN_AUTO_EXTENSION];
     v->deflt = v->fns.vfs_find(NULL);
     if (v->deflt == NULL) {
         snprintf(err, errcap, "this SQLite has no default VFS");
@@ -739,6 +878,12 @@ lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[], void *ctx,
         snprintf(err, errcap, "sqlite3_vfs_register failed (%d)", rc);
         free(v);
         return NULL;
+    }
+    /* Adding the same entry point twice is a no-op in SQLite. */
+    rc = v->fns.auto_extension((void (*)(void))sql_functions_init);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errcap, "sqlite3_auto_extension failed (%d)", rc);
+        return NULL; /* the VFS stays registered: SQLite cannot take it back safely */
     }
     return v;
 }

@@ -45,7 +45,8 @@ SQLITE_IOERR_READ = 10 | (1 << 8)
 
 _ENTRY_POINT = "sqlite3_lsvfs_init"
 _SQLITE_FUNCTIONS = ("sqlite3_vfs_find", "sqlite3_vfs_register", "sqlite3_uri_key", "sqlite3_uri_parameter",
-                     "sqlite3_mprintf", "sqlite3_free")  # in LSVFS_FN_* order
+                     "sqlite3_mprintf", "sqlite3_free", "sqlite3_auto_extension")  # in LSVFS_FN_* order
+assert len(_SQLITE_FUNCTIONS) == lib.LSVFS_FN_COUNT
 
 
 # ---- open files ---------------------------------------------------------------------
@@ -335,6 +336,11 @@ class ReplicaFile:
     @property
     def lock(self) -> int:
         return int(lib.lsvfs_file_lock_level(self._f))
+
+    @property
+    def last_error(self) -> str:
+        """The cause of this file's last failed read (what PRAGMA litestream_error shows)."""
+        return ffi.string(lib.lsvfs_file_error(self._f)).decode(errors="replace")
 
     def xRead(self, amount: int, offset: int) -> bytes:
         """The bytes read; fewer than asked past the end (SQLite gets them zero-filled)."""

@@ -36,15 +36,22 @@ def script(conn: Any, sql: str) -> None:
         conn.execute(sql)
 
 
-def sqlite_temp_fds() -> int:
-    """Open descriptors of SQLite temp files: the unix VFS unlinks them at once,
-    naming them etilqs_* (3.40) or opening them with O_TMPFILE (3.54: "#<inode>")."""
-    n = 0
+def fd_targets() -> list[str]:
+    """What this process's descriptors point at."""
+    out = []
     for fd in os.listdir("/proc/self/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        name = os.path.basename(target)
-        n += target.endswith(" (deleted)") and name.startswith(("etilqs_", "#"))
-    return n
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile (the listing's own descriptor, at least)
+            pass
+    return out
+
+
+def sqlite_temp_fds(directory: str | os.PathLike[str] | None = None) -> int:
+    """Open descriptors of SQLite temp files (in `directory` if given): the unix
+    VFS unlinks them at once, naming them etilqs_* (3.40) or opening them with
+    O_TMPFILE (3.54: "#<inode>")."""
+    prefix = None if directory is None else os.fspath(directory) + os.sep
+    return sum(1 for t in fd_targets()
+               if t.endswith(" (deleted)") and os.path.basename(t).startswith(("etilqs_", "#"))
+               and (prefix is None or t.startswith(prefix)))

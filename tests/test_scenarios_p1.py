@@ -127,13 +127,13 @@ def _query_loop(p: SyntheticPrimary, rep: Any, url: str, n: int, *, commit_every
         if commit_every and i % commit_every == commit_every - 1:
             p.commit("UPDATE t SET k = k + 1 WHERE id % 10 = ?", (i % 10,))
             rep.poll()
-        try:
-            with closing(lsvfs.connect(url)) as conn:
+        with closing(lsvfs.connect(url)) as conn:
+            try:
                 txid, got = txid_rows(conn, sql)
-        except (apsw.IOError, apsw.CorruptError) as exc:
-            out["io" if isinstance(exc, apsw.IOError) else "corrupt"] += 1
-            out["messages"].append(str(exc))
-            continue
+            except (apsw.IOError, apsw.CorruptError) as exc:
+                out["io" if isinstance(exc, apsw.IOError) else "corrupt"] += 1
+                out["messages"].append(conn.execute("PRAGMA litestream_error").fetchall()[0][0])
+                continue
         assert got == p.rows(sql, txid), f"query {i}: wrong rows at TXID {txid:x}"
         out["ok"] += 1
     return out
@@ -147,7 +147,7 @@ def test_s02_storage_failures_fail_cleanly_then_recover(tmp_path: Path, request:
     come back with a flipped bit, over the directory and the S3 client.
 
     Without retries some queries fail, always with apsw.IOError or
-    apsw.CorruptError naming the LTX file; every query that succeeds returns
+    apsw.CorruptError, and PRAGMA litestream_error names the LTX file; every query that succeeds returns
     exactly the primary's rows at the TXID it saw (for `corrupt` with
     verify="files": corrupt bytes never reach SQLite). With the default retries
     (bounded backoff) the same fault rate is invisible. When faults stop, the
@@ -232,8 +232,10 @@ def test_s02_retries_back_off_boundedly_and_give_up(tmp_path: Path) -> None:
             if ok:
                 assert conn.execute(sql).fetchall() == p.rows(sql)
             else:
-                with pytest.raises(apsw.IOError, match="InternalError|Input/output error"):
+                with pytest.raises(apsw.IOError):
                     conn.execute(sql).fetchall()
+                (cause,), = conn.execute("PRAGMA litestream_error").fetchall()
+                assert re.search("InternalError|Input/output error", cause), cause
                 assert len(flaky.times) == retries + 1, (retries, len(flaky.times))
             took = time.monotonic() - t0
             waits = [b - a for a, b in zip(flaky.times, flaky.times[1:])][:min(fail, retries)]
