@@ -5,6 +5,7 @@
 # own connections) against that build.
 #
 #   bash csrc/sanitize.sh [pytest args: test files and options instead of the default set]
+#   LSVFS_SANITIZER=thread bash csrc/sanitize.sh   # ThreadSanitizer instead, on the threaded tests
 #
 # Exits non-zero on any sanitizer report or test failure. The sanitized
 # extension is imported through PYTHONPATH ahead of the source tree (a copy
@@ -17,12 +18,35 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${PYTHON:-}" ]; then PY="$ROOT/.venv/bin/python"; fi
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/lsvfs-asan.XXXXXX")"
+MODE="${LSVFS_SANITIZER:-address}"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/lsvfs-san.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
+REPORTS="$TMP/reports"
+mkdir -p "$REPORTS"
 
-# -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
-# overflow and so hides it (and bad shifts) from UBSan.
-export LSVFS_CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -fno-wrapv -Wall -Wextra -Werror -std=c11"
+# ASan/TSan reports go to files and pytest runs with --capture=sys, so reports
+# written to fd 2 reach the log: with fd capture, a dying process never hands
+# its captured output back (GCC's UBSan ignores log_path).
+if [ "$MODE" = thread ]; then
+    # Only our code is instrumented: a report needs both racing accesses in
+    # it, so what TSan finds here is ours (the interpreter is not checked).
+    export LSVFS_CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer -Wall -Wextra -Werror -std=c11"
+    RUNTIME="libtsan"
+    PRELOAD="$(gcc -print-file-name=libtsan.so)"
+    export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:log_path=$REPORTS/tsan"
+    DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_scenarios_hunting.py
+                   -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared")
+else
+    # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
+    # overflow and so hides it (and bad shifts) from UBSan.
+    export LSVFS_CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -fno-wrapv -Wall -Wextra -Werror -std=c11"
+    RUNTIME="libasan"
+    PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$REPORTS/asan"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    export PYTHONMALLOC=malloc  # small Python buffers get ASan redzones too
+    DEFAULT_TESTS=(tests/test_core.py tests/test_core_fuzz.py tests/test_native_vfs.py tests/test_vfs.py)
+fi
 
 echo "== building sanitized lsvfs._core in $TMP/build"
 # cffi compiles from inside tmpdir; the builder's source paths are relative
@@ -46,17 +70,8 @@ for f in "$ROOT"/lsvfs/* ; do
 done
 cp "$SO" "$PKG/"
 
-ASAN_LIB="$(gcc -print-file-name=libasan.so)"
-UBSAN_LIB="$(gcc -print-file-name=libubsan.so)"
-export LD_PRELOAD="$ASAN_LIB:$UBSAN_LIB"
-# ASan reports go to files and pytest runs with --capture=sys, so reports
-# written to fd 2 reach the log: with fd capture, a dying process never hands
-# its captured output back (GCC's UBSan ignores log_path).
-REPORTS="$TMP/reports"
-mkdir -p "$REPORTS"
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$REPORTS/asan"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export PYTHONMALLOC=malloc  # small Python buffers get ASan redzones too
+export LD_PRELOAD="$PRELOAD"
+export LSVFS_SANITIZER_RUNTIME="$RUNTIME"
 export PYTHONPATH="$TMP/pkg${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONSAFEPATH=1  # keep the cwd (the source tree) off sys.path[0]
 export LSVFS_EXPECT_CORE_DIR="$TMP/pkg"
@@ -67,20 +82,20 @@ import lsvfs._core as c
 want = os.environ["LSVFS_EXPECT_CORE_DIR"]
 assert c.__file__.startswith(want), f"imported {c.__file__}, not the sanitized build under {want}"
 maps = open("/proc/self/maps").read()
-assert "libasan" in maps, "ASan runtime not loaded"
+assert os.environ["LSVFS_SANITIZER_RUNTIME"] in maps, "sanitizer runtime not loaded"
 print("== sanitized core:", c.__file__)
 PYEOF
 
 LOG="$TMP/pytest.log"
 set +e
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_core.py tests/test_core_fuzz.py tests/test_native_vfs.py tests/test_vfs.py
+    set -- "${DEFAULT_TESTS[@]}"
 fi
 "$PY" -m pytest -p no:cacheprovider --capture=sys -q "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 if compgen -G "$REPORTS/*" > /dev/null || \
-   grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$LOG"; then
+   grep -qE "ERROR: AddressSanitizer|WARNING: ThreadSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior|Thread)Sanitizer" "$LOG"; then
     cat "$REPORTS"/* >&2 2>/dev/null || true
     echo "== sanitizer report found" >&2
     exit 1

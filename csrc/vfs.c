@@ -48,6 +48,8 @@ struct lsvfs_file {
     uint32_t next_pgno, run; /* read-ahead: the sequential run so far */
     uint8_t *scratch;        /* one page, for reads of part of a page */
     size_t scratch_len;
+    uint8_t *page1;          /* page 1 as served for snapshot page1_id */
+    uint64_t page1_id;       /* (read every transaction: kept off the shared cache) */
     char *result;            /* PRAGMA result waiting for SQLite */
     char error[512];
 };
@@ -190,6 +192,29 @@ static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
                           info->page_size);
 }
 
+/* Page 1, shimmed. SQLite reads its header at the start of every
+ * transaction, so each file keeps its own copy for the snapshot it last
+ * served, and concurrent readers do not all meet on one cache shard. */
+static int get_page1(lsvfs_file *f, lsvfs_snapshot *s, uint8_t *out)
+{
+    const lsvfs_snapshot_info *info = lsvfs_snapshot_info_of(s);
+    if (f->page1 != NULL && f->page1_id == info->id) {
+        memcpy(out, f->page1, info->page_size);
+        return SQLITE_OK;
+    }
+    int rc = get_page(f, s, 1, 1, out);
+    if (rc != SQLITE_OK)
+        return rc;
+    shim_page1(out, info);
+    uint8_t *copy = realloc(f->page1, info->page_size);
+    if (copy != NULL) {
+        memcpy(copy, out, info->page_size);
+        f->page1 = copy;
+        f->page1_id = info->id;
+    }
+    return SQLITE_OK;
+}
+
 static int read_pages(lsvfs_file *f, lsvfs_snapshot *s, uint8_t *buf,
                       int amount, sqlite3_int64 offset)
 {
@@ -232,11 +257,13 @@ static int read_pages(lsvfs_file *f, lsvfs_snapshot *s, uint8_t *buf,
             }
             page = f->scratch;
         }
-        int rc = get_page(f, s, pgno, pgno == first ? ahead : 1, page);
+        int rc;
+        if (pgno == 1)
+            rc = get_page1(f, s, page);
+        else
+            rc = get_page(f, s, pgno, pgno == first ? ahead : 1, page);
         if (rc != SQLITE_OK)
             return rc;
-        if (pgno == 1)
-            shim_page1(page, info);
         if (!whole)
             memcpy(dst, page + (lo - page_start), hi - lo);
     }
@@ -355,8 +382,10 @@ static int file_close(lsvfs_file *f)
     f->rep = NULL;
     free(f->scratch);
     free(f->result);
+    free(f->page1);
     f->scratch = NULL;
     f->result = NULL;
+    f->page1 = NULL;
     f->base.pMethods = NULL;
     return SQLITE_OK;
 }

@@ -24,6 +24,7 @@ from synthetic import FUZZ_EXAMPLES, DirTarget, SyntheticPrimary, make_target, o
 
 import drivers
 import lsvfs
+import lsvfs.ltx
 import lsvfs.timeutil
 from drivers import CORRUPT, DRIVERS, IO_ERROR
 from lsvfs import vfs as vfs_module
@@ -244,7 +245,9 @@ def test_a_frame_that_fails_its_checks_is_corruption(tmp_path: Path, driver: str
     try:
         drivers.script(conn, "PRAGMA cache_size = 0")
         data = bytearray(big.read_bytes())
-        data[100 + 4] ^= 0xFF  # the first frame's flags
+        entries = lsvfs.ltx.decode(bytes(data), big.name).entries
+        for _, offset, _ in entries[1:]:  # every frame's flags but page 1's (each connection keeps that one)
+            data[offset + 4] ^= 0xFF
         big.write_bytes(bytes(data))
         with pytest.raises(CORRUPT[driver], match="malformed"):
             conn.execute("SELECT sum(length(v)) FROM t").fetchall()
