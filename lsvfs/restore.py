@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ltx
-from .errors import ChecksumError, LsvfsError, LTXError
+from .errors import ChecksumError, LsvfsError, LTXError, ReplicaError
 from .plan import Target, list_all, plan_for
 from .storage import open_storage
 from .storage.base import FileInfo, StorageClient
@@ -195,12 +195,22 @@ class VerifyReport:
 
 def verify(url: str | StorageClient, progress: Progress | None = None) -> VerifyReport:
     """Check every file's CRC-64 and structure, then rebuild the latest state
-    in a scratch file and check its rolling checksum where the files carry one."""
+    in a scratch file and check its rolling checksum where the files carry one.
+
+    `progress` counts both passes' bytes, so a bar reaches 100% only at the end.
+    A replica that has no latest state (empty, a gap) fails after the file
+    checks, which name any bad file first."""
     storage = open_storage(url) if isinstance(url, str) else url
     report = VerifyReport()
     try:
         files = list_all(storage)
-        total = sum(f.size for f in files)
+        try:
+            plan: list[FileInfo] | None = plan_for(storage, Target(), files)
+            unplannable: ReplicaError | None = None
+        except ReplicaError as exc:
+            plan, unplannable = None, exc
+        checked_total = sum(f.size for f in files)
+        total = checked_total + sum(f.size for f in plan or ())
 
         def check(f: FileInfo) -> tuple[FileInfo, str | None]:
             try:
@@ -221,9 +231,16 @@ def verify(url: str | StorageClient, progress: Progress | None = None) -> Verify
                     progress(report.bytes_checked, total)
         if report.bad:
             return report
+        if plan is None:
+            assert unplannable is not None
+            raise unplannable
+
+        def rebuilding(done: int, _plan_total: int) -> None:
+            if progress:
+                progress(checked_total + done, total)
+
         with tempfile.TemporaryFile() as tmp:
-            plan = plan_for(storage, Target(), files)
-            header, trailer = apply_plan(storage, plan, tmp.fileno())
+            header, trailer = apply_plan(storage, plan, tmp.fileno(), rebuilding)
             report.txid = header.max_txid
             report.checksum = _file_checksum(tmp.fileno(), header.page_size, header.commit)
             report.checksum_verified = header.has_checksums

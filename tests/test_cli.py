@@ -172,13 +172,19 @@ def test_ls_lists_every_file_with_level_range_size_time(make_primary: MakePrimar
             assert abs((shown - mtime).total_seconds()) < 1.0
 
 
-def test_ls_empty_replica(tmp_path: Path) -> None:
-    """An empty replica lists nothing and says so on stderr; not an error."""
-    (tmp_path / "ltx" / "0").mkdir(parents=True)
-    r = cli("ls", str(tmp_path))
-    assert r.returncode == 0
-    assert len(r.stdout.splitlines()) == 1
-    assert "no LTX files" in r.stderr
+@pytest.mark.parametrize("layout", ["empty-levels", "no-directory", "a-file"])
+def test_ls_empty_or_missing_replica_is_an_error(tmp_path: Path, layout: str) -> None:
+    """A replica with no LTX files, or no directory at all, is one error line and exit 1, not an
+    empty table (a mistyped path must not look like a replica that has no backups yet)."""
+    rep = tmp_path / "rep"
+    if layout == "empty-levels":
+        (rep / "ltx" / "0").mkdir(parents=True)
+    elif layout == "a-file":
+        rep.write_bytes(b"not a replica")
+    line = one_error_line(cli("ls", str(rep)), "ls")
+    want = {"empty-levels": "no LTX files", "no-directory": "does not exist", "a-file": "is not a directory"}
+    assert str(rep) in line and want[layout] in line
+    assert cli("ls", str(rep)).stdout == ""
 
 
 # ---- restore: atomic, verified, never clobbering -------------------------------
