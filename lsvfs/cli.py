@@ -99,8 +99,10 @@ def open_replica(args: argparse.Namespace) -> apsw.Connection:
     """A read-only connection on args.url with args' options, pinned per --txid/--timestamp."""
     from . import connect
 
-    require_replica(args.url)
-    conn = connect(args.url, **dict(args.option))
+    options = dict(args.option)
+    if not resolve(options).open_timeout:  # with one, connect() waits for the replica to appear
+        require_replica(args.url)
+    conn = connect(args.url, **options)
     try:
         if args.txid is not None:
             conn.execute(f"PRAGMA litestream_txid = '{args.txid:016x}'").fetchall()
@@ -123,7 +125,7 @@ def add_query(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: 
              "Run SQL on the replica, read-only, and print each statement's rows: an aligned table,\n"
              "--csv, or --json (one object per row, one per line). BLOBs print as hex.\n"
              "--txid / --timestamp read the database as it was then.",
-             "  lsvfs query s3://bucket/app.db?region=eu-west-1 'SELECT kind, count(*) FROM events GROUP BY 1'\n"
+             "  lsvfs query 's3://bucket/app.db?region=eu-west-1' 'SELECT kind, count(*) FROM events GROUP BY 1'\n"
              "  lsvfs query ./replica --json --timestamp '10 minutes ago' 'SELECT * FROM orders LIMIT 5'")
     p.add_argument("url", help=URL_HELP)
     p.add_argument("sql", help="SQL to run (several statements allowed)")

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
 
 import apsw
 
 FORMATS = ("table", "csv", "json")
 _ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+class Writer(Protocol):
+    def start(self, columns: list[str]) -> None: ...
+    def row(self, values: tuple[Any, ...]) -> None: ...
+    def finish(self) -> None: ...
 
 
 def _plain(value: Any) -> Any:
@@ -102,7 +109,8 @@ class JSONWriter:
 
 def write_query(conn: apsw.Connection, sql: str, fmt: str, out: TextIO) -> int:
     """Run every statement of `sql` on `conn`, writing each result in `fmt`; returns rows written."""
-    writer = {"table": TableWriter, "csv": CSVWriter, "json": JSONWriter}[fmt](out)
+    writers: dict[str, Callable[[TextIO], Writer]] = {"table": TableWriter, "csv": CSVWriter, "json": JSONWriter}
+    writer = writers[fmt](out)
     cursor = conn.cursor()
 
     def each_statement(cur: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
