@@ -37,12 +37,9 @@ def _txid(text: str) -> int:
     """TXIDs are shown in hex everywhere; accept hex with or without 0x, or decimal with a leading '#'."""
     t = text.strip().lower()
     try:
-        value = int(t[1:], 10) if t.startswith("#") else int(t.removeprefix("0x"), 16)
+        return int(t[1:], 10) if t.startswith("#") else int(t.removeprefix("0x"), 16)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a TXID: {text!r} (hex, e.g. 0000000000000012)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a TXID: {text!r} (TXIDs start at 1)")
-    return value
 
 
 def _time(text: str) -> int:
