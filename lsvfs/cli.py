@@ -92,6 +92,16 @@ def require_replica(url: str) -> None:
         raise ReplicaError(f"replica {url} is empty: {parsed.path} {why}")
 
 
+def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
+    """Read one replica PRAGMA (litestream_txid, _time, _lag), or set it to `value`; its text."""
+    if value is not None:
+        quoted = value.replace("'", "''")
+        conn.execute(f"PRAGMA {name} = '{quoted}'").fetchall()
+        return ""
+    rows = conn.execute(f"PRAGMA {name}").fetchall()
+    return str(rows[0][0]) if rows else ""
+
+
 def open_replica(args: argparse.Namespace) -> apsw.Connection:
     """A read-only connection on args.url with args' options, pinned per --txid/--timestamp."""
     from . import connect
@@ -102,13 +112,12 @@ def open_replica(args: argparse.Namespace) -> apsw.Connection:
     conn = connect(args.url, **options)
     try:
         if args.txid is not None:
-            conn.execute(f"PRAGMA litestream_txid = '{args.txid:016x}'").fetchall()
+            pragma(conn, "litestream_txid", f"{args.txid:016x}")
         elif args.timestamp is not None:
-            conn.execute(f"PRAGMA litestream_time = '{format_time(args.timestamp)}'").fetchall()
+            pragma(conn, "litestream_time", format_time(args.timestamp))
         if log.isEnabledFor(logging.INFO):
-            (txid,), = conn.execute("PRAGMA litestream_txid").fetchall()
-            (when,), = conn.execute("PRAGMA litestream_time").fetchall()
-            log.info("%s: reading TXID %s, committed %s", args.url, txid, when)
+            log.info("%s: reading TXID %s, committed %s", args.url, pragma(conn, "litestream_txid"),
+                     pragma(conn, "litestream_time"))
     except BaseException:
         conn.close()
         raise

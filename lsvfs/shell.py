@@ -14,25 +14,17 @@ from typing import Any, TextIO
 import apsw
 import apsw.shell
 
+from .cli import pragma
+
 
 def banner(url: str, conn: apsw.Connection) -> str:
     """What an interactive session starts with: where it is, and how to move in time."""
     return (f"lsvfs shell on {url} (read-only), SQLite {apsw.sqlite_lib_version()}\n"
-            f"at TXID {_pragma(conn, 'litestream_txid')}, committed {_pragma(conn, 'litestream_time')}\n"
+            f"at TXID {pragma(conn, 'litestream_txid')}, committed {pragma(conn, 'litestream_time')}\n"
             "  PRAGMA litestream_txid [= HEX|LATEST]    .txid [HEX|LATEST]   pin a TXID\n"
             "  PRAGMA litestream_time [= TIME|LATEST]   .time [TIME|LATEST]  time travel (RFC 3339, '5 minutes ago')\n"
             "  PRAGMA litestream_lag                    .lag                 seconds since the last poll\n"
             'Enter ".help" for all commands.\n')
-
-
-def _pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
-    """Read (or, with `value`, set) one litestream PRAGMA; returns its text."""
-    if value is None:
-        rows = conn.execute(f"PRAGMA {name}").fetchall()
-        return str(rows[0][0]) if rows else ""
-    quoted = value.replace("'", "''")
-    conn.execute(f"PRAGMA {name} = '{quoted}'").fetchall()
-    return ""
 
 
 class ReplicaShell(apsw.shell.Shell):
@@ -54,8 +46,8 @@ class ReplicaShell(apsw.shell.Shell):
         if len(cmd) > 1:
             raise self.Error(f"too many arguments: .{name.removeprefix('litestream_')} takes at most one")
         if cmd:
-            _pragma(self.db, name, cmd[0])
-        self.write(self.stdout, _pragma(self.db, name) + "\n")
+            pragma(self.db, name, cmd[0])
+        self.write(self.stdout, pragma(self.db, name) + "\n")
 
     def command_txid(self, cmd: list[str]) -> None:
         """txid ?HEX|LATEST?: Show the TXID read, or pin one (PRAGMA litestream_txid)
@@ -75,7 +67,7 @@ class ReplicaShell(apsw.shell.Shell):
         """lag: Seconds since the replica was last polled (PRAGMA litestream_lag)"""
         if cmd:
             raise self.Error(".lag takes no arguments")
-        self.write(self.stdout, _pragma(self.db, "litestream_lag") + "\n")
+        self.write(self.stdout, pragma(self.db, "litestream_lag") + "\n")
 
 
 def run_shell(url: str, conn: apsw.Connection, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
