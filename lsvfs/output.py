@@ -49,8 +49,7 @@ class TableWriter:
         for i, v in enumerate(values):
             if v is not None and not isinstance(v, (int, float)):
                 self.numeric[i] = False
-            cells.append("NULL" if v is None else repr(v) if isinstance(v, float) else
-                         str(_plain(v)).translate(_ESCAPES))
+            cells.append("NULL" if v is None else str(_plain(v)).translate(_ESCAPES))
         self.rows.append(cells)
 
     def finish(self) -> None:

@@ -204,13 +204,12 @@ def verify(url: str | StorageClient, progress: Progress | None = None) -> Verify
     report = VerifyReport()
     try:
         files = list_all(storage)
+        unplannable: ReplicaError | None = None
         try:
-            plan: list[FileInfo] | None = plan_for(storage, Target(), files)
-            unplannable: ReplicaError | None = None
-        except ReplicaError as exc:
-            plan, unplannable = None, exc
-        checked_total = sum(f.size for f in files)
-        total = checked_total + sum(f.size for f in plan or ())
+            plan = plan_for(storage, Target(), files)
+        except ReplicaError as exc:  # raised after the file checks, which name any bad file first
+            plan, unplannable = [], exc
+        total = sum(f.size for f in files) + sum(f.size for f in plan)
 
         def check(f: FileInfo) -> tuple[FileInfo, str | None]:
             try:
@@ -231,13 +230,12 @@ def verify(url: str | StorageClient, progress: Progress | None = None) -> Verify
                     progress(report.bytes_checked, total)
         if report.bad:
             return report
-        if plan is None:
-            assert unplannable is not None
+        if unplannable is not None:
             raise unplannable
 
         def rebuilding(done: int, _plan_total: int) -> None:
             if progress:
-                progress(checked_total + done, total)
+                progress(report.bytes_checked + done, total)
 
         with tempfile.TemporaryFile() as tmp:
             header, trailer = apply_plan(storage, plan, tmp.fileno(), rebuilding)
