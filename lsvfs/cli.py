@@ -9,9 +9,11 @@ line on stderr and exit 1; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import apsw
@@ -276,9 +278,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds)
 
 
-COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_demo)
-"""Subcommands in --help order. A replica statistics command (`stats`) is planned: it joins here
-as add_stats/cmd_stats, reusing open_replica() and _replica_options()."""
+def add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "stats", "show what a replica is doing",
+             "Open the replica and print its numbers as JSON: TXID, snapshot time, lag, polls and poll\n"
+             "errors, page cache hits/misses/bytes, storage requests and bytes by kind, retries.\n"
+             "--watch prints them again every INTERVAL seconds (one line each) until interrupted.",
+             "  lsvfs stats s3://bucket/app.db\n"
+             "  lsvfs stats ./replica --watch 2 -o poll_interval=500ms")
+    p.add_argument("url", help=URL_HELP)
+    p.add_argument("--watch", type=float, metavar="INTERVAL", help="print again every INTERVAL seconds")
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N prints")
+    _replica_options(p)
+    p.set_defaults(func=cmd_stats)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from . import registry
+
+    options = dict(args.option)
+    if not resolve(options).open_timeout:
+        require_replica(args.url)
+    rep = registry.acquire(args.url, resolve(options))
+    try:
+        if args.watch is None:
+            print(json.dumps(rep.stats(), indent=2, sort_keys=True))
+            return 0
+        n = 0
+        while args.count is None or n < args.count:
+            if n:
+                time.sleep(args.watch)
+            print(json.dumps(rep.stats(), sort_keys=True), flush=True)
+            n += 1
+    finally:
+        registry.release(rep)
+    return 0
+
+
+COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_stats, add_demo)
+"""Subcommands in --help order."""
 
 
 # ---- parser and main ---------------------------------------------------------------

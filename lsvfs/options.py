@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import quote
 
 VERIFY_MODES = ("frames", "files")
 
@@ -110,3 +111,28 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         except ValueError as exc:
             raise ValueError(f"option {source}: {exc}") from None
     return Options(**values)
+
+
+REPLICA_PARAMS = ("replica", "replica_url")
+"""URI parameters naming the replica: ours, and the Go VFS's."""
+_GO_S3_ENV = (("LITESTREAM_S3_ENDPOINT", "endpoint"), ("LITESTREAM_S3_REGION", "region"),
+              ("LITESTREAM_S3_FORCE_PATH_STYLE", "force-path-style"), ("LITESTREAM_S3_SKIP_VERIFY", "skip-verify"))
+
+
+def replica_url(params: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The replica to open: a URI parameter (`replica`, or the Go VFS's
+    `replica_url`), else LITESTREAM_REPLICA_URL, else an s3:// URL made from
+    the Go VFS's LITESTREAM_S3_BUCKET / _PATH / _ENDPOINT / _REGION /
+    _FORCE_PATH_STYLE / _SKIP_VERIFY, so its environment works unchanged."""
+    environ = os.environ if environ is None else environ
+    for name in REPLICA_PARAMS:
+        if params and params.get(name):
+            return params[name]
+    if environ.get("LITESTREAM_REPLICA_URL"):
+        return environ["LITESTREAM_REPLICA_URL"]
+    bucket = environ.get("LITESTREAM_S3_BUCKET")
+    if not bucket:
+        return None
+    path = environ.get("LITESTREAM_S3_PATH", "").strip("/")
+    query = "&".join(f"{param}={quote(environ[var], safe='')}" for var, param in _GO_S3_ENV if environ.get(var))
+    return f"s3://{bucket}/{path}" + (f"?{query}" if query else "")

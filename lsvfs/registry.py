@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
+from typing import Any
 
-from .options import Options
+from .options import Options, resolve
 from .replica import Replica
 from .storage import ReplicaURL, parse_url
 from .storage.base import StorageClient
@@ -85,3 +86,13 @@ def open_replicas() -> dict[str, Replica]:
     """A copy of the registry, for introspection and tests."""
     with _registry_lock:
         return {rep.url: rep for rep in _registry.values()}
+
+
+def stats(url: str, **options: Any) -> dict[str, Any]:
+    """What the replica at `url` is doing (see Replica.stats): the numbers of
+    the Replica this process has open, or of one opened for the asking."""
+    rep = acquire(url, resolve({k: v for k, v in options.items() if v is not None}))
+    try:
+        return rep.stats()
+    finally:
+        release(rep)

@@ -29,7 +29,9 @@ from .options import Options
 from .plan import Target, extend, list_all, plan_for
 from .storage import open_storage
 from .slots import FileSlots
+from .stats import CountingStorage, cache_stats
 from .storage.base import FileInfo, StorageClient
+from .timeutil import format_time
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +76,7 @@ class Replica:
     def __init__(self, url: str, options: Options, storage: StorageClient | None = None) -> None:
         self.url = url
         self.options = options
-        self.storage = storage if storage is not None else open_storage(url)
+        self.storage = CountingStorage(storage if storage is not None else open_storage(url))
         self.c = ffi.gc(lib.lsvfs_replica_new(options.cache_size, max(1, options.readahead)),
                         lib.lsvfs_replica_close)
         if self.c == ffi.NULL:
@@ -96,9 +98,11 @@ class Replica:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.refs = 0
+        self.connections = 0  # open main-database files (lsvfs/vfs.py keeps it)
         self.last_poll_ok: float | None = None  # time.monotonic() of the last good poll
         self.poll_count = 0
         self.poll_errors = 0
+        self.retries = 0
         self._since_full_scan = 0
         self._last_gap: tuple[int, int] | None = None
 
@@ -356,6 +360,26 @@ class Replica:
         log.debug("%s: TXID %016x -> %016x", self.url, cur.txid, new.txid)
         return True
 
+    def stats(self) -> dict[str, Any]:
+        """What this replica is doing, as plain data (JSON-ready)."""
+        cur = self.current()
+        return {
+            "url": self.url,
+            "txid": f"{cur.txid:016x}",
+            "snapshot_time": format_time(cur.timestamp_ms),
+            "page_size": cur.page_size,
+            "pages": cur.commit,
+            "lag_seconds": round(self.lag(), 3),
+            "polls": self.poll_count,
+            "poll_errors": self.poll_errors,
+            "retries": self.retries,
+            "connections": self.connections,
+            "snapshots_alive": self.c_snapshots(),
+            "files_in_use": len(self._slots),
+            "cache": cache_stats(self.cache.stats()),
+            "storage": self.storage.counts(),
+        }
+
     def lag(self) -> float:
         """Seconds since the last successful poll (or open); -1 before one."""
         return -1.0 if self.last_poll_ok is None else time.monotonic() - self.last_poll_ok
@@ -440,6 +464,7 @@ class Replica:
                 if attempt == self.options.read_retries or self._stop.is_set():
                     raise
                 log.info("%s: %s; retry %d in %.2fs", what, exc, attempt + 1, delay)
+                self.retries += 1
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")

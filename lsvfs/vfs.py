@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import json
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,7 @@ import apsw
 from . import _core, registry
 from ._core import ffi, lib
 from .errors import LsvfsError, LTXError, ReplicaError
-from .options import NAMES, resolve
+from .options import NAMES, replica_url, resolve
 from .replica import Replica, Snapshot
 from .storage import parse_url
 from .storage.base import StorageClient
@@ -76,13 +76,13 @@ class OpenFile:
 
     def pragma(self, name: str, value: str | None) -> str | None:
         rep = self.replica
+        if name in ("litestream_error", "litestream_stats", "litestream_lag") and value is not None:
+            raise ValueError(f"{name} is read-only")
         if name == "litestream_error":
-            if value is not None:
-                raise ValueError("litestream_error is read-only")
             return self.last_error
+        if name == "litestream_stats":
+            return json.dumps(rep.stats(), sort_keys=True)
         if name == "litestream_lag":
-            if value is not None:
-                raise ValueError("litestream_lag is read-only")
             lag = rep.lag()
             return "-1" if lag < 0 else str(int(lag))
         # Setting one answers with what the connection will read from its next
@@ -107,7 +107,7 @@ class OpenFile:
         return f"{snap.txid:016x}" if pragma == "litestream_txid" else format_time(snap.timestamp_ms)
 
 
-PRAGMAS = ("litestream_txid", "litestream_lag", "litestream_time", "litestream_error")
+PRAGMAS = ("litestream_txid", "litestream_lag", "litestream_time", "litestream_error", "litestream_stats")
 
 
 def parse_txid(value: str) -> int | None:
@@ -144,7 +144,7 @@ def _unexpected(exc_type: Any, exc: BaseException | None, tb: Any) -> None:
 def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
     vfs: Registration = ffi.from_handle(ctx)
     p = _params(ffi.buffer(params, params_len)[:])
-    url = p.get("replica") or os.environ.get("LITESTREAM_REPLICA_URL")
+    url = replica_url(p)
     if not url:
         log.error("cannot open: no replica URL (pass replica=<url> in the URI or set LITESTREAM_REPLICA_URL)")
         return SQLITE_CANTOPEN
@@ -156,6 +156,7 @@ def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
     f = OpenFile(vfs, rep, file)
     with vfs.lock:
         vfs.files.add(f)
+        rep.connections += 1
     lib.lsvfs_file_attach(file, rep.c, f.handle)
     return SQLITE_OK
 
@@ -203,6 +204,7 @@ def lsvfs_py_close(handle: Any) -> None:
     f: OpenFile = ffi.from_handle(handle)
     with f.vfs.lock:
         f.vfs.files.discard(f)
+        f.replica.connections -= 1
     registry.release(f.replica)
 
 
@@ -416,7 +418,7 @@ def connect(url: str | None = None, *, name: str = "replica.db", vfs: str = "lit
     used to reach the replica (fault injection, custom backends).
     """
     register(vfs)
-    url = url or os.environ.get("LITESTREAM_REPLICA_URL")
+    url = url or replica_url()
     if not url:
         raise ReplicaError("no replica URL given and LITESTREAM_REPLICA_URL is not set")
     given = {k: v for k, v in options.items() if v is not None}

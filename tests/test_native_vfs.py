@@ -25,6 +25,7 @@ from synthetic import FUZZ_EXAMPLES, DirTarget, SyntheticPrimary, make_target, o
 import drivers
 import lsvfs
 import lsvfs.ltx
+import lsvfs.storage
 import lsvfs.timeutil
 from drivers import CORRUPT, DRIVERS, IO_ERROR
 from lsvfs import vfs as vfs_module
@@ -324,3 +325,25 @@ def test_go_vfs_sql_functions(tmp_path: Path, driver: str) -> None:
     with pytest.raises((apsw.SQLError, sqlite3.OperationalError), match="no such function"):
         plain.execute("SELECT litestream_txid()").fetchall()
     plain.close()
+
+
+def test_go_vfs_names_for_the_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Go VFS's way to name a replica works unchanged: the `replica_url` URI
+    parameter, LITESTREAM_REPLICA_URL, and its LITESTREAM_S3_* variables."""
+    from lsvfs.options import replica_url
+
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    table(p, rows=3)
+    monkeypatch.delenv("LITESTREAM_REPLICA_URL", raising=False)
+    register()
+    conn = sqlite3.connect(f"file:x.db?vfs=litestream&mode=ro&replica_url={p.url}", uri=True)
+    assert conn.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
+    conn.close()
+    env = {"LITESTREAM_S3_BUCKET": "backups", "LITESTREAM_S3_PATH": "/prod.db", "LITESTREAM_S3_REGION": "eu-west-1",
+           "LITESTREAM_S3_ENDPOINT": "http://127.0.0.1:9000", "LITESTREAM_S3_FORCE_PATH_STYLE": "true"}
+    assert replica_url({}, env) == ("s3://backups/prod.db?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1"
+                                    "&force-path-style=true")
+    assert replica_url({}, {**env, "LITESTREAM_REPLICA_URL": "file:///x"}) == "file:///x"
+    assert replica_url({"replica_url": "file:///y"}, env) == "file:///y"
+    assert replica_url({}, {}) is None
+    lsvfs.storage.parse_url(replica_url({}, env) or "")  # a URL our S3 client takes

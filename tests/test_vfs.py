@@ -457,7 +457,7 @@ def test_connections_to_one_url_share_one_poller(file_primary: ReplicatedPrimary
     first = lsvfs.connect(p.replica_url, storage=counting, poll_interval=0.05)
     others = [lsvfs.connect(p.replica_url, poll_interval=0.05) for _ in range(7)]
     rep = lsvfs.open_replicas()[p.replica_url]
-    assert rep.storage is counting and rep.refs == 8
+    assert rep.storage.inner is counting and rep.refs == 8
     before, polls_before = counting.calls["list"], rep.poll_count
     time.sleep(1.0)
     lists, polls = counting.calls["list"] - before, rep.poll_count - polls_before

@@ -1,0 +1,64 @@
+"""What a replica is doing: storage requests counted by kind, and the
+snapshot of numbers `lsvfs.stats()`, `PRAGMA litestream_stats` and
+`lsvfs stats` show.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .storage.base import FileInfo, StorageClient
+
+KINDS = ("list", "ranged_read", "whole_read")
+
+
+class CountingStorage:
+    """A replica's storage client with every request and byte counted by kind.
+
+    It wraps whatever client the replica uses (a test's fault wrapper too), so
+    the counts are what the replica asked for, retries included.
+    """
+
+    def __init__(self, inner: StorageClient) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._lock = threading.Lock()
+        self._counts = {k: [0, 0] for k in KINDS}  # kind -> [requests, bytes]
+
+    def _count(self, kind: str, nbytes: int) -> None:
+        with self._lock:
+            c = self._counts[kind]
+            c[0] += 1
+            c[1] += nbytes
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
+        self._count("list", 0)
+        return self.inner.list_files(level, min_txid)
+
+    def read(self, info: FileInfo, offset: int, length: int) -> bytes:
+        data = self.inner.read(info, offset, length)
+        self._count("ranged_read", len(data))
+        return data
+
+    def read_all(self, info: FileInfo) -> bytes:
+        data = self.inner.read_all(info)
+        self._count("whole_read", len(data))
+        return data
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def local(self) -> bool:
+        return bool(getattr(self.inner, "local", False))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {k: {"requests": r, "bytes": b} for k, (r, b) in self._counts.items()}
+
+
+def cache_stats(c: Any) -> dict[str, int]:
+    """The C page cache's counters as a dict."""
+    return {"hits": int(c.hits), "misses": int(c.misses), "bytes": int(c.bytes), "entries": int(c.entries),
+            "evictions": int(c.evictions), "max_bytes": int(c.max_bytes)}
