@@ -1,11 +1,21 @@
 """lsvfs: SQLite straight out of Litestream replicas, live, with no restore."""
 
-from . import log  # first: the NullHandler and LITESTREAM_LOG_LEVEL apply before anything logs
-from .errors import (ChecksumError, GapError, LsvfsError, LTXError, MissingFileError, ReplicaError,
-                     StorageError, URLError)
+from . import log  # noqa: F401 - first: the NullHandler and LITESTREAM_LOG_LEVEL apply before anything logs
+from .errors import (
+    ChecksumError,
+    GapError,
+    LsvfsError,
+    LTXError,
+    MissingFileError,
+    ReplicaError,
+    StorageError,
+    URLError,
+)
 from .registry import open_replicas, stats
 from .restore import RestoreResult, VerifyReport, restore, verify
 from .vfs import connect, register, uri
+
+__version__ = "0.1.0"  # the one place the version lives (pyproject.toml reads it)
 
 __all__ = [
     "ChecksumError", "GapError", "LsvfsError", "LTXError", "MissingFileError", "ReplicaError",

@@ -33,7 +33,7 @@ class FrameCache:
         """The page at `key` if cached with `size` bytes (not counted in the stats)."""
         out = ffi.new("uint8_t[]", size)
         if lib.lsvfs_cache_get(self._c, key[0], key[1], out, size, 0):
-            return ffi.buffer(out)[:]
+            return bytes(ffi.buffer(out))
         return None
 
     def put(self, key: Key, page: bytes) -> None:

@@ -13,12 +13,12 @@ copied out once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Union, overload
+from typing import Any, overload
 
 from ._core import ffi, lib
 from .errors import LTXError
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 __all__ = [
     "CHECKSUM_FLAG", "LegacyFrame", "IndexEntries", "PageTable", "Buffer",
@@ -64,7 +64,7 @@ class LegacyFrame(LTXError):
 
 def strerror(status: int) -> str:
     """The C core's name for a status code."""
-    return ffi.string(lib.lsvfs_strerror(status)).decode()
+    return str(ffi.string(lib.lsvfs_strerror(status)).decode())
 
 
 def _in(data: Buffer) -> Any:
@@ -94,12 +94,12 @@ def _check_page_size(page_size: int, file: str | None) -> None:
 
 def crc64(data: Buffer, crc: int = 0) -> int:
     """CRC-64/ISO exactly as Go's crc64.Update(crc, crc64.MakeTable(crc64.ISO), data)."""
-    return lib.lsvfs_crc64_update(crc, _in(data), _nbytes(data))
+    return int(lib.lsvfs_crc64_update(crc, _in(data), _nbytes(data)))
 
 
 def page_checksum(pgno: int, page: Buffer) -> int:
     """CRC-64(pgno as u32 BE || page) with CHECKSUM_FLAG set (LTX page checksum)."""
-    return lib.lsvfs_page_checksum(pgno, _in(page), _nbytes(page))
+    return int(lib.lsvfs_page_checksum(pgno, _in(page), _nbytes(page)))
 
 
 def pages_checksum_xor(first_pgno: int, pages: Buffer, page_size: int) -> int:
@@ -111,12 +111,12 @@ def pages_checksum_xor(first_pgno: int, pages: Buffer, page_size: int) -> int:
     n = _nbytes(pages)
     if page_size <= 0 or n % page_size:
         raise ValueError(f"buffer of {n} bytes is not a whole number of {page_size}-byte pages")
-    return lib.lsvfs_pages_checksum_xor(first_pgno, _in(pages), n // page_size, page_size)
+    return int(lib.lsvfs_pages_checksum_xor(first_pgno, _in(pages), n // page_size, page_size))
 
 
 def lock_pgno(page_size: int) -> int:
     """The pgno SQLite never stores: the page holding byte 0x40000000."""
-    return lib.lsvfs_lock_pgno(page_size)
+    return int(lib.lsvfs_lock_pgno(page_size))
 
 
 # ---- LZ4 -----------------------------------------------------------------
@@ -129,7 +129,7 @@ def lz4_block_decode(src: Buffer, page_size: int, file: str | None = None) -> by
     rc = lib.lsvfs_lz4_decode_exact(_in(src), _nbytes(src), out, page_size)
     if rc:
         raise LTXError(_lz4_reason(rc, page_size), file)
-    return _ffi_buffer(out, page_size)[:]
+    return bytes(_ffi_buffer(out, page_size))
 
 
 def _lz4_reason(rc: int, page_size: int) -> str:
@@ -144,7 +144,7 @@ def _lz4_reason(rc: int, page_size: int) -> str:
 
 # ---- page index ----------------------------------------------------------
 
-class IndexEntries(Sequence):
+class IndexEntries(Sequence[tuple[int, int, int]]):
     """The decoded page index of one LTX file: (pgno, offset, size) triples.
 
     Backed by a C array so it can go straight to the decode and page-table
@@ -341,7 +341,7 @@ def decode_frame(frame: Buffer, pgno: int, page_size: int, file: str | None = No
             _check_page_size(page_size, file)
             raise LTXError(f"invalid page number {pgno}", file)
         _raise_frame(rc, ffi.from_buffer(frame), n, pgno, page_size, "", file)
-    return _ffi_buffer(out, page_size)[:]
+    return bytes(_ffi_buffer(out, page_size))
 
 
 def decode_frames(buf: Buffer, buf_offset: int,
@@ -512,22 +512,22 @@ class PageTable:
     @property
     def max_pgno(self) -> int:
         """Table size in pages (the commit after the last truncate)."""
-        return lib.lsvfs_ptable_max_pgno(self._t)
+        return int(lib.lsvfs_ptable_max_pgno(self._t))
 
     @property
     def count(self) -> int:
         """Number of pgnos with an entry."""
-        return lib.lsvfs_ptable_count(self._t)
+        return int(lib.lsvfs_ptable_count(self._t))
 
     @property
     def memory(self) -> int:
         """Bytes this table references, shared chunks included."""
-        return lib.lsvfs_ptable_memory(self._t)
+        return int(lib.lsvfs_ptable_memory(self._t))
 
     @property
     def unique_memory(self) -> int:
         """Bytes of chunks no other table shares: what this table costs on its own."""
-        return lib.lsvfs_ptable_unique_memory(self._t)
+        return int(lib.lsvfs_ptable_unique_memory(self._t))
 
     def __len__(self) -> int:
         return self.count

@@ -6,6 +6,7 @@ so the demo needs no cloud account and leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -65,19 +66,22 @@ def run_demo(seconds: float = 20.0, out=sys.stdout) -> int:  # type: ignore[no-u
     stop = threading.Event()
     writer = threading.Thread(target=_writer, args=(db, stop), daemon=True)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    resources = contextlib.ExitStack()  # closed before the directory goes, whatever happens
     try:
         primary = apsw.Connection(str(db))
+        resources.callback(primary.close)
         primary.execute("PRAGMA journal_mode=wal").fetchall()
         primary.execute("CREATE TABLE events(id INTEGER PRIMARY KEY, kind TEXT, payload BLOB, "
                         "at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ')))")
         cfg.write_text(CONFIG.format(db=db, replica=rep_dir))
-        log_file = open(tmp / "litestream.log", "wb")
+        log_file = resources.enter_context(open(tmp / "litestream.log", "wb"))  # noqa: SIM115 - ExitStack closes it
         proc = subprocess.Popen([find_litestream(), "replicate", "-config", str(cfg)],
                                 stdout=log_file, stderr=subprocess.STDOUT)
         print(f"primary   {db}\nreplica   file://{rep_dir}  (written by litestream replicate, pid {proc.pid})",
               file=out)
         writer.start()
         replica = connect(f"file://{rep_dir}", poll_interval=0.25, open_timeout=15)
+        resources.callback(replica.close)
         print(f"{'elapsed':>7}  {'txid':16}  {'rows':>5}  {'orders':>6}  {'refunds':>7}  newest row", file=out)
         start = time.monotonic()
         while time.monotonic() - start < seconds:
@@ -89,7 +93,6 @@ def run_demo(seconds: float = 20.0, out=sys.stdout) -> int:  # type: ignore[no-u
             print(f"{time.monotonic() - start:6.1f}s  {txid}  {rows:>5}  {orders or 0:>6}  {refunds or 0:>7}  "
                   f"{newest or '-'}", file=out, flush=True)
             time.sleep(1.0)
-        replica.close()
         print("done: the replica followed the primary with no restore.", file=out)
         return 0
     except KeyboardInterrupt:
@@ -106,5 +109,6 @@ def run_demo(seconds: float = 20.0, out=sys.stdout) -> int:  # type: ignore[no-u
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        resources.close()
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)

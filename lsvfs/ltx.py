@@ -189,7 +189,7 @@ def decode_frame(frame: bytes, pgno: int, page_size: int, file: str | None = Non
     except core.LegacyFrame:
         pass
     try:
-        page = lz4.frame.decompress(frame[FRAME_HEADER_SIZE:])
+        page: bytes = lz4.frame.decompress(frame[FRAME_HEADER_SIZE:])
     except RuntimeError as exc:
         raise LTXError(f"page {pgno}: corrupt LZ4 frame: {exc}", file) from None
     if len(page) != page_size:

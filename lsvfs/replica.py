@@ -9,6 +9,7 @@ nothing to race on. Python is asked for pages only on a cache miss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,9 +28,9 @@ from .cache import FrameCache, Key
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
-from .storage import open_storage
 from .slots import FileSlots
 from .stats import CountingStorage, cache_stats
+from .storage import open_storage
 from .storage.base import FileInfo, StorageClient
 from .timeutil import format_time
 
@@ -120,10 +121,11 @@ class Replica:
                 raise ReplicaError(f"replica {self.url} is empty: no LTX files{waited}")
             time.sleep(min(0.1, max(self.options.poll_interval, 0.01)))
         chain = plan_for(self.storage, Target(), files)
-        self._publish(self._build(None, chain))
+        snap = self._build(None, chain)
+        self._publish(snap)
         self.last_poll_ok = time.monotonic()
         log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.url,
-                 self._current.txid, self._current.commit, self._current.page_size, len(chain))
+                 snap.txid, snap.commit, snap.page_size, len(chain))
 
     def start_polling(self) -> None:
         if self._poller is None and self.options.poll_interval > 0:
@@ -229,10 +231,8 @@ class Replica:
             futs = [self._verified.pop(slot, None) for slot in freed]
         for fut in futs:
             if fut is not None and fut.done() and fut.exception() is None:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(fut.result())
-                except OSError:
-                    pass
 
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
@@ -493,7 +493,7 @@ class Replica:
                 fut.set_result(snap)
                 if self._current is not None and self._current.txid == txid:
                     self._publish(snap)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, not swallowed
                 fut.set_exception(exc)
             finally:
                 with self._lock:
@@ -530,7 +530,7 @@ class Replica:
             try:
                 data = self._retry(lambda: self._checked_whole(f), f.name)
                 self._keep_verified(slot, data)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, not swallowed
                 with self._lock:
                     self._verified.pop(slot, None)
                 fut.set_exception(exc)

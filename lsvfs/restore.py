@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ltx
+from . import core, ltx
 from .errors import ChecksumError, LsvfsError, LTXError, ReplicaError
 from .plan import Target, list_all, plan_for
 from .storage import open_storage
@@ -175,7 +175,7 @@ def _file_checksum(fd: int, page_size: int, commit: int) -> int:
         data = os.pread(fd, n * page_size, first * page_size)
         if len(data) != n * page_size:
             raise LsvfsError("restored file shorter than its commit size")
-        xor ^= ltx.core.pages_checksum_xor(first + 1, data, page_size)
+        xor ^= core.pages_checksum_xor(first + 1, data, page_size)
     return xor | ltx.CHECKSUM_FLAG
 
 

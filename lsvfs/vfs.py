@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -136,7 +137,7 @@ def _params(raw: bytes) -> dict[str, str]:
 
 # ---- callbacks (csrc/lsvfs_core.h, "callbacks into Python") -------------------------
 
-def _unexpected(exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+def _unexpected(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     log.error("lsvfs callback failed unexpectedly", exc_info=(exc_type, exc, tb))
 
 
@@ -252,9 +253,8 @@ def _stdlib_functions() -> Any:
     it links, in load order: exactly what its calls resolve to. The library
     version found must be the one `sqlite3` reports, or we found another.
     """
-    import sqlite3
-
     import _sqlite3
+    import sqlite3
 
     path = _sqlite3.__file__
     try:
@@ -342,16 +342,16 @@ class ReplicaFile:
     @property
     def last_error(self) -> str:
         """The cause of this file's last failed read (what PRAGMA litestream_error shows)."""
-        return ffi.string(lib.lsvfs_file_error(self._f)).decode(errors="replace")
+        return str(ffi.string(lib.lsvfs_file_error(self._f)).decode(errors="replace"))
 
     def xRead(self, amount: int, offset: int) -> bytes:
         """The bytes read; fewer than asked past the end (SQLite gets them zero-filled)."""
         buf = ffi.new("uint8_t[]", max(amount, 1))
         rc = lib.lsvfs_file_read(self._f, buf, amount, offset)
         if rc == apsw.SQLITE_IOERR_SHORT_READ:
-            return ffi.buffer(buf, max(0, min(amount, self.xFileSize() - offset)))[:]
+            return bytes(ffi.buffer(buf, max(0, min(amount, self.xFileSize() - offset))))
         _check(rc)
-        return ffi.buffer(buf, amount)[:]
+        return bytes(ffi.buffer(buf, amount))
 
     def xLock(self, level: int) -> None:
         _check(lib.lsvfs_file_lock(self._f, level))

@@ -84,8 +84,8 @@ def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str]
     lit_secret = env.get("LITESTREAM_SECRET_ACCESS_KEY")
     if lit_id is None and lit_secret is None:
         return None
-    key_id = env["AWS_ACCESS_KEY_ID"] if "AWS_ACCESS_KEY_ID" in env else lit_id
-    secret = env["AWS_SECRET_ACCESS_KEY"] if "AWS_SECRET_ACCESS_KEY" in env else lit_secret
+    key_id = env.get("AWS_ACCESS_KEY_ID", lit_id)
+    secret = env.get("AWS_SECRET_ACCESS_KEY", lit_secret)
     if not key_id or not secret:
         raise StorageError(
             "incomplete S3 credentials: set both LITESTREAM_ACCESS_KEY_ID and "
@@ -243,7 +243,8 @@ class S3Storage:
         try:
             resp = self._client.get_object(**kwargs)
             with closing(resp["Body"]) as body:
-                return body.read()
+                data: bytes = body.read()
+                return data
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "get" if range_ is None else f"get {range_}", key) from e
 
