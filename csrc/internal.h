@@ -4,6 +4,18 @@
 
 #include "lsvfs_core.h"
 
+/* Big-endian integers as LTX stores them. */
+static inline uint32_t lsvfs_load_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           (uint32_t)p[3];
+}
+
+static inline uint64_t lsvfs_load_be64(const uint8_t *p)
+{
+    return (uint64_t)lsvfs_load_be32(p) << 32 | lsvfs_load_be32(p + 4);
+}
+
 void lsvfs_replica_retain(lsvfs_replica *r);
 void lsvfs_replica_release(lsvfs_replica *r);
 uint32_t lsvfs_replica_readahead(const lsvfs_replica *r);

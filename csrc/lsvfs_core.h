@@ -17,6 +17,21 @@
 #define LSVFS_PYTHON extern
 #endif
 
+/* ---- the LTX format (version 3) ---------------------------------------- */
+/* The one home of these facts: C uses them, Python reads them through the
+ * cdef (lsvfs.core). */
+#define LSVFS_LTX_HEADER_SIZE 100
+#define LSVFS_LTX_TRAILER_SIZE 16
+#define LSVFS_LTX_PAGE_HEADER_SIZE 6   /* pgno u32 + flags u16 */
+#define LSVFS_LTX_FRAME_PREFIX 10      /* page header + u32 compressed size */
+#define LSVFS_LTX_FLAG_NO_CHECKSUM 2   /* the only valid header flag */
+#define LSVFS_LTX_FRAME_FLAG_LZ4_BLOCK 1
+#define LSVFS_MIN_PAGE_SIZE 512
+#define LSVFS_MAX_PAGE_SIZE 65536
+
+/* 1 if n is a page size SQLite and LTX allow: a power of two, 512..65536. */
+int lsvfs_valid_page_size(uint32_t n);
+
 /* ---- status codes ---------------------------------------------------- */
 #define LSVFS_OK 0
 #define LSVFS_ETRUNCATED -1 /* input ends before the structure does */

@@ -5,18 +5,8 @@
  * A triple is (pgno, absolute frame offset, frame size incl. header), each
  * an unsigned LEB128 varint as Go's binary.Uvarint reads it. */
 #include "lsvfs_core.h"
+#include "internal.h"
 
-#define LTX_HEADER_SIZE 100u
-#define LTX_PAGE_HEADER_SIZE 6u
-#define LTX_TRAILER_SIZE 16u
-
-static uint64_t load_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
 
 int lsvfs_index_locate(const uint8_t *tail, size_t tail_len,
                        uint64_t file_size, uint64_t *index_offset,
@@ -26,18 +16,18 @@ int lsvfs_index_locate(const uint8_t *tail, size_t tail_len,
         return LSVFS_ERANGE;
     if ((uint64_t)tail_len > file_size)
         return LSVFS_ERANGE;
-    if (tail_len < 8 + LTX_TRAILER_SIZE)
+    if (tail_len < 8 + LSVFS_LTX_TRAILER_SIZE)
         return LSVFS_ETRUNCATED;
     /* smallest file: header, zero page header, a lone 0 varint, length,
      * trailer */
-    const uint64_t fixed = LTX_HEADER_SIZE + LTX_PAGE_HEADER_SIZE + 8 +
-                           LTX_TRAILER_SIZE;
+    const uint64_t fixed = LSVFS_LTX_HEADER_SIZE + LSVFS_LTX_PAGE_HEADER_SIZE + 8 +
+                           LSVFS_LTX_TRAILER_SIZE;
     if (file_size < fixed + 1)
         return LSVFS_ETRUNCATED;
-    uint64_t len = load_be64(tail + tail_len - LTX_TRAILER_SIZE - 8);
+    uint64_t len = lsvfs_load_be64(tail + tail_len - LSVFS_LTX_TRAILER_SIZE - 8);
     if (len == 0 || len > file_size - fixed)
         return LSVFS_ECORRUPT;
-    *index_offset = file_size - LTX_TRAILER_SIZE - 8 - len;
+    *index_offset = file_size - LSVFS_LTX_TRAILER_SIZE - 8 - len;
     *index_len = len;
     return LSVFS_OK;
 }
@@ -72,13 +62,13 @@ int lsvfs_index_decode(const uint8_t *buf, size_t len, uint64_t index_offset,
         (out == NULL && cap != 0))
         return LSVFS_ERANGE;
     *count = 0;
-    if (index_offset < LTX_HEADER_SIZE + LTX_PAGE_HEADER_SIZE)
+    if (index_offset < LSVFS_LTX_HEADER_SIZE + LSVFS_LTX_PAGE_HEADER_SIZE)
         return LSVFS_ERANGE;
-    const uint64_t block_end = index_offset - LTX_PAGE_HEADER_SIZE;
+    const uint64_t block_end = index_offset - LSVFS_LTX_PAGE_HEADER_SIZE;
     const uint8_t *p = buf;
     const uint8_t *const end = buf + len;
     uint64_t prev_pgno = 0;
-    uint64_t prev_end = LTX_HEADER_SIZE; /* frames start after the header */
+    uint64_t prev_end = LSVFS_LTX_HEADER_SIZE; /* frames start after the header */
     size_t n = 0;
 
     int rc;
@@ -103,14 +93,14 @@ int lsvfs_index_decode(const uint8_t *buf, size_t len, uint64_t index_offset,
             rc = LSVFS_EORDER;
             break;
         }
-        if (size > UINT32_MAX || size <= LTX_PAGE_HEADER_SIZE) {
+        if (size > UINT32_MAX || size <= LSVFS_LTX_PAGE_HEADER_SIZE) {
             rc = LSVFS_ESIZE;
             break;
         }
         if (offset < prev_end) {
             /* before the page block, or overlapping the previous frame
              * (frames are in pgno order, so offsets must ascend too) */
-            rc = offset < LTX_HEADER_SIZE ? LSVFS_ERANGE : LSVFS_ECORRUPT;
+            rc = offset < LSVFS_LTX_HEADER_SIZE ? LSVFS_ERANGE : LSVFS_ECORRUPT;
             break;
         }
         if (offset > block_end || size > block_end - offset) {

@@ -22,7 +22,7 @@ Buffer = bytes | bytearray | memoryview
 
 __all__ = [
     "CHECKSUM_FLAG", "LegacyFrame", "IndexEntries", "PageTable", "Buffer",
-    "crc64", "page_checksum", "pages_checksum_xor", "lock_pgno", "strerror",
+    "crc64", "page_checksum", "pages_checksum_xor", "lock_pgno", "strerror", "valid_page_size",
     "lz4_block_decode", "locate_index", "decode_index", "decode_frame",
     "decode_frames", "decode_file",
 ]
@@ -42,9 +42,13 @@ ENOTFOUND = lib.LSVFS_ENOTFOUND
 ELEGACY = lib.LSVFS_ELEGACY
 EORDER = lib.LSVFS_EORDER
 
-HEADER_SIZE = 100
-FRAME_HEADER_SIZE = 6
-FRAME_PREFIX = 10  # frame header + u32 compressed size
+# The LTX format's sizes and flags: csrc/lsvfs_core.h is their one home.
+HEADER_SIZE: int = lib.LSVFS_LTX_HEADER_SIZE
+TRAILER_SIZE: int = lib.LSVFS_LTX_TRAILER_SIZE
+FRAME_HEADER_SIZE: int = lib.LSVFS_LTX_PAGE_HEADER_SIZE
+FRAME_PREFIX: int = lib.LSVFS_LTX_FRAME_PREFIX  # frame header + u32 compressed size
+FLAG_NO_CHECKSUM: int = lib.LSVFS_LTX_FLAG_NO_CHECKSUM
+FRAME_FLAG_LZ4_BLOCK: int = lib.LSVFS_LTX_FRAME_FLAG_LZ4_BLOCK
 
 # Output buffers are fully overwritten by C before anyone reads them, so
 # skip the zero fill.
@@ -78,15 +82,16 @@ def _nbytes(data: Buffer) -> int:
     return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
-_PAGE_SIZES = frozenset(512 << i for i in range(8))
+_PAGE_SIZES = frozenset(n for n in (1 << i for i in range(17)) if lib.lsvfs_valid_page_size(n))
 
 
-def _valid_page_size(n: int) -> bool:
-    return 512 <= n <= 65536 and n & (n - 1) == 0
+def valid_page_size(n: int) -> bool:
+    """A power of two in 512..65536 (the C core's rule)."""
+    return n in _PAGE_SIZES
 
 
 def _check_page_size(page_size: int, file: str | None) -> None:
-    if not _valid_page_size(page_size):
+    if not valid_page_size(page_size):
         raise LTXError(f"invalid page size {page_size} (want a power of two in 512..65536)", file)
 
 

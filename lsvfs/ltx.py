@@ -18,11 +18,11 @@ from .errors import ChecksumError, LTXError
 from .storage.base import format_filename, parse_filename
 
 MAGIC = b"LTX1"
-HEADER_SIZE = 100
-TRAILER_SIZE = 16
-FRAME_HEADER_SIZE = 6
-FLAG_NO_CHECKSUM = 0x2
-FRAME_FLAG_LZ4_BLOCK = 0x1
+HEADER_SIZE = core.HEADER_SIZE
+TRAILER_SIZE = core.TRAILER_SIZE
+FRAME_HEADER_SIZE = core.FRAME_HEADER_SIZE
+FLAG_NO_CHECKSUM = core.FLAG_NO_CHECKSUM
+FRAME_FLAG_LZ4_BLOCK = core.FRAME_FLAG_LZ4_BLOCK
 CHECKSUM_FLAG = core.CHECKSUM_FLAG
 
 _HEADER = struct.Struct(">4sIIIQQqQqqIIQ20x")
@@ -38,10 +38,6 @@ __all__ = [
 
 def lock_pgno(page_size: int) -> int:
     return core.lock_pgno(page_size)
-
-
-def valid_page_size(n: int) -> bool:
-    return 512 <= n <= 65536 and n & (n - 1) == 0
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,7 @@ class Header:
     def validate(self, file: str | None = None) -> None:
         if self.flags & ~FLAG_NO_CHECKSUM:
             raise LTXError(f"unknown header flags 0x{self.flags:x}", file)
-        if not valid_page_size(self.page_size):
+        if not core.valid_page_size(self.page_size):
             raise LTXError(f"invalid page size {self.page_size}", file)
         if self.min_txid < 1 or self.max_txid < self.min_txid:
             raise LTXError(f"invalid TXID range {self.min_txid:016x}-{self.max_txid:016x}", file)
