@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._core import ffi, lib
+from .futures import claim
 
 Key = tuple[int, int]  # (file slot, frame offset)
 
@@ -46,15 +47,13 @@ class FrameCache:
         `load` may return neighbouring pages too (read-ahead); all are cached.
         """
         with self._lock:
-            fut = self._inflight.get(key)
-            owner = fut is None
-            if owner:
+            if key not in self._inflight:
                 page = self.get(key, size)
                 if page is not None:
                     return page
-                fut = self._inflight[key] = Future()
+            fut, owner = claim(self._inflight, key)
+            if owner:
                 lib.lsvfs_cache_count_miss(self._c, key[0], key[1])
-        assert fut is not None
         if not owner:
             return fut.result()
         try:

@@ -20,6 +20,7 @@ import apsw
 
 from . import log as lsvfs_log
 from .errors import LsvfsError, ReplicaError
+from .ltx import parse_txid
 from .options import resolve
 from .output import FORMATS, write_query
 from .plan import list_all
@@ -36,12 +37,10 @@ Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argpars
 # ---- argument types ------------------------------------------------------------
 
 def _txid(text: str) -> int:
-    """TXIDs are shown in hex everywhere; accept hex with or without 0x, or decimal with a leading '#'."""
-    t = text.strip().lower()
     try:
-        return int(t[1:], 10) if t.startswith("#") else int(t.removeprefix("0x"), 16)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a TXID: {text!r} (hex, e.g. 0000000000000012)") from None
+        return parse_txid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _time(text: str) -> int:

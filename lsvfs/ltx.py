@@ -15,7 +15,7 @@ import lz4.frame
 
 from . import core
 from .errors import ChecksumError, LTXError
-from .storage.base import format_filename, parse_filename
+from .storage.base import FileInfo, format_filename, parse_filename
 
 MAGIC = b"LTX1"
 HEADER_SIZE = core.HEADER_SIZE
@@ -34,6 +34,26 @@ __all__ = [
     "Header", "Trailer", "DecodedFile", "decode", "encode", "lock_pgno",
     "format_filename", "parse_filename", "HEADER_SIZE", "TRAILER_SIZE",
 ]
+
+
+def parse_txid(text: str) -> int:
+    """A TXID as users write it: hex as shown everywhere (0x optional), or
+    decimal after '#'. ValueError otherwise."""
+    t = text.strip().strip("'\"").lower()
+    try:
+        txid = int(t[1:], 10) if t.startswith("#") else int(t.removeprefix("0x"), 16)
+    except ValueError:
+        raise ValueError(f"not a TXID: {text!r} (hex, e.g. 0000000000000012, or #decimal)") from None
+    if not 0 <= txid < 1 << 64:
+        raise ValueError(f"not a TXID: {text!r} (64 bits)")
+    return txid
+
+
+def check_name(f: FileInfo, header: Header) -> None:
+    """A file's header TXIDs must be the ones its name says."""
+    if (header.min_txid, header.max_txid) != (f.min_txid, f.max_txid):
+        raise LTXError(f"header TXIDs {header.min_txid:016x}-{header.max_txid:016x} disagree with the file name",
+                       f.name)
 
 
 def lock_pgno(page_size: int) -> int:

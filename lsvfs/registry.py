@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from .futures import claim
 from .options import Options, resolve
 from .replica import Replica
 from .storage import ReplicaURL, parse_url
@@ -39,11 +40,7 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
                     log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
                 rep.refs += 1
                 return rep
-            fut = _opening.get(key)
-            owner = fut is None
-            if owner:
-                fut = _opening[key] = Future()
-        assert fut is not None
+            fut, owner = claim(_opening, key)
         if not owner:
             exc = fut.exception()  # wait for the opener; share its failure
             if exc is not None:

@@ -9,11 +9,8 @@ nothing to race on. Python is asked for pages only on a cache miss.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -22,10 +19,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import core, ltx, slots
+from . import core, ltx, slots, verified
 from ._core import ffi, lib
 from .cache import FrameCache, Key
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
+from .futures import claim
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
 from .slots import FileSlots
@@ -33,6 +31,7 @@ from .stats import CountingStorage, cache_stats
 from .storage import open_storage
 from .storage.base import FileInfo, StorageClient
 from .timeutil import format_time
+from .verified import VerifiedCopies
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,7 +84,8 @@ class Replica:
         self.cache = FrameCache(self.c, options.cache_size)
         self._c_snapshots: dict[int, Snapshot] = {}  # C snapshot id -> the Snapshot it mirrors
         self._c_next_id = 0
-        self._slots = FileSlots(self._forget_verified if options.verify == "files" else None)
+        self._verified = VerifiedCopies()
+        self._slots = FileSlots(self._verified.forget if options.verify == "files" else None)
         self._poll_lock = threading.Lock()
         self._lock = threading.Lock()
         self._current: Snapshot | None = None
@@ -93,8 +93,6 @@ class Replica:
         self._historic_lock = threading.Lock()
         self._rebased: dict[int, Future[Snapshot]] = {}
         self._rebased_done: OrderedDict[int, Snapshot] = OrderedDict()  # TXID -> rebuilt after retention
-        self._verified: dict[int, Future[str]] = {}
-        self._verified_dir: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lsvfs-index")
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -142,8 +140,7 @@ class Replica:
                             cancel_futures=True)
         lib.lsvfs_replica_publish(self.c, ffi.NULL)  # open files keep the snapshots they hold
         self.storage.close()
-        if self._verified_dir:
-            shutil.rmtree(self._verified_dir, ignore_errors=True)
+        self._verified.close()
 
     # ---- snapshots --------------------------------------------------------
 
@@ -225,15 +222,6 @@ class Replica:
         """How many files the live snapshots (and builds in progress) point into."""
         return len(self._slots)
 
-    def _forget_verified(self, freed: list[int]) -> None:
-        """Freed slots' verified copies ("files" mode) are deleted with them."""
-        with self._lock:
-            futs = [self._verified.pop(slot, None) for slot in freed]
-        for fut in futs:
-            if fut is not None and fut.done() and fut.exception() is None:
-                with contextlib.suppress(OSError):
-                    os.unlink(fut.result())
-
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
         self._slots.reclaim()
@@ -269,16 +257,16 @@ class Replica:
         if f.size <= TAIL_READ or self.options.verify == "files":
             data = self.storage.read_all(f)
             decoded = ltx.decode(data, f.name)
-            self._check_name(f, decoded.header)
+            ltx.check_name(f, decoded.header)
             _check_pages(f, decoded.header, decoded.entries)
             if f.size <= TAIL_READ:
                 for i, (_, offset, _) in enumerate(decoded.entries):
                     self.cache.put((slot, offset), bytes(decoded.page(i)))
             if self.options.verify == "files":
-                self._keep_verified(slot, data)
+                self._verified.keep(slot, data)
             return _Index(decoded.header, decoded.entries)
         header = ltx.Header.decode(self.storage.read(f, 0, ltx.HEADER_SIZE), f.name)
-        self._check_name(f, header)
+        ltx.check_name(f, header)
         tail_start = f.size - TAIL_READ
         tail = self.storage.read(f, tail_start, TAIL_READ)
         idx_off, idx_len = core.locate_index(tail, f.size, file=f.name)
@@ -289,12 +277,6 @@ class Replica:
         entries = core.decode_index(tail[rel:rel + idx_len], idx_off, file=f.name)
         _check_pages(f, header, entries)
         return _Index(header, entries)
-
-    @staticmethod
-    def _check_name(f: FileInfo, header: ltx.Header) -> None:
-        if (header.min_txid, header.max_txid) != (f.min_txid, f.max_txid):
-            raise LTXError(f"header TXIDs {header.min_txid:016x}-{header.max_txid:016x} disagree with "
-                           "the file name", f.name)
 
     # ---- polling ----------------------------------------------------------
 
@@ -433,7 +415,8 @@ class Replica:
         f = self.file(slot)
         length = run[-1][1] + run[-1][2] - offset
         if self.options.verify == "files":
-            path = self._verified_path(slot)
+            path = self._verified.path(slot, lambda: self._retry(lambda: verified.check(self.storage.read_all(f), f),
+                                                                f.name))
 
             def read() -> bytes:
                 with open(path, "rb") as fh:
@@ -478,11 +461,7 @@ class Replica:
                 self._rebased_done.move_to_end(txid)
                 return done
         with self._lock:
-            fut = self._rebased.get(txid)
-            owner = fut is None
-            if owner:
-                fut = self._rebased[txid] = Future()
-        assert fut is not None
+            fut, owner = claim(self._rebased, txid)
         if owner:
             try:
                 snap = self._build(None, self._retry(lambda: plan_for(self.storage, Target(txid)), self.url))
@@ -499,47 +478,6 @@ class Replica:
                 with self._lock:
                     self._rebased.pop(txid, None)
         return fut.result()
-
-    # ---- whole-file verification ("files" mode) ---------------------------
-
-    def _keep_verified(self, slot: int, data: bytes) -> str:
-        with self._lock:
-            if self._verified_dir is None:
-                self._verified_dir = tempfile.mkdtemp(prefix="lsvfs-verified-")
-        path = os.path.join(self._verified_dir, f"{slot}.ltx")
-        tmp = f"{path}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-        with self._lock:
-            fut = self._verified.setdefault(slot, Future())
-        if not fut.done():
-            fut.set_result(path)
-        return path
-
-    def _verified_path(self, slot: int) -> str:
-        """Local copy of a file whose CRC-64 has been checked; fetched on first use."""
-        with self._lock:
-            fut = self._verified.get(slot)
-            owner = fut is None
-            if owner:
-                fut = self._verified[slot] = Future()
-        assert fut is not None
-        if owner:
-            f = self.file(slot)
-            try:
-                data = self._retry(lambda: self._checked_whole(f), f.name)
-                self._keep_verified(slot, data)
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, not swallowed
-                with self._lock:
-                    self._verified.pop(slot, None)
-                fut.set_exception(exc)
-        return fut.result()
-
-    def _checked_whole(self, f: FileInfo) -> bytes:
-        data = self.storage.read_all(f)
-        ltx.decode(data, f.name, want_pages=False)
-        return data
 
 
 def _check_pages(f: FileInfo, header: ltx.Header, entries: core.IndexEntries) -> None:

@@ -83,8 +83,7 @@ def apply_plan(storage: StorageClient, files: list[FileInfo], fd: int,
     commit = 0
     for f, decoded in _fetch_in_order(storage, files):
         h = decoded.header
-        if (h.min_txid, h.max_txid) != (f.min_txid, f.max_txid):
-            raise LTXError(f"header TXIDs {h.min_txid:016x}-{h.max_txid:016x} disagree with the file name", f.name)
+        ltx.check_name(f, h)
         if header is not None and h.page_size != header.page_size:
             raise LTXError(f"page size {h.page_size} differs from {header.page_size} earlier in the plan", f.name)
         if h.commit < commit:
@@ -213,9 +212,7 @@ def verify(url: str | StorageClient, progress: Progress | None = None) -> Verify
 
         def check(f: FileInfo) -> tuple[FileInfo, str | None]:
             try:
-                d = ltx.decode(storage.read_all(f), f.name, want_pages=False)
-                if (d.header.min_txid, d.header.max_txid) != (f.min_txid, f.max_txid):
-                    return f, "header TXIDs disagree with the file name"
+                ltx.check_name(f, ltx.decode(storage.read_all(f), f.name, want_pages=False).header)
             except LsvfsError as exc:
                 return f, getattr(exc, "reason", str(exc))
             return f, None

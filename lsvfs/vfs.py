@@ -29,6 +29,7 @@ import apsw
 from . import _core, registry
 from ._core import ffi, lib
 from .errors import LsvfsError, LTXError, ReplicaError
+from .ltx import parse_txid
 from .options import NAMES, replica_url, resolve
 from .replica import Replica, Snapshot
 from .storage import parse_url
@@ -92,7 +93,7 @@ class OpenFile:
         if name == "litestream_txid":
             if value is None:
                 return f"{self.snapshot_info().txid:016x}"
-            txid = parse_txid(value)
+            txid = pinned_txid(value)
             # Resolved here, so an unreachable TXID fails at the PRAGMA.
             return self._choose(rep.snapshot_at(txid=txid) if txid is not None else None, name)
         if value is None:
@@ -111,16 +112,15 @@ class OpenFile:
 PRAGMAS = ("litestream_txid", "litestream_lag", "litestream_time", "litestream_error", "litestream_stats")
 
 
-def parse_txid(value: str) -> int | None:
-    """A TXID in hex (16 digits, 0x optional); None for LATEST."""
-    v = value.strip().strip("'\"").lower()
-    if v in ("latest", ""):
+def pinned_txid(value: str) -> int | None:
+    """The TXID `PRAGMA litestream_txid = value` pins; None for LATEST."""
+    if value.strip().strip("'\"").lower() in ("latest", ""):
         return None
     try:
-        txid = int(v.removeprefix("0x"), 16)
-    except ValueError:
-        raise ValueError(f"litestream_txid: {value!r} is not a TXID (16 hex digits, or LATEST)") from None
-    if txid <= 0:
+        txid = parse_txid(value)
+    except ValueError as exc:
+        raise ValueError(f"litestream_txid: {exc}, or LATEST") from None
+    if txid == 0:
         raise ValueError("litestream_txid: TXIDs start at 1")
     return txid
 
