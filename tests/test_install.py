@@ -8,7 +8,9 @@ package index.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import Message
 from email.parser import Parser
 from pathlib import Path
 
@@ -171,3 +174,37 @@ def test_no_compiler_setting_really_blocks_compiling(built: Built, tmp_path: Pat
                        env=clean_env(**NO_COMPILER), stdin=subprocess.DEVNULL)
     assert r.returncode != 0 and not list(tmp_path.glob("*.whl")), r.stdout[-2000:]
     assert "command '/bin/false' failed" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
+def wheel_metadata(wheel: Path) -> Message:
+    with zipfile.ZipFile(wheel) as zf:
+        return Parser().parsestr(next(zf.read(n).decode() for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
+
+
+def test_version_lives_in_lsvfs_init_only(built: Built) -> None:
+    """pyproject.toml declares the version dynamic (read from lsvfs.__version__); the built packages,
+    the installed metadata and the module all carry that one value."""
+    import lsvfs
+
+    pyproject = (REPO / "pyproject.toml").read_text()
+    project = pyproject.split("\n[project]\n", 1)[1].split("\n[", 1)[0]
+    assert 'dynamic = ["version"]' in project and not re.search(r"^version\s*=", project, re.MULTILINE)
+    assert 'version = { attr = "lsvfs.__version__" }' in pyproject
+    version = lsvfs.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    assert wheel_metadata(built.wheel)["Version"] == version
+    assert built.wheel.name.startswith(f"lsvfs-{version}-") and built.sdist.name == f"lsvfs-{version}.tar.gz"
+    assert importlib.metadata.version("lsvfs") == version
+
+
+def test_wheel_declares_pythons_and_typing(built: Built) -> None:
+    """Requires-Python >= 3.10, a classifier per supported CPython (3.10-3.13), Typing :: Typed; the
+    wheel is tagged for the stable ABI (one wheel for all of them) and ships py.typed."""
+    meta = wheel_metadata(built.wheel)
+    assert meta["Requires-Python"] == ">=3.10"
+    classifiers = set(meta.get_all("Classifier") or [])
+    assert {f"Programming Language :: Python :: 3.{m}" for m in range(10, 14)} <= classifiers
+    assert "Typing :: Typed" in classifiers
+    assert built.wheel.name.split("-")[2:4] == ["cp310", "abi3"], built.wheel.name
+    with zipfile.ZipFile(built.wheel) as zf:
+        assert zf.read("lsvfs/py.typed") == (REPO / "lsvfs" / "py.typed").read_bytes()
