@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from replication import ReplicatedPrimary, wait_until
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import lsvfs
 
@@ -58,7 +58,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class Order(Base):
+class OrderRow(Base):
     __tablename__ = "orders"
     id: Mapped[int] = mapped_column(primary_key=True)
     customer: Mapped[str]
@@ -71,7 +71,7 @@ def test_sqlalchemy_engine_reads_follows_and_refuses_writes(orders: ReplicatedPr
     try:
         def read() -> list[tuple[Any, ...]]:
             with Session(engine) as s:
-                return [(o.id, o.customer, o.total) for o in s.scalars(sa.select(Order).order_by(Order.id))]
+                return [(o.id, o.customer, o.total) for o in s.scalars(sa.select(OrderRow).order_by(OrderRow.id))]
 
         assert read() == primary_orders(orders) and len(read()) == 50
         with engine.connect() as c:
@@ -84,7 +84,7 @@ def test_sqlalchemy_engine_reads_follows_and_refuses_writes(orders: ReplicatedPr
         assert len(read()) == 60
 
         with Session(engine) as s, pytest.raises(sa.exc.OperationalError, match="readonly database"):
-            s.add(Order(id=1000, customer="x", total=1.0))
+            s.add(OrderRow(id=1000, customer="x", total=1.0))
             s.commit()
         with engine.begin() as c, pytest.raises(sa.exc.OperationalError, match="readonly database"):
             c.execute(sa.text("DELETE FROM orders"))
@@ -189,7 +189,7 @@ def django_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated
         )
         django.setup()
         from django.db import connections
-        from shop.models import Note, Order  # type: ignore[import-not-found]
+        from shop.models import Note, Order
 
         with connections["default"].schema_editor() as editor:
             editor.create_model(Order)
