@@ -199,7 +199,7 @@ def test_version_lives_in_lsvfs_init_only(built: Built) -> None:
 
 def test_wheel_declares_pythons_and_typing(built: Built) -> None:
     """Requires-Python >= 3.10, a classifier per supported CPython (3.10-3.13), Typing :: Typed; the
-    wheel is tagged for the stable ABI (one wheel for all of them) and ships py.typed."""
+    wheel is tagged for the stable ABI (one wheel for all of them) and ships py.typed and the core's stub."""
     meta = wheel_metadata(built.wheel)
     assert meta["Requires-Python"] == ">=3.10"
     classifiers = set(meta.get_all("Classifier") or [])
@@ -208,3 +208,4 @@ def test_wheel_declares_pythons_and_typing(built: Built) -> None:
     assert built.wheel.name.split("-")[2:4] == ["cp310", "abi3"], built.wheel.name
     with zipfile.ZipFile(built.wheel) as zf:
         assert zf.read("lsvfs/py.typed") == (REPO / "lsvfs" / "py.typed").read_bytes()
+        assert "lsvfs/_core.pyi" in zf.namelist()  # the C core's types, for checkers of code using lsvfs
