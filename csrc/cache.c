@@ -198,40 +198,99 @@ static void evict_oldest(shard *s)
     free(e);
 }
 
-int lsvfs_cache_put(lsvfs_cache *c, uint32_t slot, uint64_t offset,
-                    const uint8_t *page, size_t len)
+/* An entry for (slot, offset) with room for len bytes, or NULL when the
+ * page could never be kept (larger than its shard's budget) or memory ran
+ * out (*nomem set). Filled outside any lock, then handed to insert(). */
+static entry *entry_new(lsvfs_cache *c, uint32_t slot, uint64_t offset,
+                        size_t len, int *nomem)
 {
-    uint64_t h = mix(slot, offset);
-    shard *s = shard_of(c, h);
-    if (len > s->budget || len > UINT32_MAX)
-        return LSVFS_OK;
-    /* Allocate and copy outside the lock; a racing insert of the same key
-     * (same bytes: frames never change) just wins. */
+    *nomem = 0;
+    if (len > shard_of(c, mix(slot, offset))->budget || len > UINT32_MAX)
+        return NULL;
     entry *n = malloc(sizeof *n + len);
-    if (n == NULL)
-        return LSVFS_ENOMEM;
-    memcpy(n->data, page, len);
+    if (n == NULL) {
+        *nomem = 1;
+        return NULL;
+    }
     n->slot = slot;
     n->offset = offset;
     n->len = (uint32_t)len;
+    return n;
+}
+
+/* Insert a filled entry; a racing insert of the same key (same bytes:
+ * frames never change) wins and this one is freed. */
+static void insert(lsvfs_cache *c, entry *n)
+{
+    uint64_t h = mix(n->slot, n->offset);
+    shard *s = shard_of(c, h);
     pthread_mutex_lock(&s->mu);
-    entry **p = find(s, h, slot, offset);
+    entry **p = find(s, h, n->slot, n->offset);
     if (*p != NULL) {
         pthread_mutex_unlock(&s->mu);
         free(n);
-        return LSVFS_OK;
+        return;
     }
-    while (s->bytes + len > s->budget && s->oldest != NULL)
+    while (s->bytes + n->len > s->budget && s->oldest != NULL)
         evict_oldest(s);
-    p = find(s, h, slot, offset); /* eviction may have changed the chain */
+    p = find(s, h, n->slot, n->offset); /* eviction may have changed the chain */
     n->next = *p;
     *p = n;
     lru_push(s, n);
-    s->bytes += len;
+    s->bytes += n->len;
     s->entries++;
     if (s->entries > s->nbuckets)
         grow(s);
     pthread_mutex_unlock(&s->mu);
+}
+
+int lsvfs_cache_put(lsvfs_cache *c, uint32_t slot, uint64_t offset,
+                    const uint8_t *page, size_t len)
+{
+    int nomem;
+    entry *n = entry_new(c, slot, offset, len, &nomem);
+    if (n == NULL)
+        return nomem ? LSVFS_ENOMEM : LSVFS_OK;
+    memcpy(n->data, page, len);
+    insert(c, n);
+    return LSVFS_OK;
+}
+
+int lsvfs_cache_fill(lsvfs_cache *c, uint32_t slot, const uint8_t *buf,
+                     size_t buf_len, uint64_t buf_offset,
+                     const lsvfs_index_entry *entries, size_t n,
+                     uint32_t page_size, uint8_t *first, size_t *failed)
+{
+    *failed = 0;
+    if (buf == NULL || (n != 0 && (entries == NULL || first == NULL)))
+        return LSVFS_ERANGE;
+    for (size_t i = 0; i < n; i++) {
+        const lsvfs_index_entry *e = &entries[i];
+        *failed = i;
+        if (i > 0 && lsvfs_cache_contains(c, slot, e->offset))
+            continue;
+        if (e->offset < buf_offset || e->offset - buf_offset > buf_len ||
+            e->size > buf_len - (e->offset - buf_offset))
+            return LSVFS_ERANGE;
+        const uint8_t *frame = buf + (e->offset - buf_offset);
+        int nomem;
+        entry *ent = entry_new(c, slot, e->offset, page_size, &nomem);
+        if (nomem)
+            return LSVFS_ENOMEM;
+        /* A page too big to keep is still decoded when it is the one asked for. */
+        uint8_t *dst = ent != NULL ? ent->data : (i == 0 ? first : NULL);
+        if (dst == NULL)
+            continue;
+        int rc = lsvfs_frame_decode(frame, e->size, e->pgno, page_size, dst);
+        if (rc != LSVFS_OK) {
+            free(ent);
+            return rc;
+        }
+        if (i == 0 && dst != first)
+            memcpy(first, dst, page_size);
+        if (ent != NULL)
+            insert(c, ent);
+    }
     return LSVFS_OK;
 }
 

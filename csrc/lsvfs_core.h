@@ -152,6 +152,13 @@ int lsvfs_ptable_get(const lsvfs_ptable *t, uint32_t pgno,
 /* Fill out[i] for pgnos first..first+n-1 (slot 0 where absent). */
 int lsvfs_ptable_get_range(const lsvfs_ptable *t, uint32_t first, size_t n,
                            lsvfs_location *out);
+/* The run a miss on `pgno` reads in one request: its frame, then the frames
+ * of up to max - 1 following pages lying right after it in the same file
+ * (cached or not: one ranged read is cheaper than a cut). Entries go to
+ * out (room for max), the file to *slot; returns the count, 0 if pgno has
+ * no frame. */
+size_t lsvfs_ptable_run(const lsvfs_ptable *t, uint32_t pgno, uint32_t max,
+                        uint32_t *slot, lsvfs_index_entry *out);
 uint32_t lsvfs_ptable_max_pgno(const lsvfs_ptable *t);
 /* Number of pgnos with an entry. */
 uint32_t lsvfs_ptable_count(const lsvfs_ptable *t);
@@ -190,6 +197,16 @@ int lsvfs_cache_contains(lsvfs_cache *c, uint32_t slot, uint64_t offset);
 int lsvfs_cache_put(lsvfs_cache *c, uint32_t slot, uint64_t offset,
                     const uint8_t *page, size_t len);
 void lsvfs_cache_count_miss(lsvfs_cache *c, uint32_t slot, uint64_t offset);
+/* A miss's read, decoded straight into the cache: `buf` holds the file
+ * bytes [buf_offset, buf_offset + buf_len) of slot `slot`, `entries` the
+ * run's frames (lsvfs_ptable_run). The first page is always decoded and
+ * copied to `first` (page_size bytes); a following page already cached is
+ * not decoded again. On error `*failed` is the failing entry's index; the
+ * pages before it stay cached (they passed their checks). */
+int lsvfs_cache_fill(lsvfs_cache *c, uint32_t slot, const uint8_t *buf,
+                     size_t buf_len, uint64_t buf_offset,
+                     const lsvfs_index_entry *entries, size_t n,
+                     uint32_t page_size, uint8_t *first, size_t *failed);
 void lsvfs_cache_get_stats(lsvfs_cache *c, lsvfs_cache_stats *out);
 /* Drop every page (stats other than bytes and entries stay). */
 void lsvfs_cache_clear(lsvfs_cache *c);

@@ -251,6 +251,32 @@ int lsvfs_ptable_get_range(const lsvfs_ptable *t, uint32_t first, size_t n,
     return LSVFS_OK;
 }
 
+size_t lsvfs_ptable_run(const lsvfs_ptable *t, uint32_t pgno, uint32_t max,
+                        uint32_t *slot, lsvfs_index_entry *out)
+{
+    if (t == NULL || slot == NULL || out == NULL || pgno == 0 || max == 0)
+        return 0;
+    lsvfs_location loc;
+    lookup(t, pgno, &loc);
+    if (loc.slot == 0)
+        return 0;
+    *slot = loc.slot;
+    size_t n = 0;
+    for (;;) {
+        out[n].pgno = pgno;
+        out[n].offset = loc.offset;
+        out[n].size = loc.size;
+        n++;
+        if (n == max || pgno == UINT32_MAX)
+            break;
+        uint64_t end = loc.offset + loc.size;
+        lookup(t, ++pgno, &loc);
+        if (loc.slot != *slot || loc.offset != end)
+            break;
+    }
+    return n;
+}
+
 uint32_t lsvfs_ptable_max_pgno(const lsvfs_ptable *t)
 {
     return t ? t->max_pgno : 0;

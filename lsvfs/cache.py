@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from . import core
 from ._core import ffi, lib
 from .futures import claim
 
@@ -41,33 +42,38 @@ class FrameCache:
         if lib.lsvfs_cache_put(self._c, key[0], key[1], page, len(page)):
             raise MemoryError("page cache: out of memory")
 
-    def get_or_load(self, key: Key, size: int, load: Callable[[], dict[Key, bytes]]) -> bytes:
-        """The page at `key`; on a miss one caller runs `load`, the rest wait.
+    def get_or_load(self, key: Key, size: int, load: Callable[[], bytes]) -> bytes:
+        """The page at `key`; on a miss one caller runs `load` (which returns the
+        page and caches it, with any read-ahead), the others wait for it.
 
-        `load` may return neighbouring pages too (read-ahead); all are cached.
+        The lock only guards the table of loads in flight: the cache itself is
+        looked up outside it, so hits never queue behind a miss.
         """
+        page = self.get(key, size)
+        if page is not None:
+            return page
         with self._lock:
-            if key not in self._inflight:
-                page = self.get(key, size)
-                if page is not None:
-                    return page
             fut, owner = claim(self._inflight, key)
-            if owner:
-                lib.lsvfs_cache_count_miss(self._c, key[0], key[1])
         if not owner:
             return fut.result()
         try:
-            pages = load()
-            for k, p in pages.items():
-                self.put(k, p)
-            fut.set_result(pages[key])
-        except BaseException as exc:
+            page = self.get(key, size)  # loaded by the previous owner meanwhile?
+            if page is None:
+                lib.lsvfs_cache_count_miss(self._c, key[0], key[1])
+                page = load()
+            fut.set_result(page)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter, then raised
             fut.set_exception(exc)
             raise
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
-        return fut.result()
+        return page
+
+    def fill(self, slot: int, buf: bytes, buf_offset: int, entries: core.IndexEntries, page_size: int,
+             file: str) -> bytes:
+        """Decode a run read from storage into the cache (core.fill_cache); its first page."""
+        return core.fill_cache(self._c, slot, buf, buf_offset, entries, page_size, file)
 
     def clear(self) -> None:
         lib.lsvfs_cache_clear(self._c)

@@ -24,7 +24,7 @@ __all__ = [
     "CHECKSUM_FLAG", "LegacyFrame", "IndexEntries", "PageTable", "Buffer",
     "crc64", "page_checksum", "pages_checksum_xor", "lock_pgno", "strerror", "valid_page_size",
     "lz4_block_decode", "locate_index", "decode_index", "decode_frame",
-    "decode_frames", "decode_file",
+    "decode_frames", "decode_file", "plan_run", "fill_cache",
 ]
 
 CHECKSUM_FLAG: int = lib.LSVFS_CHECKSUM_FLAG
@@ -367,16 +367,45 @@ def decode_frames(buf: Buffer, buf_offset: int,
     failed = ffi.new("size_t *")
     rc = lib.lsvfs_frames_decode(_in(buf), blen, buf_offset, ents.cdata, n, page_size, out, failed)
     if rc:
-        i = int(failed[0])
-        pgno, offset, size = ents[i]
-        where = f" (index entry {i}, offset {offset})"
-        if rc == ERANGE:
-            raise LTXError(f"frame for page {pgno}{where}, {size} bytes, is outside the "
-                           f"buffer [{buf_offset}, {buf_offset + blen})", file)
-        src = ffi.from_buffer(buf)
-        _raise_frame(rc, src + (offset - buf_offset), size, pgno, page_size, where, file)
+        _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
     whole = ffi.buffer(out)
     return [whole[i * page_size:(i + 1) * page_size] for i in range(n)]
+
+
+def _raise_run(rc: int, i: int, ents: IndexEntries, buf: Buffer, buf_offset: int, page_size: int,
+               file: str | None) -> None:
+    """The LTXError for entry `i` of a run that failed to decode from `buf`."""
+    if rc == ENOMEM:
+        raise MemoryError("decoding frames: out of memory")
+    pgno, offset, size = ents[i]
+    where = f" (index entry {i}, offset {offset})"
+    if rc == ERANGE:
+        raise LTXError(f"frame for page {pgno}{where}, {size} bytes, is outside the "
+                       f"buffer [{buf_offset}, {buf_offset + _nbytes(buf)})", file)
+    src = ffi.from_buffer(buf)
+    _raise_frame(rc, src + (offset - buf_offset), size, pgno, page_size, where, file)
+
+
+def plan_run(table: PageTable, pgno: int, most: int) -> tuple[int, IndexEntries]:
+    """(slot, frames) a miss on `pgno` reads in one request: its frame and up to
+    most - 1 following ones lying right after it in the same file."""
+    out = _alloc("lsvfs_index_entry[]", most)
+    slot = ffi.new("uint32_t *")
+    n = lib.lsvfs_ptable_run(table.cdata, pgno, most, slot, out)
+    return int(slot[0]), IndexEntries(out, n)
+
+
+def fill_cache(cache: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexEntries, page_size: int,
+               file: str | None = None) -> bytes:
+    """Decode a run read from storage straight into the C page cache; the first page."""
+    _check_page_size(page_size, file)
+    first = _alloc(_U8ARR, page_size)
+    failed = ffi.new("size_t *")
+    rc = lib.lsvfs_cache_fill(cache, slot, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents),
+                              page_size, first, failed)
+    if rc:
+        _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
+    return bytes(_ffi_buffer(first, page_size))
 
 
 def decode_file(data: Buffer, entries: IndexEntries | Sequence[tuple[int, int, int]],

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from . import core, ltx, slots, verified
 from ._core import ffi, lib
-from .cache import FrameCache, Key
+from .cache import FrameCache
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .futures import claim
 from .options import Options
@@ -402,18 +402,13 @@ class Replica:
                         del self._rebased_done[alt.txid]
                 raise
 
-    def _fetch_run(self, snap: Snapshot, pgno: int, readahead: int) -> dict[Key, bytes]:
-        locs = snap.table.get_range(pgno, max(1, min(readahead, snap.commit - pgno + 1)))
-        assert locs[0] is not None
-        slot, offset, size = locs[0]
-        run = [(pgno, offset, size)]
-        for i, loc in enumerate(locs[1:], start=1):
-            prev = run[-1]
-            if loc is None or loc[0] != slot or loc[1] != prev[1] + prev[2] or (slot, loc[1]) in self.cache:
-                break
-            run.append((pgno + i, loc[1], loc[2]))
+    def _fetch_run(self, snap: Snapshot, pgno: int, readahead: int) -> bytes:
+        """Page `pgno`, read with up to `readahead` - 1 following frames in one
+        request and decoded straight into the cache."""
+        slot, run = core.plan_run(snap.table, pgno, max(1, min(readahead, snap.commit - pgno + 1)))
+        first, last = run[0], run[len(run) - 1]
+        offset, length = first[1], last[1] + last[2] - first[1]
         f = self.file(slot)
-        length = run[-1][1] + run[-1][2] - offset
         if self.options.verify == "files":
             path = self._verified.path(slot, lambda: self._retry(lambda: verified.check(self.storage.read_all(f), f),
                                                                 f.name))
@@ -425,11 +420,7 @@ class Replica:
             def read() -> bytes:
                 return self.storage.read(f, offset, length)
 
-        def fetch() -> list[bytes]:
-            return core.decode_frames(read(), offset, run, snap.page_size, file=f.name)
-
-        pages = self._retry(fetch, f.name)
-        return {(slot, off): page for (_, off, _), page in zip(run, pages)}
+        return self._retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name), f.name)
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         """Run `fn`, retrying storage errors and bad bytes with bounded backoff.
