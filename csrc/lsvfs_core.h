@@ -246,6 +246,21 @@ void lsvfs_snapshot_get_info(const lsvfs_snapshot *s, lsvfs_snapshot_info *out);
 void lsvfs_replica_publish(lsvfs_replica *r, lsvfs_snapshot *s);
 /* The newest snapshot with a reference for the caller (NULL before any). */
 lsvfs_snapshot *lsvfs_replica_current(lsvfs_replica *r);
+/* Files of a directory replica that C may read itself on a miss, without
+ * Python: slot -> path. A slot is forgotten only when no snapshot can
+ * point into it any more, so no read is in flight on its descriptor. */
+int lsvfs_replica_set_local(lsvfs_replica *r, uint32_t slot, const char *path);
+void lsvfs_replica_forget_local(lsvfs_replica *r, uint32_t slot);
+/* Reads C made itself, and their bytes. */
+void lsvfs_replica_local_reads(lsvfs_replica *r, uint64_t *reads, uint64_t *bytes);
+/* A miss served in C from a local file: the run of `pgno` (as
+ * lsvfs_ptable_run) read and decoded into the cache, page `pgno` to out.
+ * LSVFS_ENOTFOUND when the file is not local or cannot be opened, another
+ * error when the read or a frame fails: either way the caller asks Python,
+ * which retries, rebuilds, and reports. */
+int lsvfs_replica_read_local(lsvfs_replica *r, const lsvfs_ptable *t,
+                             uint32_t pgno, uint32_t readahead,
+                             uint32_t page_size, uint8_t *out);
 /* Ids of snapshots freed since the last call (at most cap; the rest stay). */
 size_t lsvfs_replica_drain_freed(lsvfs_replica *r, uint64_t *ids, size_t cap);
 /* Snapshots alive now (tests: nothing leaks). */

@@ -181,9 +181,16 @@ static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
                     "page %u of TXID %016llx is in no LTX file", pgno,
                     info->txid);
     }
-    if (lsvfs_cache_get(lsvfs_replica_cache(f->rep), loc.slot, loc.offset, out,
-                        info->page_size, 1))
+    lsvfs_cache *cache = lsvfs_replica_cache(f->rep);
+    if (lsvfs_cache_get(cache, loc.slot, loc.offset, out, info->page_size, 1))
         return SQLITE_OK;
+    /* A directory replica's miss is read here, without the GIL; anything
+     * unusual (not local, a failed read or frame) goes to Python below. */
+    if (lsvfs_replica_read_local(f->rep, lsvfs_snapshot_table(s), pgno, readahead,
+                                 info->page_size, out) == LSVFS_OK) {
+        lsvfs_cache_count_miss(cache, loc.slot, loc.offset);
+        return SQLITE_OK;
+    }
     if (f->handle == NULL || !in_python())
         return fail(f, SQLITE_IOERR_READ,
                     "page %u of TXID %016llx: not cached, and Python is gone",

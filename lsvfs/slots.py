@@ -21,7 +21,8 @@ from .storage.base import FileInfo
 class FileSlots:
     """Slot numbers for files, reference counted by holders."""
 
-    def __init__(self, on_free: Callable[[list[int]], None] | None = None) -> None:
+    def __init__(self, on_free: Callable[[list[int]], None] | None = None,
+                 on_new: Callable[[int, FileInfo], None] | None = None) -> None:
         self._files: dict[int, FileInfo] = {}
         self._slots: dict[FileInfo, int] = {}
         self._refs: dict[int, int] = {}
@@ -29,17 +30,21 @@ class FileSlots:
         self._dead: deque[tuple[int, ...]] = deque()  # slots of snapshots garbage-collected since
         self._lock = threading.Lock()
         self._on_free = on_free
+        self._on_new = on_new
 
     def hold(self, f: FileInfo) -> int:
         """The slot of `f`, with one more hold on it (pair with release)."""
         with self._lock:
             slot = self._slots.get(f)
+            new = slot is None
             if slot is None:
                 slot = self._slots[f] = self._next
                 self._next += 1
                 self._files[slot] = f
             self._refs[slot] = self._refs.get(slot, 0) + 1
-            return slot
+        if new and self._on_new is not None:
+            self._on_new(slot, f)
+        return slot
 
     def release(self, slots: Iterable[int]) -> None:
         freed = []

@@ -8,9 +8,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ._core import ffi, lib
 from .storage.base import FileInfo, StorageClient
 
 KINDS = ("list", "ranged_read", "whole_read")
+"""Requests Python makes; reads the C read path makes itself are `local_read`."""
 
 
 class CountingStorage:
@@ -56,6 +58,13 @@ class CountingStorage:
     def counts(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {k: {"requests": r, "bytes": b} for k, (r, b) in self._counts.items()}
+
+
+def local_reads(replica: Any) -> dict[str, int]:
+    """Reads the C read path made itself from a directory replica's files."""
+    reads, nbytes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    lib.lsvfs_replica_local_reads(replica, reads, nbytes)
+    return {"requests": int(reads[0]), "bytes": int(nbytes[0])}
 
 
 def cache_stats(c: Any) -> dict[str, int]:

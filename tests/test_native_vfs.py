@@ -347,3 +347,23 @@ def test_go_vfs_names_for_the_replica(tmp_path: Path, monkeypatch: pytest.Monkey
     assert replica_url({"replica_url": "file:///y"}, env) == "file:///y"
     assert replica_url({}, {}) is None
     lsvfs.storage.parse_url(replica_url({}, env) or "")  # a URL our S3 client takes
+
+
+def test_directory_misses_are_read_in_c_and_faults_still_go_through_python(tmp_path: Path) -> None:
+    """A plain directory replica's misses are read by C (no Python call, no
+    GIL); a replica behind a storage wrapper (faults, counting) is read by
+    Python, so the wrapper sees every read."""
+    from faults import FaultyStorage
+
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=4096)
+    table(p, rows=300, size=3000)
+    with closing(lsvfs.connect(p.url, poll_interval=0, cache_size=0)) as conn:
+        rep = lsvfs.open_replicas()[p.url]
+        want = conn.execute("SELECT sum(length(v)) FROM t").fetchall()
+        local = rep.stats()["storage"]["local_read"]
+        assert local["requests"] > 0 and local["bytes"] > 300 * 3000
+    wrapped = FaultyStorage(lsvfs.storage.open_storage(p.url), rate=0.0)
+    with closing(lsvfs.connect(p.url, poll_interval=0, cache_size=0, storage=wrapped)) as conn:
+        rep = lsvfs.open_replicas()[p.url]
+        assert conn.execute("SELECT sum(length(v)) FROM t").fetchall() == want
+        assert rep.stats()["storage"]["local_read"]["requests"] == 0 and wrapped.calls["read"] > 0
