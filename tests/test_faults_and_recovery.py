@@ -32,7 +32,7 @@ from faults import (
     server_error,
 )
 from replication import ReplicatedPrimary, wait_until
-from scenario_support import blob_table, indexed_table, txid_of
+from scenario_support import FAST, blob_table, indexed_table, rows, txid_of
 from synthetic import (
     DirTarget,
     SyntheticPrimary,
@@ -531,13 +531,31 @@ def test_s08_retention_deletes_files_of_a_pinned_txid(tmp_path: Path, request: p
 
 # ---- 10: the poller never dies -----------------------------------------------------------
 
+class FlakyListing(WrappedStorage):
+    """Raises a plain OSError (not an lsvfs error) from a few listings."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        super().__init__(inner)
+        self.failures = failures
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[Any]:
+        if self.calls["list"] >= 10 and self.failures > 0:
+            self.failures -= 1
+            self._count("list")
+            raise ConnectionResetError("connection reset by peer")
+        return super().list_files(level, min_txid)
+
+
 def test_s10_poller_survives_listing_failures_and_allocation_failure(tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+                                                                     caplog: pytest.LogCaptureFixture,
+                                                                     file_primary: ReplicatedPrimary) -> None:
     """Scenario 10: every listing fails for a while, then building the next
     snapshot's index raises MemoryError, then a custom client raises a
     non-lsvfs exception; the poller thread stays alive through all of it,
     PRAGMA litestream_lag shows the staleness while it lasts, and the replica
-    catches up by itself once storage behaves."""
+    catches up by itself once storage behaves. On a real Litestream replica,
+    a plain OSError (connection reset) from a few listings does not stop it
+    either (merged from test_vfs.py::test_poller_survives_any_storage_exception)."""
     p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
     blob_table(p, rows=20)
 
@@ -580,6 +598,18 @@ def test_s10_poller_survives_listing_failures_and_allocation_failure(tmp_path: P
         assert poller.is_alive()
     poller.join(timeout=5)
     assert not poller.is_alive()
+    p = file_primary
+    p.execute("CREATE TABLE t(v)")
+    p.wait_replicated()
+    flaky = FlakyListing(open_storage(p.replica_url), failures=3)
+    with closing(lsvfs.connect(p.replica_url, storage=flaky, **FAST)) as conn:
+        rep = lsvfs.open_replicas()[p.replica_url]
+        wait_until(lambda: flaky.failures == 0, 10, what="injected failures")
+        p.execute("INSERT INTO t VALUES (1)")
+        target = p.wait_replicated()
+        wait_until(lambda: txid_of(conn) == target, 10, what="replica recovers")
+        assert rep.poll_errors >= 3 and rep._poller is not None and rep._poller.is_alive()
+        assert rows(conn, "SELECT v FROM t") == [(1,)]
 
 
 # ---- 11: cancellation --------------------------------------------------------------------

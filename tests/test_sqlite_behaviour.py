@@ -15,7 +15,7 @@ from typing import Any
 
 import apsw
 import pytest
-from scenario_support import big_table
+from scenario_support import FAST, big_table, rows, unshim, workload
 from synthetic import (
     DirTarget,
     RawPrimary,
@@ -30,19 +30,14 @@ from lsvfs.vfs import ReplicaFile, register
 
 # ---- 5: page sizes -----------------------------------------------------------------------
 
-def _unshim(page1: bytes, stored: bytes) -> bytes:
-    b = bytearray(page1)
-    for lo, hi in ((18, 20), (24, 32), (92, 96)):
-        b[lo:hi] = stored[lo:hi]
-    return bytes(b)
-
-
 @pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
-def test_s05_page_arithmetic_at_every_page_size(tmp_path: Path, page_size: int) -> None:
-    """Scenario 5 (complements test_vfs.py::test_every_page_size, which runs SQL
-    over real Litestream at every size): the VFS file turns byte offsets into
-    page numbers correctly at every page size, for reads inside one page,
-    straddling page boundaries, spanning many pages, and running past the end."""
+def test_s05_page_arithmetic_at_every_page_size(tmp_path: Path, replicated_primary: Any,
+                                               page_size: int) -> None:
+    """Scenario 5: the VFS file turns byte offsets into page numbers correctly
+    at every page size, for reads inside one page, straddling page boundaries,
+    spanning many pages, and running past the end; and SQL over real
+    Litestream at every size reads the primary's rows with integrity_check ok
+    (merged from test_vfs.py::test_every_page_size)."""
     p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=page_size)
     p.commit("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
     p.commit("INSERT INTO t(v) VALUES (randomblob(?))", many=[(page_size // 3,)] * 40)
@@ -55,7 +50,7 @@ def test_s05_page_arithmetic_at_every_page_size(tmp_path: Path, page_size: int) 
             size = f.xFileSize()
             assert size == len(image) and size % ps == 0 and size // ps > 10
             whole = b"".join(f.xRead(ps, off) for off in range(0, size, ps))
-            assert _unshim(whole[:ps], image) + whole[ps:] == image
+            assert unshim(whole[:ps], image) + whole[ps:] == image
             cases = [(0, 100), (ps - 10, 20), (ps // 2, 3 * ps), (5 * ps - 1, 2), (size - 7, 7),
                      (ps, size - ps), (size - ps // 2, ps)]
             for off, amount in cases:
@@ -69,6 +64,13 @@ def test_s05_page_arithmetic_at_every_page_size(tmp_path: Path, page_size: int) 
     with closing(lsvfs.connect(p.url)) as conn:
         assert conn.execute("PRAGMA page_size").fetchall() == [(ps,)]
         assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == p.rows("SELECT id, v FROM t ORDER BY id")
+    p = replicated_primary("file", page_size=page_size)
+    workload(p, rounds=2)
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        assert rows(conn, "PRAGMA page_size") == [(page_size,)]
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+        assert rows(conn, "PRAGMA integrity_check") == [("ok",)]
 
 
 # ---- 18: lock page -----------------------------------------------------------------------
@@ -235,10 +237,14 @@ def test_s20_empty_and_edge_case_replicas(tmp_path: Path, request: pytest.Fixtur
 
 
 @pytest.mark.parametrize("storage", ["file", "s3"])
-def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.FixtureRequest, storage: str) -> None:
+def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.FixtureRequest, storage: str,
+                                           replicated_primary: Any) -> None:
     """Scenario 20 (the plan's TODO "open even when no files are available"):
     with open_timeout, connect() waits for the replica's first file, over
-    both backends, and fails only when the timeout passes."""
+    both backends, and fails only when the timeout passes. Over a directory
+    also: an empty directory times out, and a real Litestream started after
+    connect() began is waited for (merged from
+    test_vfs.py::test_empty_replica_times_out_then_files_appear)."""
     p = SyntheticPrimary(make_target(storage, tmp_path, request), page_size=1024)
     t0 = time.monotonic()
     with pytest.raises(lsvfs.ReplicaError, match="empty"):
@@ -251,6 +257,27 @@ def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.Fixtu
             assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("late",)]
     finally:
         timer.cancel()
+    if storage == "file":
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        t0 = time.monotonic()
+        with pytest.raises(lsvfs.ReplicaError, match="empty"):
+            lsvfs.connect(str(empty), open_timeout=0.3)
+        assert time.monotonic() - t0 >= 0.3
+        p = replicated_primary("file", start=False)
+        p.execute("CREATE TABLE t(v)")
+        p.execute("INSERT INTO t VALUES ('late')")
+        result: list[Any] = []
+        opener = threading.Thread(target=lambda: result.append(
+            lsvfs.connect(p.replica_url, open_timeout=30, **FAST)))
+        opener.start()
+        time.sleep(0.3)
+        p.start()
+        opener.join(timeout=40)
+        assert result, "connect did not return"
+        conn = result[0]
+        assert rows(conn, "SELECT v FROM t") == [("late",)]
+        conn.close()
 
 
 # ---- 21: auto-vacuum ---------------------------------------------------------------------
