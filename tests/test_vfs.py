@@ -16,6 +16,7 @@ from urllib.parse import quote
 import apsw
 import pytest
 from replication import ReplicatedPrimary, wait_until
+from scenario_support import FAST, rows, txid_of, unshim, workload
 from wrappers import WrappedStorage
 
 import drivers
@@ -27,24 +28,6 @@ from lsvfs.options import resolve
 from lsvfs.registry import acquire, release
 from lsvfs.storage import open_storage
 from lsvfs.vfs import ReplicaFile, register
-
-FAST = {"poll_interval": 0.05}
-
-
-def txid_of(conn: apsw.Connection) -> int:
-    return int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
-
-
-def rows(conn: apsw.Connection, sql: str = "SELECT * FROM t ORDER BY id") -> list[tuple[Any, ...]]:
-    return conn.execute(sql).fetchall()
-
-
-def unshim(page1: bytes, original: bytes) -> bytes:
-    """Page 1 as stored, given the bytes the VFS rewrites."""
-    b = bytearray(page1)
-    for lo, hi in ((18, 20), (24, 32), (92, 96)):
-        b[lo:hi] = original[lo:hi]
-    return bytes(b)
 
 
 def vfs_pages(url: str) -> tuple[int, bytes]:
@@ -60,16 +43,6 @@ def vfs_pages(url: str) -> tuple[int, bytes]:
         return snap.txid, data
     finally:
         f.xClose()
-
-
-def workload(p: ReplicatedPrimary, rounds: int = 3) -> None:
-    p.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
-    for r in range(rounds):
-        with p.transaction():
-            p.executemany("INSERT INTO t(v, b) VALUES (?, randomblob(?))",
-                          [(f"r{r}-{i}", 50 + i % 700) for i in range(300)])
-        p.execute("UPDATE t SET v = v || '!' WHERE id % 7 = ?", (r,))
-        p.execute("DELETE FROM t WHERE id % 11 = ?", (r,))
 
 
 # ---- the oracle -------------------------------------------------------------
@@ -242,17 +215,6 @@ def test_hundred_reader_threads_while_primary_writes(file_primary: ReplicatedPri
     assert len(seen) > 1, "readers should have seen the replica advance"
 
 
-@pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
-def test_every_page_size(replicated_primary: Any, page_size: int) -> None:
-    p = replicated_primary("file", page_size=page_size)
-    workload(p, rounds=2)
-    p.wait_replicated()
-    with closing(lsvfs.connect(p.replica_url)) as conn:
-        assert rows(conn, "PRAGMA page_size") == [(page_size,)]
-        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
-        assert rows(conn, "PRAGMA integrity_check") == [("ok",)]
-
-
 # ---- SQLite integration -----------------------------------------------------
 
 def test_header_shim_keeps_sqlite_cache_while_nothing_changes(file_primary: ReplicatedPrimary) -> None:
@@ -413,29 +375,6 @@ def test_options_precedence(file_primary: ReplicatedPrimary, monkeypatch: pytest
         lsvfs.connect(p.replica_url, pol_interval=1)
 
 
-def test_empty_replica_times_out_then_files_appear(tmp_path: Path, replicated_primary: Any) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    t0 = time.monotonic()
-    with pytest.raises(lsvfs.ReplicaError, match="empty"):
-        lsvfs.connect(str(empty), open_timeout=0.3)
-    assert time.monotonic() - t0 >= 0.3
-    p = replicated_primary("file", start=False)
-    p.execute("CREATE TABLE t(v)")
-    p.execute("INSERT INTO t VALUES ('late')")
-    result: list[Any] = []
-    opener = threading.Thread(target=lambda: result.append(
-        lsvfs.connect(p.replica_url, open_timeout=30, **FAST)))
-    opener.start()
-    time.sleep(0.3)
-    p.start()
-    opener.join(timeout=40)
-    assert result, "connect did not return"
-    conn = result[0]
-    assert rows(conn, "SELECT v FROM t") == [("late",)]
-    conn.close()
-
-
 def test_many_replicas_in_one_process(replicated_primary: Any) -> None:
     primaries = [replicated_primary("file") for _ in range(3)]
     for i, p in enumerate(primaries):
@@ -490,36 +429,6 @@ def test_one_replica_however_the_url_is_spelled(file_primary: ReplicatedPrimary)
     for c in conns:
         c.close()
     assert lsvfs.open_replicas() == {}
-
-
-class FlakyListing(WrappedStorage):
-    """Raises a plain OSError (not an lsvfs error) from a few listings."""
-
-    def __init__(self, inner: Any, failures: int) -> None:
-        super().__init__(inner)
-        self.failures = failures
-
-    def list_files(self, level: int, min_txid: int = 0) -> list[Any]:
-        if self.calls["list"] >= 10 and self.failures > 0:
-            self.failures -= 1
-            self._count("list")
-            raise ConnectionResetError("connection reset by peer")
-        return super().list_files(level, min_txid)
-
-
-def test_poller_survives_any_storage_exception(file_primary: ReplicatedPrimary) -> None:
-    p = file_primary
-    p.execute("CREATE TABLE t(v)")
-    p.wait_replicated()
-    flaky = FlakyListing(open_storage(p.replica_url), failures=3)
-    with closing(lsvfs.connect(p.replica_url, storage=flaky, **FAST)) as conn:
-        rep = lsvfs.open_replicas()[p.replica_url]
-        wait_until(lambda: flaky.failures == 0, 10, what="injected failures")
-        p.execute("INSERT INTO t VALUES (1)")
-        target = p.wait_replicated()
-        wait_until(lambda: txid_of(conn) == target, 10, what="replica recovers")
-        assert rep.poll_errors >= 3 and rep._poller is not None and rep._poller.is_alive()
-        assert rows(conn, "SELECT v FROM t") == [(1,)]
 
 
 def test_bad_credentials_fail_at_connect(moto_s3_auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:

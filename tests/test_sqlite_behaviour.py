@@ -1,9 +1,11 @@
-"""Test plan, priorities 4 and 5 (temp files & lifecycle; SQLite behaviours): scenarios 14-22."""
+"""SQLite's behaviour on the read-only VFS: page sizes, the lock page, the
+page 1 header, empty replicas, auto-vacuum and PRAGMAs (scenarios 5, 18-22).
+
+See tests/TEST_PLAN.md for the scenario -> test map and what each proves.
+"""
 
 from __future__ import annotations
 
-import os
-import random
 import struct
 import threading
 import time
@@ -13,9 +15,8 @@ from typing import Any
 
 import apsw
 import pytest
-from drivers import sqlite_temp_fds
+from scenario_support import FAST, big_table, rows, unshim, workload
 from synthetic import (
-    STRESS_SECONDS,
     DirTarget,
     RawPrimary,
     SyntheticPrimary,
@@ -27,125 +28,52 @@ import lsvfs
 from lsvfs import ltx
 from lsvfs.vfs import ReplicaFile, register
 
-SPILL = "PRAGMA temp_store=FILE; PRAGMA cache_size=8; PRAGMA temp.cache_size=4"
-"""Makes sorts and temp tables go to temp files rather than memory."""
-BIG_SORT = "SELECT a.k, a.v FROM t a, t b WHERE b.id <= 4 ORDER BY a.v, b.id"
-"""A ~700 KB sort: spills to temp files under SPILL."""
+# ---- 5: page sizes -----------------------------------------------------------------------
 
-
-def big_table(p: SyntheticPrimary, rows: int = 1500) -> None:
-    rnd = random.Random(4)
-    p.commit("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
-    p.commit("INSERT INTO t(k, v) VALUES (?, ?)", many=[(rnd.randrange(1 << 20), rnd.randbytes(120))
-                                                          for _ in range(rows)])
-
-
-# ---- 14-17: temp files ------------------------------------------------------------------
-# Temp files are SQLite's default VFS's: the litestream VFS hands them over
-# untouched, so these check the outcome (right results, every temp file gone
-# with its connection) on what SQLite itself opens.
-
-@pytest.mark.stress
-def test_s14_temp_file_lifecycle_under_concurrency(tmp_path: Path) -> None:
-    """Scenario 14: 8 threads, each with its own connection (reopened as they
-    go), spill sorts and build/drop temp tables for LSVFS_STRESS_SECONDS; every
-    result is right, temp files were really used, and none is open afterwards."""
-    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
-    big_table(p)
-    want_sorted = p.rows(BIG_SORT)
-    want_count = p.rows("SELECT count(*) FROM t WHERE k % 3 = 0")
-    before = sqlite_temp_fds()
-    errors: list[str] = []
-    spills = [0] * 8
-    deadline = time.monotonic() + STRESS_SECONDS
-
-    def worker(i: int) -> None:
+@pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
+def test_s05_page_arithmetic_at_every_page_size(tmp_path: Path, replicated_primary: Any,
+                                               page_size: int) -> None:
+    """Scenario 5: the VFS file turns byte offsets into page numbers correctly
+    at every page size, for reads inside one page, straddling page boundaries,
+    spanning many pages, and running past the end; and SQL over real
+    Litestream at every size reads the primary's rows with integrity_check ok
+    (merged from test_vfs.py::test_every_page_size)."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=page_size)
+    p.commit("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    p.commit("INSERT INTO t(v) VALUES (randomblob(?))", many=[(page_size // 3,)] * 40)
+    image = p.image()
+    ps = page_size
+    with open_replica(p.url, poll_interval=0) as rep:
+        f = ReplicaFile(register(), rep.url)
         try:
-            while time.monotonic() < deadline:
-                with closing(lsvfs.connect(p.url)) as conn:
-                    conn.execute(SPILL)
-                    for _ in range(3):
-                        if conn.execute(BIG_SORT).fetchall() != want_sorted:
-                            errors.append("sort")
-                        conn.execute(f"CREATE TEMP TABLE s{i} AS SELECT id, k FROM t WHERE k % 3 = 0")
-                        if conn.execute(f"SELECT count(*) FROM s{i}").fetchall() != want_count:
-                            errors.append("temp table")
-                        conn.execute(f"DROP TABLE s{i}")
-                        spills[i] += 1
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(repr(exc))
-
-    with closing(lsvfs.connect(p.url, poll_interval=0)):
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        peak_fds = 0
-        while any(t.is_alive() for t in threads):
-            peak_fds = max(peak_fds, sqlite_temp_fds() - before)
-            time.sleep(0.005)
-        for t in threads:
-            t.join(timeout=30)
-    assert not errors, errors[:5]
-    assert min(spills) > 0 and peak_fds > 1
-    assert sqlite_temp_fds() == before
-
-
-def test_s15_temp_tables_of_the_same_name_in_two_connections(tmp_path: Path) -> None:
-    """Scenario 15: two connections each create TEMP TABLE scratch (spilled to
-    temp files); each sees only its own rows, and both files go with them."""
-    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
-    big_table(p, rows=300)
-    before = sqlite_temp_fds()
-    with closing(lsvfs.connect(p.url, poll_interval=0)) as a, closing(lsvfs.connect(p.url)) as b:
-        for c in (a, b):
-            c.execute(SPILL)
-        a.execute("CREATE TEMP TABLE scratch AS SELECT id, v FROM t WHERE id % 2 = 0")
-        b.execute("CREATE TEMP TABLE scratch AS SELECT id, v FROM t WHERE id % 2 = 1")
-        assert a.execute("SELECT count(*), min(id) FROM scratch").fetchall() == [(150, 2)]
-        assert b.execute("SELECT count(*), min(id) FROM scratch").fetchall() == [(150, 1)]
-        assert sqlite_temp_fds() - before >= 2
-    assert sqlite_temp_fds() == before
-
-
-def test_s16_temp_directory_gone(tmp_path: Path) -> None:
-    """Scenario 16 (temp directory): temp files of a replica connection are
-    SQLite's default VFS's, so when the directory chosen for them
-    (`PRAGMA temp_store_directory`) is gone, SQLite falls back to another and
-    a spilling sort and a temp table still give the right rows."""
-    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
-    big_table(p, rows=600)
-    chosen = tmp_path / "tmp"
-    chosen.mkdir()
-    with closing(lsvfs.connect(p.url, poll_interval=0)) as conn:
-        conn.execute(SPILL)
-        # temp_store_directory is global to apsw's SQLite: always put it back.
-        conn.execute(f"PRAGMA temp_store_directory = '{chosen}'")
-        try:
-            chosen.rmdir()
-            assert conn.execute(BIG_SORT).fetchall() == p.rows(BIG_SORT)
-            conn.execute("CREATE TEMP TABLE s AS SELECT * FROM t")
-            assert conn.execute("SELECT count(*) FROM s").fetchall() == [(600,)]
+            f.xLock(apsw.SQLITE_LOCK_SHARED)
+            size = f.xFileSize()
+            assert size == len(image) and size % ps == 0 and size // ps > 10
+            whole = b"".join(f.xRead(ps, off) for off in range(0, size, ps))
+            assert unshim(whole[:ps], image) + whole[ps:] == image
+            cases = [(0, 100), (ps - 10, 20), (ps // 2, 3 * ps), (5 * ps - 1, 2), (size - 7, 7),
+                     (ps, size - ps), (size - ps // 2, ps)]
+            for off, amount in cases:
+                got = f.xRead(amount, off)
+                want = whole[off:off + amount]
+                assert got == want, (off, amount)
+            assert f.xRead(ps, size) == b""
         finally:
-            conn.execute("PRAGMA temp_store_directory = ''")
+            f.xUnlock(apsw.SQLITE_LOCK_NONE)
+            f.xClose()
+    with closing(lsvfs.connect(p.url)) as conn:
+        assert conn.execute("PRAGMA page_size").fetchall() == [(ps,)]
+        assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == p.rows("SELECT id, v FROM t ORDER BY id")
+    p = replicated_primary("file", page_size=page_size)
+    workload(p, rounds=2)
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        assert rows(conn, "PRAGMA page_size") == [(page_size,)]
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+        assert rows(conn, "PRAGMA integrity_check") == [("ok",)]
 
 
-def test_s17_closing_a_connection_mid_query_removes_its_temp_files(tmp_path: Path) -> None:
-    """Scenario 17: a connection closed while a cursor is in the middle of a
-    spilled sort (and with a temp table) removes every temp file it had, at once."""
-    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
-    big_table(p)
-    before = sqlite_temp_fds()
-    conn = lsvfs.connect(p.url, poll_interval=0)
-    conn.execute(SPILL)
-    conn.execute("CREATE TEMP TABLE keep AS SELECT id, v FROM t")
-    cur = conn.execute(BIG_SORT)
-    cur.fetchone()
-    assert sqlite_temp_fds() - before >= 2
-    conn.close()
-    assert sqlite_temp_fds() == before
-
-
-# ---- 18: lock page -------------------------------------------------------------------------
+# ---- 18: lock page -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
 def test_s18_reads_across_the_lock_page(tmp_path: Path, page_size: int) -> None:
@@ -178,7 +106,7 @@ def test_s18_reads_across_the_lock_page(tmp_path: Path, page_size: int) -> None:
             f.xClose()
 
 
-# ---- 19: page 1 header ---------------------------------------------------------------------
+# ---- 19: page 1 header -------------------------------------------------------------------
 
 def test_s19_page1_header_is_rewritten_exactly(tmp_path: Path) -> None:
     """Scenario 19: page 1 of a WAL-mode database is served with bytes 18-19 =
@@ -258,7 +186,7 @@ def test_s19_data_version_moves_exactly_with_the_txid(tmp_path: Path) -> None:
         assert version() == v1
 
 
-# ---- 20: empty and edge-case replicas -------------------------------------------------
+# ---- 20: empty and edge-case replicas ----------------------------------------------------
 
 @pytest.mark.parametrize("storage", ["file", "s3"])
 @pytest.mark.parametrize("case", ["nothing", "junk_only", "no_snapshot", "empty_database", "emptied"])
@@ -309,10 +237,14 @@ def test_s20_empty_and_edge_case_replicas(tmp_path: Path, request: pytest.Fixtur
 
 
 @pytest.mark.parametrize("storage", ["file", "s3"])
-def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.FixtureRequest, storage: str) -> None:
+def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.FixtureRequest, storage: str,
+                                           replicated_primary: Any) -> None:
     """Scenario 20 (the plan's TODO "open even when no files are available"):
     with open_timeout, connect() waits for the replica's first file, over
-    both backends, and fails only when the timeout passes."""
+    both backends, and fails only when the timeout passes. Over a directory
+    also: an empty directory times out, and a real Litestream started after
+    connect() began is waited for (merged from
+    test_vfs.py::test_empty_replica_times_out_then_files_appear)."""
     p = SyntheticPrimary(make_target(storage, tmp_path, request), page_size=1024)
     t0 = time.monotonic()
     with pytest.raises(lsvfs.ReplicaError, match="empty"):
@@ -325,9 +257,30 @@ def test_s20_open_waits_for_the_first_file(tmp_path: Path, request: pytest.Fixtu
             assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("late",)]
     finally:
         timer.cancel()
+    if storage == "file":
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        t0 = time.monotonic()
+        with pytest.raises(lsvfs.ReplicaError, match="empty"):
+            lsvfs.connect(str(empty), open_timeout=0.3)
+        assert time.monotonic() - t0 >= 0.3
+        p = replicated_primary("file", start=False)
+        p.execute("CREATE TABLE t(v)")
+        p.execute("INSERT INTO t VALUES ('late')")
+        result: list[Any] = []
+        opener = threading.Thread(target=lambda: result.append(
+            lsvfs.connect(p.replica_url, open_timeout=30, **FAST)))
+        opener.start()
+        time.sleep(0.3)
+        p.start()
+        opener.join(timeout=40)
+        assert result, "connect did not return"
+        conn = result[0]
+        assert rows(conn, "SELECT v FROM t") == [("late",)]
+        conn.close()
 
 
-# ---- 21: auto-vacuum -------------------------------------------------------------------------
+# ---- 21: auto-vacuum ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["FULL", "INCREMENTAL"])
 def test_s21_auto_vacuum_shrinks_and_regrows(tmp_path: Path, mode: str) -> None:
@@ -365,7 +318,7 @@ def test_s21_auto_vacuum_shrinks_and_regrows(tmp_path: Path, mode: str) -> None:
             assert rep.read_page(snap, pgno) == p.page(p.txid, pgno)
 
 
-# ---- 22: PRAGMAs -----------------------------------------------------------------------------
+# ---- 22: PRAGMAs -------------------------------------------------------------------------
 
 def test_s22_pragmas_on_a_replica_connection(tmp_path: Path) -> None:
     """Scenario 22: journal_mode reads 'delete' and cannot be switched to WAL;
