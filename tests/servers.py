@@ -50,6 +50,8 @@ SFTP_USER = "lsvfs"
 SFTP_PASSWORD = "sftp-Pa55-word"
 WEBDAV_USER = "lsvfs"
 WEBDAV_PASSWORD = "dav-Pa55-word"
+NATS_USER = "lsvfs"
+NATS_PASSWORD = "nats-Pa55-word"
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "server") -> None:
@@ -203,6 +205,7 @@ class SFTPServer:
         self.port = 0
         self.known_hosts = base / "known_hosts"
         self.client_key_path = base / "id_ed25519"
+        self.host_public_key = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._acceptor: Any = None
@@ -217,7 +220,8 @@ class SFTPServer:
         os.chmod(self.client_key_path, 0o600)
         authorized = asyncssh.import_authorized_keys(client_key.export_public_key().decode())
         self.port = free_port()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_key.export_public_key().decode().strip()}\n")
+        self.host_public_key = host_key.export_public_key().decode().strip()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_public_key}\n")
         root = str(self.root).encode()
 
         class Server(asyncssh.SSHServer):
@@ -375,7 +379,8 @@ def nats_server_binary() -> str:
 
 
 class NATSServer:
-    """nats-server with JetStream in a temp store dir, as a subprocess."""
+    """nats-server with JetStream in a temp store dir, as a subprocess; it
+    requires NATS_USER / NATS_PASSWORD."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -387,7 +392,7 @@ class NATSServer:
         self.port = free_port()
         self._proc = subprocess.Popen(
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.base / "js"),
-             "--http_port", "0"],
+             "--user", NATS_USER, "--pass", NATS_PASSWORD],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         _live_processes.add(self._proc)
@@ -407,7 +412,8 @@ class NATSServer:
         async def go() -> Any:
             import nats
 
-            nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=0)
+            nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=0, user=NATS_USER,
+                                    password=NATS_PASSWORD)
             try:
                 return await coro_fn(nc.jetstream())
             finally:
