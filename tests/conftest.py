@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,12 @@ from replication import (  # noqa: E402
 )
 
 log = logging.getLogger("lsvfs.tests")
+
+# No test may reach a cloud metadata service (only 127.0.0.1 is ours): point
+# google-auth's GCE probe at a closed local port and switch it off.
+os.environ["NO_GCE_CHECK"] = "true"
+os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
+os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 
 _PRIMARIES = pytest.StashKey[list[ReplicatedPrimary]]()
 _S3_FIXTURES = {"moto_s3", "s3_server", "s3_bucket", "s3_primary", "moto_s3_auth"}

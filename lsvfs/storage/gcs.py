@@ -20,7 +20,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
+import google.cloud.storage as gcs
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ..errors import MissingFileError, StorageError

@@ -76,6 +76,7 @@ class NATSStorage:
         self._thread.start()
         self._nc: Any = None
         self._obs: Any = None
+        self._last_error: BaseException | None = None
         try:
             self._run(self._open(), "connect")
         except BaseException:
@@ -92,10 +93,16 @@ class NATSStorage:
         return f"NATSStorage({self.url!r})"
 
     async def _on_error(self, e: Exception) -> None:
-        log.debug("nats %s: %s", self.server, scrub(str(e), self._secrets))
+        self._last_error = e
+        log.debug("nats %s: %s", self.server, scrub(str(e) or type(e).__name__, self._secrets))
 
     async def _open(self) -> None:
-        self._nc = await nats.connect(self.server, **self._opts)
+        """Connect (reconnecting forever afterwards), but give up on the first
+        connect after CONNECT_TIMEOUT with the last error the client saw."""
+        try:
+            self._nc = await asyncio.wait_for(nats.connect(self.server, **self._opts), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise (self._last_error or nerr.NoServersError()) from None
         self._obs = await self._nc.jetstream().object_store(self.bucket)
 
     def _run(self, coro: Any, op: str, where: str | None = None) -> Any:

@@ -24,7 +24,7 @@ _USERINFO = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*):(?P<pw>[
 # name with -, _ removed: password, secret, token, sig (SAS), accountkey,
 # sharedkey, credential(s), auth, apikey, seed, nkey, jwt.
 _SECRET_PARAM = re.compile(
-    r"(?P<pre>[?&;](?P<name>[A-Za-z0-9_.-]+)=)(?P<val>[^&#\s'\"]*)"
+    r"(?P<pre>[?&;](?P<name>[A-Za-z0-9_.-]+)=)(?P<val>[^&#\s'\"]*?)(?=$|[&#\s'\"]|[:,;.)]\s|[:,;.)]$)"
 )
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "accountkey", "sharedkey", "credential",
                  "auth", "apikey", "privatekey", "seed", "nkey", "jwt")
