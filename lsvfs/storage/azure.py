@@ -26,7 +26,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import ContainerClient, LinearRetry
 
 from ..errors import MissingFileError, StorageError
 from .base import FileInfo, format_filename, infos_from_names, level_dir
@@ -72,8 +72,11 @@ class AzureStorage:
             credential = self._credential(account_key, sas_token)
         transport = RequestsTransport(session=pooled_session(), session_owner=True,
                                       connection_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
+        # The storage SDK's own default waits 15 s, then 45 s, between tries: far too long
+        # under a replica that retries above it.
+        retry = LinearRetry(backoff=0.3, random_jitter_range=0.1, retry_total=RETRIES)
         self._client = ContainerClient(self.account_url, container, credential=credential, transport=transport,
-                                       retry_total=RETRIES, retry_backoff_factor=0.2, logging_enable=False)
+                                       retry_policy=retry, logging_enable=False)
 
     @classmethod
     def from_url(cls, u: ReplicaURL) -> AzureStorage:
