@@ -455,3 +455,24 @@ def test_storage_repr_and_url_carry_no_secret(replica_target: Any, kind: str) ->
         assert st.url.startswith(SCHEME[kind] + "://")
     finally:
         st.close()
+
+
+# ---- storage faults apply to every backend ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_storage_faults_are_retried_on_every_backend(replicated_primary: Any, kind: str) -> None:
+    """tests/faults.py wraps each real client; with 30% of requests failing (timeouts,
+    server errors, short reads), bounded retries still give exactly the primary's rows."""
+    from faults import FaultyStorage
+
+    p: ReplicatedPrimary = replicated_primary(kind)
+    workload(p, rounds=1)
+    p.wait_replicated()
+    faulty = FaultyStorage(open_storage(p.replica_url), rate=0.3, kinds=("timeout", "5xx", "partial"),
+                           ops=("read", "read_all"), seed=9)
+    faulty.enabled = False  # open cleanly (as the chaos test does); the faults hit the page reads
+    with closing(lsvfs.connect(p.replica_url, storage=faulty, read_retries=8, cache_size=0,
+                               poll_interval=0)) as conn:
+        faulty.enabled = True
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+    assert sum(faulty.injected.values()) > 0 and len(faulty.injected) >= 2
