@@ -12,6 +12,7 @@ from typing import TextIO
 from .errors import LsvfsError
 from .plan import list_all
 from .storage import open_storage
+from .storage.redact import RedactingFilter, redact_url
 from .timeutil import parse_time
 
 log = logging.getLogger("lsvfs")
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("ls", help="list the LTX files of a replica")
-    s.add_argument("url", help="replica URL: file:///path, a path, or s3://bucket/path?endpoint=...")
+    s.add_argument("url", help="replica URL: a path, file://, s3://, gs://, abs://, sftp://, webdav[s]://, nats:// or oss://")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("restore", help="rebuild the database from a replica")
@@ -137,10 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     try:
         return int(args.func(args))
     except (LsvfsError, FileExistsError, OSError) as exc:
-        print(f"lsvfs {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lsvfs {args.command}: error: {redact_url(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"lsvfs {args.command}: interrupted", file=sys.stderr)

@@ -476,3 +476,27 @@ def test_storage_faults_are_retried_on_every_backend(replicated_primary: Any, ki
         faulty.enabled = True
         assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
     assert sum(faulty.injected.values()) > 0 and len(faulty.injected) >= 2
+
+
+def test_cli_errors_and_redacting_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's error line goes through redact_url, and RedactingFilter (which the CLI puts on its
+    log handlers) rewrites any log record that quotes a URL with a credential."""
+    import io
+
+    from lsvfs.storage import RedactingFilter
+
+    url = f"webdav://me:hunter2pw@127.0.0.1:{free_port()}/x"
+    assert cli.main(["restore", url, str(tmp_path / "o.db")]) == 1
+    captured = capsys.readouterr()
+    assert "unreachable" in captured.err and "hunter2pw" not in captured.err + captured.out
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("lsvfs.test.redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("poll of %s failed", "sftp://me:hunter2pw@h/p?sas-token=sig%3Dabc")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().strip() == "poll of sftp://me:***@h/p?sas-token=*** failed"

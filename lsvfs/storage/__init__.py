@@ -34,12 +34,13 @@ from .base import (
     level_dir,
     parse_filename,
 )
-from .redact import redact_url, scrub
+from .redact import RedactingFilter, redact_url, scrub
 
 __all__ = [
     "LEVELS",
     "SNAPSHOT_LEVEL",
     "LAYOUTS",
+    "RedactingFilter",
     "FileInfo",
     "ReplicaURL",
     "StorageClient",

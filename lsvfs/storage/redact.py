@@ -12,6 +12,7 @@ to a message that merely contains a URL, and to a URL that failed to parse.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import quote
@@ -65,3 +66,18 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
     for s in sorted(values, key=len, reverse=True):
         out = out.replace(s, MASK)
     return out
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that passes every record's message through `redact_url`.
+
+    The CLI installs it on its handlers, so even a log line from a layer that
+    quotes a raw URL shows no credential; applications can do the same.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_url(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
