@@ -134,8 +134,8 @@ class GCSStorage:
         if isinstance(e, StorageError):
             return e
         if isinstance(e, gexc.NotFound):
-            msg = str(getattr(e, "message", "") or e)
-            if "bucket" in msg.lower() or op == "list":
+            msg = str(getattr(e, "message", "") or e).lower()
+            if op == "list" or "bucket does not exist" in msg or "no such bucket" in msg:
                 return StorageError(f"{where}: {op} failed: bucket {self.bucket_name!r} does not exist")
             return MissingFileError(f"{where}: {op} failed: object not found")
         if isinstance(e, (gexc.Forbidden, gexc.Unauthorized)):
