@@ -3,7 +3,7 @@
 One real Litestream directory replica (the `small_replica` of replicas.py) is
 uploaded, file for file, into each backend's layout on its test server
 (moto for S3 and OSS, gcp-storage-emulator, Azurite, asyncssh SFTP, wsgidav,
-nats-server). Each server sits behind its own `LatencyProxy` adding the same
+nats-server), each in its own process so this one runs only the client. Each server sits behind its own `LatencyProxy` adding the same
 one-way delay, and lsvfs opens the replica through the proxy. Measured per
 backend, on a fresh Replica each round (so nothing is cached):
 
@@ -63,7 +63,8 @@ def _files(rep: BenchReplica) -> list[tuple[int, str, bytes]]:
 
 
 def _serve(kind: str, rep: BenchReplica, scratch_dir: Path) -> Served:
-    """Start `kind`'s server, upload the replica in its layout, put a proxy in front."""
+    """Start `kind`'s server in its own process (so this process runs only the client),
+    upload the replica in its layout, put a proxy in front."""
     import servers
     from replication import MotoS3
 
@@ -73,65 +74,66 @@ def _serve(kind: str, rep: BenchReplica, scratch_dir: Path) -> Served:
     def names(path: str) -> list[tuple[str, bytes]]:
         return [(level_dir(path, lvl, layout) + name, data) for lvl, name, data in files]
 
+    def to_dir(root: Path) -> None:
+        for n, data in names(""):
+            (root / n).parent.mkdir(parents=True, exist_ok=True)
+            (root / n).write_bytes(data)
+
+    if kind in ("azure", "nats"):  # already their own processes (node, Go)
+        if kind == "azure":
+            a = servers.Azurite().start()
+            container = a.create_container()
+            for n, data in names("db"):
+                a.put(container, n, data)
+            proxy = LatencyProxy(a.port, DELAY)
+            key = servers.AZURITE_KEY.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+            url = (f"abs://{servers.AZURITE_ACCOUNT}@{container}/db?endpoint=http://127.0.0.1:{proxy.port}/"
+                   f"{servers.AZURITE_ACCOUNT}&account-key={key}")
+            return Served(url, lambda: (proxy.close(), a.stop()))
+        nt = servers.NATSServer(scratch_dir / "nats").start()
+        bucket = nt.create_bucket()
+        for n, data in names(""):
+            nt.put(bucket, n, data)
+        proxy = LatencyProxy(nt.port, DELAY)
+        url = f"nats://{servers.NATS_USER}:{servers.NATS_PASSWORD}@127.0.0.1:{proxy.port}/{bucket}"
+        return Served(url, lambda: (proxy.close(), nt.stop()))
+
+    sp = servers.ServerProcess(kind, scratch_dir / kind)
+    proxy = LatencyProxy(sp.port, DELAY)
+
+    def stop() -> None:
+        proxy.close()
+        sp.stop()
+
     if kind in ("s3", "oss"):
-        moto = MotoS3().start()
+        moto = MotoS3()
+        moto.endpoint = sp.facts["endpoint"]
         bucket = moto.create_bucket("bench")
-        moto.bulk_put(bucket, names("db"))
+        client = moto.client()
+        for n, data in names("db"):
+            client.put_object(Bucket=bucket, Key=n, Body=data)
+        ep = f"http://127.0.0.1:{proxy.port}"
         if kind == "s3":
-            proxy = LatencyProxy(int(moto.endpoint.rsplit(":", 1)[1]), DELAY)
-            url = f"s3://{bucket}/db?endpoint=http://127.0.0.1:{proxy.port}&region=us-east-1&force-path-style=true"
-            return Served(url, lambda: (proxy.close(), moto.stop()))
-        gw = servers.OSSGateway().start()
-        proxy = LatencyProxy(gw.port, DELAY)
-        url = f"oss://{bucket}/db?endpoint=http://127.0.0.1:{proxy.port}&region=us-east-1"
-        return Served(url, lambda: (proxy.close(), gw.stop(), moto.stop()))
+            return Served(f"s3://{bucket}/db?endpoint={ep}&region=us-east-1&force-path-style=true", stop)
+        return Served(f"oss://{bucket}/db?endpoint={ep}&region=us-east-1", stop)
     if kind == "gcs":
-        g = servers.GCSEmulator().start()
+        g = servers.GCSEmulator()
+        g.endpoint = sp.facts["endpoint"]
         bucket = g.create_bucket()
         for n, data in names("db"):
             g.put(bucket, n, data)
-        proxy = LatencyProxy(g.port, DELAY)
-        return Served(f"gs://{bucket}/db?endpoint=http://127.0.0.1:{proxy.port}", lambda: (proxy.close(), g.stop()))
-    if kind == "azure":
-        a = servers.Azurite().start()
-        container = a.create_container()
-        for n, data in names("db"):
-            a.put(container, n, data)
-        proxy = LatencyProxy(a.port, DELAY)
-        key = servers.AZURITE_KEY.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
-        url = (f"abs://{servers.AZURITE_ACCOUNT}@{container}/db?endpoint=http://127.0.0.1:{proxy.port}/"
-               f"{servers.AZURITE_ACCOUNT}&account-key={key}")
-        return Served(url, lambda: (proxy.close(), a.stop()))
+        return Served(f"gs://{bucket}/db?endpoint=http://127.0.0.1:{proxy.port}", stop)
     if kind == "sftp":
-        s = servers.SFTPServer(scratch_dir / "sftp").start()
-        d = s.new_dir()
-        for n, data in names(""):
-            p = s.root / d.lstrip("/") / n
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
-        proxy = LatencyProxy(s.port, DELAY)
+        d = "replica"
+        to_dir(Path(sp.facts["root"]) / d)
         kh = scratch_dir / "known_hosts"
-        kh.write_text(f"[127.0.0.1]:{proxy.port} {s.host_public_key}\n")
-        url = f"sftp://{servers.SFTP_USER}:{servers.SFTP_PASSWORD}@127.0.0.1:{proxy.port}{d}?known_hosts={kh}"
-        return Served(url, lambda: (proxy.close(), s.stop()))
+        kh.write_text(f"[127.0.0.1]:{proxy.port} {sp.facts['host_public_key']}\n")
+        return Served(f"sftp://{servers.SFTP_USER}:{servers.SFTP_PASSWORD}@127.0.0.1:{proxy.port}/{d}"
+                      f"?known_hosts={kh}", stop)
     if kind == "webdav":
-        w = servers.WebDAVServer(scratch_dir / "dav").start()
-        d = w.new_dir()
-        for n, data in names(""):
-            p = w.root / d / n
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
-        proxy = LatencyProxy(w.port, DELAY)
-        url = f"webdav://{servers.WEBDAV_USER}:{servers.WEBDAV_PASSWORD}@127.0.0.1:{proxy.port}/{d}"
-        return Served(url, lambda: (proxy.close(), w.stop()))
-    if kind == "nats":
-        n_ = servers.NATSServer(scratch_dir / "nats").start()
-        bucket = n_.create_bucket()
-        for n, data in names(""):
-            n_.put(bucket, n, data)
-        proxy = LatencyProxy(n_.port, DELAY)
-        url = f"nats://{servers.NATS_USER}:{servers.NATS_PASSWORD}@127.0.0.1:{proxy.port}/{bucket}"
-        return Served(url, lambda: (proxy.close(), n_.stop()))
+        d = "replica"
+        to_dir(Path(sp.facts["root"]) / d)
+        return Served(f"webdav://{servers.WEBDAV_USER}:{servers.WEBDAV_PASSWORD}@127.0.0.1:{proxy.port}/{d}", stop)
     raise ValueError(kind)
 
 

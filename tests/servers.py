@@ -484,8 +484,10 @@ class OSSGateway:
                 )
             return moto_app(environ, start_response)
 
+        from moto.moto_server.werkzeug_app import MotoRequestHandler  # HTTP/1.1 keep-alive, as MotoS3's
+
         self.port = free_port()
-        self._server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="oss-gateway", daemon=True)
         self._thread.start()
         wait_port(self.port, 20, what="OSS gateway")
@@ -507,3 +509,71 @@ def scratch(prefix: str) -> Path:
 
     atexit.register(shutil.rmtree, d, True)
     return d
+
+
+# ---------------------------------------------------------------------------
+# a server in its own process (benchmarks: keeps the client alone in its process)
+
+
+def _serve_main(argv: list[str]) -> None:
+    """`python tests/servers.py KIND DIR`: start one server, print its facts as one
+    JSON line, serve until stdin closes. Kinds: s3, oss, gcs, sftp, webdav."""
+    import json
+
+    kind, base = argv[0], Path(argv[1])
+    facts: dict[str, Any] = {}
+    if kind in ("s3", "oss"):
+        from replication import MotoS3
+
+        moto = MotoS3().start()
+        server: Any = moto
+        facts = {"port": int(moto.endpoint.rsplit(":", 1)[1]), "endpoint": moto.endpoint}
+        if kind == "oss":
+            server = OSSGateway().start()
+            facts["port"], facts["endpoint"] = server.port, server.endpoint
+    elif kind == "gcs":
+        server = GCSEmulator().start()
+        facts = {"port": server.port, "endpoint": server.endpoint}
+    elif kind == "sftp":
+        server = SFTPServer(base).start()
+        facts = {"port": server.port, "root": str(server.root), "host_public_key": server.host_public_key}
+    elif kind == "webdav":
+        server = WebDAVServer(base / "root").start()
+        facts = {"port": server.port, "root": str(server.root)}
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    print(json.dumps(facts), flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    server.stop()
+
+
+class ServerProcess:
+    """One of the in-process servers above, run by `_serve_main` in a child process."""
+
+    def __init__(self, kind: str, base: Path) -> None:
+        import json
+
+        base.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen([sys.executable, __file__, kind, str(base)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        _live_processes.add(self._proc)  # type: ignore[arg-type]
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{kind} server process exited with {self._proc.wait(10)}")
+        self.facts: dict[str, Any] = json.loads(line)
+        self.port = int(self.facts["port"])
+
+    def stop(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            _terminate(self._proc, 5)  # type: ignore[arg-type]
+        _live_processes.discard(self._proc)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    _serve_main(sys.argv[1:])

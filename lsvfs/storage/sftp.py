@@ -19,6 +19,7 @@ import queue
 import socket
 import stat
 import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,13 @@ CONNECT_TIMEOUT = 10.0
 CHANNELS = 8
 """SFTP channels kept open: concurrent requests beyond this wait for one."""
 CHANNEL_WAIT = 60.0
+WINDOW = 16 << 20
+OPEN_FILES = 16
+"""Open file handles kept per channel (see `_open_file`)."""
+MAX_PACKET = 256 << 10
+"""SSH flow-control window and packet size per channel. paramiko's defaults
+(2 MiB, 32 KiB) halve the throughput of a 256 KiB ranged read at 4 ms RTT
+(measured: 5.5 vs 12 MB/s per channel against asyncssh through the bench proxy)."""
 
 
 class SFTPStorage:
@@ -58,6 +66,7 @@ class SFTPStorage:
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
         self._idle: queue.LifoQueue[paramiko.SFTPClient] = queue.LifoQueue()
+        self._files: dict[int, OrderedDict[str, paramiko.SFTPFile]] = {}
         self._slots = threading.BoundedSemaphore(channels)
         self._closed = False
 
@@ -87,8 +96,11 @@ class SFTPStorage:
         except OSError as e:
             raise StorageError(f"{self.url}: connect failed: endpoint unreachable ({where}): "
                                f"{e.strerror or type(e).__name__}") from None
-        t = paramiko.Transport(sock)
+        t = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
         t.banner_timeout = t.auth_timeout = CONNECT_TIMEOUT
+        opts = t.get_security_options()
+        aead = tuple(c for c in opts.ciphers if c.endswith("-gcm@openssh.com"))
+        opts.ciphers = aead + tuple(c for c in opts.ciphers if c not in aead)  # AEAD first: one pass, no HMAC
         try:
             t.start_client(timeout=CONNECT_TIMEOUT)
             self._check_host_key(t)
@@ -195,9 +207,35 @@ class SFTPStorage:
             self._slots.release()
             raise
 
+    def _open_file(self, c: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
+        """An open handle of `path` on channel `c`, kept for the next ranged read.
+
+        Open and close cost two round trips, as much as the read itself; LTX files
+        never change, and a handle stays readable even after retention deletes
+        the name. Only the thread holding `c` touches its handles."""
+        files = self._files.setdefault(id(c), OrderedDict())
+        f = files.get(path)
+        if f is not None:
+            files.move_to_end(path)
+            return f
+        f = c.open(path, "rb")
+        files[path] = f
+        while len(files) > OPEN_FILES:
+            _, old = files.popitem(last=False)
+            old.close()
+        return f
+
+    def _forget_files(self, c: paramiko.SFTPClient) -> None:
+        for f in self._files.pop(id(c), {}).values():
+            try:
+                f.close()
+            except (OSError, paramiko.SSHException, EOFError):
+                pass
+
     def _give_back(self, client: paramiko.SFTPClient, broken: bool) -> None:
         try:
             if broken or self._closed:
+                self._forget_files(client)
                 client.close()
             else:
                 self._idle.put(client)
@@ -211,9 +249,11 @@ class SFTPStorage:
                 self._transport = None
         while True:
             try:
-                self._idle.get_nowait().close()
+                c = self._idle.get_nowait()
             except queue.Empty:
                 break
+            self._forget_files(c)
+            c.close()
         if t is not None:
             t.close()
 
@@ -230,6 +270,7 @@ class SFTPStorage:
             except (paramiko.SSHException, EOFError, OSError) as e:
                 dead = t is None or not t.is_active() or client.get_channel().closed
                 if not dead:  # the server answered with an error status: not worth a retry
+                    self._forget_files(client)  # a handle may be what went bad
                     raise StorageError(f"{what}: {op} failed: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
                 self._give_back(client, broken=True)
                 client = None  # type: ignore[assignment]
@@ -280,12 +321,12 @@ class SFTPStorage:
         p = self.file_path(info)
 
         def run(c: paramiko.SFTPClient) -> bytes:
-            with c.open(p, "rb") as f:
-                if length is None:
+            if length is None:
+                with c.open(p, "rb") as f:
                     f.prefetch()
                     return bytes(f.read())
-                # readv sends the request(s) at once; its reads come back in order.
-                return b"".join(f.readv([(offset, length)]))
+            # readv sends the request(s) at once; its reads come back in order.
+            return b"".join(self._open_file(c, p).readv([(offset, length)]))
 
         try:
             return bytes(self._call("get", self._where(info), run))
