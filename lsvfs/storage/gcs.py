@@ -71,8 +71,9 @@ class GCSStorage:
                 client = gcs.Client()
         except auth_exc.DefaultCredentialsError as e:
             raise StorageError(
-                f"{self.url}: no Google credentials found (application default credentials: set "
-                "GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`)"
+                f"{self.url}: no usable Google credentials (application default credentials: set "
+                "GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`): "
+                f"{redact_url(str(e).splitlines()[0] if str(e) else type(e).__name__)}"
             ) from e
         except Exception as e:  # noqa: BLE001 - translated
             raise self._error(e, "connect", self.path) from e

@@ -93,7 +93,8 @@ class NATSStorage:
         return f"NATSStorage({self.url!r})"
 
     async def _on_error(self, e: Exception) -> None:
-        self._last_error = e
+        if self._last_error is None or "authoriz" not in str(self._last_error).lower():
+            self._last_error = e  # an authorization error explains the resets that follow it
         log.debug("nats %s: %s", self.server, scrub(str(e) or type(e).__name__, self._secrets))
 
     async def _open(self) -> None:
