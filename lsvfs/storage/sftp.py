@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+"""Seconds any one SFTP request may wait for its answer (then the channel counts as dead)."""
 CHANNELS = 8
 """SFTP channels kept open: concurrent requests beyond this wait for one."""
 CHANNEL_WAIT = 60.0
@@ -196,12 +198,14 @@ class SFTPStorage:
                     self._transport = self._connect()
                 t = self._transport
             try:
-                client = paramiko.SFTPClient.from_transport(t)
+                chan = t.open_session(timeout=CONNECT_TIMEOUT)
+                # Every later wait on this channel (subsystem start, each SFTP answer) is bounded too.
+                chan.settimeout(READ_TIMEOUT)
+                chan.invoke_subsystem("sftp")
+                client = paramiko.SFTPClient(chan)
             except (paramiko.SSHException, OSError, EOFError) as e:
                 self._drop(t)
                 raise StorageError(f"{self.url}: cannot open an SFTP channel: {type(e).__name__}: {e}") from None
-            if client is None:
-                raise StorageError(f"{self.url}: server refused the SFTP subsystem")
             return client
         except BaseException:
             self._slots.release()
@@ -267,6 +271,11 @@ class SFTPStorage:
                 return fn(client)
             except FileNotFoundError:
                 raise
+            except TimeoutError:
+                self._give_back(client, broken=True)  # a late answer must not reach the next caller
+                client = None  # type: ignore[assignment]
+                raise StorageError(f"{what}: {op} failed: no answer from {self.host}:{self.port} within "
+                                   f"{READ_TIMEOUT:.0f}s") from None
             except (paramiko.SSHException, EOFError, OSError) as e:
                 dead = t is None or not t.is_active() or client.get_channel().closed
                 if not dead:  # the server answered with an error status: not worth a retry
