@@ -437,6 +437,7 @@ class CountingStorage:
     def __init__(self, inner: StorageClient) -> None:
         self.inner = inner
         self.url = inner.url
+        self.local = inner.local
         self._lock = threading.Lock()
         self.lists = 0
         self.reads = 0

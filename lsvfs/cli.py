@@ -26,11 +26,13 @@ from .output import FORMATS, write_query
 from .plan import list_all
 from .progress import ProgressBar
 from .storage import open_storage, parse_url
+from .storage.redact import redact_url
 from .timeutil import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
-URL_HELP = "replica URL: file:///path, a directory path, or s3://bucket/path?endpoint=...&region=..."
+URL_HELP = ("replica URL: a directory path, file://, s3://, gs://, abs://, sftp://, webdav[s]://, nats:// "
+            "or oss:// (see the README)")
 Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None]
 
 
@@ -379,5 +381,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"lsvfs {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"lsvfs {args.command}: error: {redact_url(_one_line(exc))}", file=sys.stderr)
         return 1

@@ -45,3 +45,7 @@ class URLError(LsvfsError, ValueError):
 
 class MissingFileError(StorageError):
     """An LTX file is gone from storage (deleted by retention or never there)."""
+
+
+class MissingExtraError(StorageError):
+    """The client library for a URL scheme is not installed; names the extra to install."""

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from .storage.redact import RedactingFilter
+
 LOGGER = logging.getLogger("lsvfs")
 ENV = "LITESTREAM_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -27,6 +29,7 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self.setFormatter(logging.Formatter(FORMAT))
+        self.addFilter(RedactingFilter())  # no credential from a URL reaches the terminal
 
     @property
     def stream(self) -> object:

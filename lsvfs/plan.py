@@ -32,7 +32,7 @@ def list_all(storage: StorageClient, min_txid: int = 0, pool: Executor | None = 
     def level(lvl: int) -> list[FileInfo]:
         return storage.list_files(lvl, min_txid)
 
-    if getattr(storage, "local", False):
+    if storage.local:
         per_level = [level(lvl) for lvl in LEVELS]
     elif pool is not None:
         per_level = list(pool.map(level, LEVELS))

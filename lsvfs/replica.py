@@ -31,6 +31,7 @@ from .stats import CountingStorage, cache_stats, local_reads
 from .storage import open_storage
 from .storage.base import FileInfo, StorageClient
 from .storage.file import FileStorage
+from .storage.redact import redact_url
 from .timeutil import format_time
 from .verified import VerifiedCopies
 
@@ -76,6 +77,8 @@ class Replica:
 
     def __init__(self, url: str, options: Options, storage: StorageClient | None = None) -> None:
         self.url = url
+        self.name = redact_url(url)
+        """The URL as shown in messages, logs and stats: credentials masked."""
         self.options = options
         self.storage = CountingStorage(storage if storage is not None else open_storage(url))
         self.c = ffi.gc(lib.lsvfs_replica_new(options.cache_size, max(1, options.readahead)),
@@ -115,23 +118,23 @@ class Replica:
         """Build the first snapshot, waiting up to open_timeout for a first file."""
         deadline = time.monotonic() + self.options.open_timeout
         while True:
-            files = self._retry(lambda: list_all(self.storage, pool=self._pool), self.url)
+            files = self._retry(lambda: list_all(self.storage, pool=self._pool), self.name)
             if files:
                 break
             if time.monotonic() >= deadline:
                 waited = f" after waiting {self.options.open_timeout:g}s" if self.options.open_timeout else ""
-                raise ReplicaError(f"replica {self.url} is empty: no LTX files{waited}")
+                raise ReplicaError(f"replica {self.name} is empty: no LTX files{waited}")
             time.sleep(min(0.1, max(self.options.poll_interval, 0.01)))
         chain = plan_for(self.storage, Target(), files)
         snap = self._build(None, chain)
         self._publish(snap)
         self.last_poll_ok = time.monotonic()
-        log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.url,
+        log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.name,
                  snap.txid, snap.commit, snap.page_size, len(chain))
 
     def start_polling(self) -> None:
         if self._poller is None and self.options.poll_interval > 0:
-            self._poller = threading.Thread(target=self._poll_loop, name=f"lsvfs-poll {self.url}", daemon=True)
+            self._poller = threading.Thread(target=self._poll_loop, name=f"lsvfs-poll {self.name}", daemon=True)
             self._poller.start()
 
     def close(self) -> None:
@@ -151,7 +154,7 @@ class Replica:
     def current(self) -> Snapshot:
         snap = self._current
         if snap is None:
-            raise ReplicaError(f"replica {self.url} is not open")
+            raise ReplicaError(f"replica {self.name} is not open")
         return snap
 
     def snapshot_at(self, txid: int | None = None, timestamp_ms: int | None = None) -> Snapshot:
@@ -165,7 +168,7 @@ class Replica:
             if snap is not None:
                 self._historic.move_to_end(key)  # type: ignore[arg-type]
                 return snap
-        chain = self._retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms)), self.url)
+        chain = self._retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms)), self.name)
         snap = self._build(None, chain)
         with self._historic_lock:
             self._historic[key] = snap  # type: ignore[index]
@@ -247,7 +250,7 @@ class Replica:
 
             # Indexes are fetched in parallel, except a short chain of local
             # files: a few preads each, cheaper than starting threads.
-            if len(chain) == 1 or (len(chain) <= LOCAL_SERIAL_FILES and getattr(self.storage, "local", False)):
+            if len(chain) == 1 or (len(chain) <= LOCAL_SERIAL_FILES and self.storage.local):
                 indexes = [load(f, slot) for f, slot in zip(chain, held)]
             else:
                 indexes = list(self._pool.map(load, chain, held))
@@ -318,11 +321,11 @@ class Replica:
             advanced = self._poll()
         except LsvfsError as exc:
             self.poll_errors += 1
-            log.warning("poll of %s failed (staying at TXID %016x): %s", self.url, self.current().txid, exc)
+            log.warning("poll of %s failed (staying at TXID %016x): %s", self.name, self.current().txid, exc)
             return False
         except Exception:  # a custom storage client's own errors must not kill the poller
             self.poll_errors += 1
-            log.exception("poll of %s failed unexpectedly (staying at TXID %016x)", self.url, self.current().txid)
+            log.exception("poll of %s failed unexpectedly (staying at TXID %016x)", self.name, self.current().txid)
             return False
         self.last_poll_ok = time.monotonic()
         return advanced
@@ -344,7 +347,7 @@ class Replica:
             if beyond:
                 gap = (reached, min(beyond))
                 if gap != self._last_gap:
-                    log.warning("%s: %s; serving TXID %016x until it is filled", self.url,
+                    log.warning("%s: %s; serving TXID %016x until it is filled", self.name,
                                 GapError(*gap), reached if chain else cur.txid)
                 self._last_gap = gap
         if not chain:
@@ -354,14 +357,14 @@ class Replica:
             return False
         self._publish(new)
         self._last_gap = None
-        log.debug("%s: TXID %016x -> %016x", self.url, cur.txid, new.txid)
+        log.debug("%s: TXID %016x -> %016x", self.name, cur.txid, new.txid)
         return True
 
     def stats(self) -> dict[str, Any]:
         """What this replica is doing, as plain data (JSON-ready)."""
         cur = self.current()
         return {
-            "url": self.url,
+            "url": self.name,
             "txid": f"{cur.txid:016x}",
             "snapshot_time": format_time(cur.timestamp_ms),
             "page_size": cur.page_size,
@@ -470,7 +473,7 @@ class Replica:
             fut, owner = claim(self._rebased, txid)
         if owner:
             try:
-                snap = self._build(None, self._retry(lambda: plan_for(self.storage, Target(txid)), self.url))
+                snap = self._build(None, self._retry(lambda: plan_for(self.storage, Target(txid)), self.name))
                 with self._historic_lock:
                     self._rebased_done[txid] = snap
                     while len(self._rebased_done) > HISTORIC_SNAPSHOTS:

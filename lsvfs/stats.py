@@ -25,6 +25,7 @@ class CountingStorage:
     def __init__(self, inner: StorageClient) -> None:
         self.inner = inner
         self.url = inner.url
+        self.local = inner.local
         self._lock = threading.Lock()
         self._counts = {k: [0, 0] for k in KINDS}  # kind -> [requests, bytes]
 
@@ -50,10 +51,6 @@ class CountingStorage:
 
     def close(self) -> None:
         self.inner.close()
-
-    @property
-    def local(self) -> bool:
-        return bool(getattr(self.inner, "local", False))
 
     def counts(self) -> dict[str, dict[str, int]]:
         with self._lock:

@@ -34,6 +34,7 @@ from .options import NAMES, replica_url, resolve
 from .replica import Replica, Snapshot
 from .storage import parse_url
 from .storage.base import StorageClient
+from .storage.redact import redact_url
 from .timeutil import format_time, parse_time
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,13 @@ class OpenFile:
         """Record and log a failed read; SQLite gets only the code."""
         self.last_error = str(exc)
         lib.lsvfs_file_set_error(self.file, self.last_error.encode(errors="replace"))
-        log.warning("%s: read failed: %s", self.replica.url, exc)
+        log.warning("%s: read failed: %s", self.replica.name, exc)
         return rc
 
     def snapshot_info(self) -> Any:
         info = ffi.new("lsvfs_snapshot_info *")
         if lib.lsvfs_file_snapshot_info(self.file, info):
-            raise ReplicaError(f"replica {self.replica.url} has no snapshot")
+            raise ReplicaError(f"replica {self.replica.name} has no snapshot")
         return info
 
     def pragma(self, name: str, value: str | None) -> str | None:
@@ -152,7 +153,7 @@ def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
     try:
         rep = registry.acquire(url, resolve({k: p[k] for k in NAMES if k in p}))
     except (ValueError, LsvfsError) as exc:
-        log.error("cannot open %s: %s", url, exc)
+        log.error("cannot open %s: %s", redact_url(url), exc)
         return SQLITE_CANTOPEN
     f = OpenFile(vfs, rep, file)
     with vfs.lock:
@@ -197,7 +198,7 @@ def lsvfs_py_pragma(handle: Any, file: Any, name: Any, value: Any) -> int:
 def lsvfs_py_error(handle: Any, rc: int, message: Any) -> None:
     f: OpenFile = ffi.from_handle(handle)
     f.last_error = ffi.string(message).decode(errors="replace")
-    log.warning("%s: read failed (SQLite code %d): %s", f.replica.url, rc, f.last_error)
+    log.warning("%s: read failed (SQLite code %d): %s", f.replica.name, rc, f.last_error)
 
 
 @ffi.def_extern(onerror=_unexpected)

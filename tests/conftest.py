@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ if str(_TESTS) not in sys.path:
 if importlib.util.find_spec("lsvfs") is None:
     sys.path.insert(0, str(_TESTS.parent))
 
+from lsvfs.storage.redact import redact_url  # noqa: E402
+
+from backends import BACKENDS, ReplicaTarget, lsvfs_env, make_target  # noqa: E402
 from replication import (  # noqa: E402
     TEST_ACCESS_KEY_ID,
     TEST_REGION,
@@ -34,6 +38,12 @@ from replication import (  # noqa: E402
 )
 
 log = logging.getLogger("lsvfs.tests")
+
+# No test may reach a cloud metadata service (only 127.0.0.1 is ours): point
+# google-auth's GCE probe at a closed local port and switch it off.
+os.environ["NO_GCE_CHECK"] = "true"
+os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
+os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 
 _PRIMARIES = pytest.StashKey[list[ReplicatedPrimary]]()
 _S3_FIXTURES = {"moto_s3", "s3_server", "s3_bucket", "s3_primary", "moto_s3_auth"}
@@ -57,7 +67,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = outcome.get_result()
     if rep.failed:
         for i, p in enumerate(item.stash.get(_PRIMARIES, [])):
-            rep.sections.append((f"litestream log #{i} ({p.replica_url})", p.log_text(tail=200)))
+            rep.sections.append((f"litestream log #{i} ({redact_url(p.replica_url)})", p.log_text(tail=200)))
 
 
 # ---------------------------------------------------------------------------
@@ -102,11 +112,87 @@ def moto_s3_auth() -> Iterator[AuthMotoS3]:
 
 
 # ---------------------------------------------------------------------------
+# the other backends' servers: one of each per session, started on first use
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[Any]:
+    from servers import GCSEmulator
+
+    server = GCSEmulator().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_server() -> Iterator[Any]:
+    import shutil
+
+    from servers import Azurite
+
+    if not Azurite.binary().exists() and shutil.which("npm") is None:
+        pytest.skip("npm is not installed, so Azurite (npm package `azurite`) cannot be installed")
+    server = Azurite().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sftp_server() -> Iterator[Any]:
+    from servers import SFTPServer, scratch
+
+    server = SFTPServer(scratch("sftp")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def webdav_server() -> Iterator[Any]:
+    from servers import WebDAVServer, scratch
+
+    server = WebDAVServer(scratch("webdav") / "root").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[Any]:
+    from servers import NATSServer, scratch
+
+    server = NATSServer(scratch("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def oss_server(moto_s3: MotoS3) -> Iterator[Any]:
+    from servers import OSSGateway
+
+    gateway = OSSGateway().start()
+    yield (moto_s3, gateway)
+    gateway.stop()
+
+
+@pytest.fixture
+def replica_target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Factory: `replica_target(kind)` is a fresh ReplicaTarget on the session's server of `kind`."""
+
+    def make(kind: str) -> ReplicaTarget:
+        if kind not in BACKENDS:
+            raise ValueError(f"unknown backend {kind!r}; one of {BACKENDS}")
+        server = request.getfixturevalue(f"{kind}_server")
+        lsvfs_env(monkeypatch, kind)
+        return make_target(kind, server)
+
+    return make
+
+
+# ---------------------------------------------------------------------------
 # replicated primaries
 
 @pytest.fixture
 def replicated_primary(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakePrimary]:
-    """Factory: `make_primary(storage="file"|"s3", page_size=4096, **config)`.
+    """Factory: `make_primary(storage="file"|"s3"|one of backends.BACKENDS, page_size=4096, **config)`.
 
     `config` goes to ReplicatedPrimary (sync_interval, snapshot_interval,
     l0_retention, levels, ...). S3 primaries get a fresh bucket on the
@@ -118,7 +204,9 @@ def replicated_primary(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 
     def make(storage: str = "file", page_size: int = 4096, **config: Any) -> ReplicatedPrimary:
         s3: MotoS3 | None = None
-        if storage == "s3":
+        if storage in BACKENDS:
+            config["target"] = request.getfixturevalue("replica_target")(storage)
+        elif storage == "s3":
             s3 = request.getfixturevalue("moto_s3")
             request.getfixturevalue("s3_env")
         workdir = tmp_path / f"primary{len(created)}"

@@ -441,6 +441,8 @@ def test_s33_ltx_parser_on_mutated_real_files(tmp_path_factory: pytest.TempPathF
 @pytest.mark.parametrize(("storage", "verify", "kinds"), [
     ("file", "frames", ("timeout", "5xx", "partial")),
     ("s3", "files", ("timeout", "5xx", "partial", "corrupt")),
+    ("gcs", "frames", ("timeout", "5xx", "partial")),
+    ("azure", "files", ("timeout", "5xx", "partial", "corrupt")),
 ])
 def test_s34_chaos(replicated_primary: Any, record_property: Any, storage: str, verify: str,
                    kinds: tuple[str, ...]) -> None:

@@ -1,16 +1,19 @@
 """The storage contract: list a level's LTX files, read byte ranges of one.
 
-Both backends (directory, S3) implement `StorageClient`; everything above
-storage (planning, polling, the VFS) talks only to this protocol, so fault
-injection in tests wraps a real client rather than replacing it.
+Every backend (directory, S3, GCS, Azure, SFTP, WebDAV, NATS, OSS) implements
+`StorageClient`; everything above storage (planning, polling, the VFS) talks
+only to this protocol, so fault injection in tests wraps a real client rather
+than replacing it. Where each backend keeps a level's files (the layout) is
+decided here and only here: `level_dir`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..errors import LTXError
 
@@ -25,6 +28,47 @@ def check_level(level: int) -> None:
     """Reject a level Litestream never writes (a caller bug, hence ValueError)."""
     if isinstance(level, bool) or level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS[0]}..{LEVELS[-1]}, got {level!r}")
+
+
+Layout = Literal["hex", "ltx"]
+"""How Litestream 0.5 names a level's folder: "hex" = `<path>/<level:04x>/`
+(S3, OSS); "ltx" = `<path>/ltx/<level in decimal>/` (directory, GCS, Azure,
+SFTP, WebDAV, NATS). Checked against `litestream replicate` 0.5.17 in the
+backend tests."""
+
+LAYOUTS: dict[str, Layout] = {
+    "file": "ltx", "s3": "hex", "oss": "hex", "gs": "ltx", "abs": "ltx",
+    "sftp": "ltx", "webdav": "ltx", "webdavs": "ltx", "nats": "ltx",
+}
+"""The layout of each URL scheme."""
+
+
+def level_dir(path: str, level: int, layout: Layout) -> str:
+    """`<path>/<level folder>/` with the path's slashes trimmed; no leading
+    slash when `path` is empty (object keys), so callers that need an absolute
+    path prepend their own root."""
+    check_level(level)
+    sub = f"{level:04x}/" if layout == "hex" else f"ltx/{level}/"
+    p = path.strip("/")
+    return f"{p}/{sub}" if p else sub
+
+
+def infos_from_names(level: int, entries: Iterable[tuple[str, int, datetime | None]],
+                     min_txid: int = 0) -> list[FileInfo]:
+    """FileInfos of the LTX names among `entries` (name, size, modified) with
+    min_txid >= `min_txid`, sorted by (min, max). Other names (temp files
+    while Litestream writes, strays) are skipped. Shared by every backend that
+    lists a whole level and filters it itself."""
+    out: list[FileInfo] = []
+    for name, size, modified in entries:
+        try:
+            lo, hi = parse_filename(name)
+        except LTXError:
+            continue
+        if lo >= min_txid:
+            out.append(FileInfo(level, lo, hi, int(size), modified))
+    out.sort(key=lambda f: (f.min_txid, f.max_txid))
+    return out
 
 
 def format_filename(min_txid: int, max_txid: int) -> str:
@@ -63,6 +107,9 @@ class StorageClient(Protocol):
     """Read-only access to one replica."""
 
     url: str
+    local: bool
+    """True when requests are local file-system calls (no round trip): callers
+    then read small chains in turn rather than starting threads."""
 
     def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
         """Files of `level` whose min_txid >= `min_txid`, sorted by (min, max)."""

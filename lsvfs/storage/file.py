@@ -15,13 +15,8 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import LTXError, StorageError
-
-try:
-    from ..errors import MissingFileError
-except ImportError:  # pragma: no cover - errors.py from before MissingFileError
-    MissingFileError = StorageError  # type: ignore[misc,assignment]
-from .base import FileInfo, check_level, format_filename, parse_filename
+from ..errors import LTXError, MissingFileError, StorageError
+from .base import FileInfo, check_level, format_filename, level_dir, parse_filename
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +56,7 @@ class FileStorage:
 
     def path_of(self, info: FileInfo) -> Path:
         """Where `info` lives on disk (used in error messages and by tests)."""
-        return self.root / "ltx" / str(info.level) / format_filename(info.min_txid, info.max_txid)
+        return self.root / level_dir("", info.level, "ltx") / format_filename(info.min_txid, info.max_txid)
 
     # -- listing ----------------------------------------------------------
 
@@ -73,7 +68,7 @@ class FileStorage:
         skipped too, since retention may remove L0 files at any time.
         """
         check_level(level)
-        d = self.root / "ltx" / str(level)
+        d = self.root / level_dir("", level, "ltx")
         out: list[FileInfo] = []
         try:
             it = os.scandir(d)

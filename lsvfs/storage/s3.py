@@ -28,13 +28,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ..errors import LTXError, StorageError
-
-try:
-    from ..errors import MissingFileError
-except ImportError:  # pragma: no cover - errors.py from before MissingFileError
-    MissingFileError = StorageError  # type: ignore[misc,assignment]
-from .base import FileInfo, check_level, format_filename, parse_filename
+from ..errors import LTXError, MissingFileError, StorageError
+from .base import FileInfo, check_level, format_filename, level_dir, parse_filename
+from .redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +92,11 @@ def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str]
 
 class S3Storage:
     """Read-only client of a Litestream S3 replica (AWS or any S3-compatible endpoint)."""
+
+    local = False
+
+    scheme = "s3"
+    """URL scheme shown in messages (OSS reuses this client under "oss")."""
 
     def __init__(
         self,
@@ -160,17 +161,16 @@ class S3Storage:
             query["force-path-style"] = "true" if force_path_style else "false"
         if skip_verify:
             query["skip-verify"] = "true"
-        base = f"s3://{bucket}/{self.path}" if self.path else f"s3://{bucket}"
-        self.url = base + ("?" + urlencode(query, safe=":/") if query else "")
+        base = f"{self.scheme}://{bucket}/{self.path}" if self.path else f"{self.scheme}://{bucket}"
+        self.url = redact_url(base + ("?" + urlencode(query, safe=":/") if query else ""))
 
     def __repr__(self) -> str:
-        return f"S3Storage({self.url!r})"
+        return f"{type(self).__name__}({self.url!r})"
 
     # -- keys -------------------------------------------------------------
 
     def level_prefix(self, level: int) -> str:
-        p = f"{level:04x}/"
-        return f"{self.path}/{p}" if self.path else p
+        return level_dir(self.path, level, "hex")
 
     def key_of(self, info: FileInfo) -> str:
         return self.level_prefix(info.level) + format_filename(info.min_txid, info.max_txid)
@@ -221,7 +221,7 @@ class S3Storage:
         data = self._get(key, f"bytes={offset}-{offset + length - 1}")
         if len(data) != length:
             raise StorageError(
-                f"{info.name}: short read of s3://{self.bucket}/{key}: wanted {length} bytes at "
+                f"{info.name}: short read of {self.scheme}://{self.bucket}/{key}: wanted {length} bytes at "
                 f"offset {offset}, got {len(data)} (object is smaller than expected)"
             )
         return data
@@ -232,7 +232,7 @@ class S3Storage:
         data = self._get(key, None)
         if len(data) != info.size:
             raise StorageError(
-                f"{info.name}: s3://{self.bucket}/{key} is {len(data)} bytes, expected {info.size}"
+                f"{info.name}: {self.scheme}://{self.bucket}/{key} is {len(data)} bytes, expected {info.size}"
             )
         return data
 
@@ -251,7 +251,7 @@ class S3Storage:
     # -- errors -----------------------------------------------------------
 
     def _error(self, e: BaseException, op: str, key: str) -> StorageError:
-        where = f"s3://{self.bucket}/{key}"
+        where = f"{self.scheme}://{self.bucket}/{key}"
         if isinstance(e, StorageError):
             return e
         if isinstance(e, ClientError):

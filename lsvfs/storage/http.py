@@ -1,0 +1,25 @@
+"""Pooled HTTP sessions for the HTTP backends (GCS, Azure, WebDAV).
+
+The replica reads from a thread pool; requests' default pool keeps 10
+connections per host and drops the rest after each request, so a wider
+pool is what lets 16+ concurrent ranged reads reuse warm connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+POOL_SIZE = 64
+
+
+def pooled_session(session: Any = None, pool_size: int = POOL_SIZE) -> Any:
+    """`session` (or a new requests.Session) with wide http/https pools and no
+    urllib3-level retries (each backend retries in its own SDK or above)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    s = session if session is not None else requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s

@@ -1,0 +1,159 @@
+"""WebDAV replicas: file `<path>/ltx/<level>/<min>-<max>.ltx` on a WebDAV server.
+
+Plain HTTP through one pooled `requests` session (extra `lsvfs[webdav]`):
+listing is one PROPFIND (Depth: 1) of the level's collection, reads are GETs
+with a Range header. No WebDAV library is needed for that, and a pooled
+session keeps connections warm across the replica's reader threads
+(requests sessions are safe to share for plain requests like these).
+
+Basic auth from the URL (`webdav://user:password@host/path`), else
+LITESTREAM_WEBDAV_USERNAME / LITESTREAM_WEBDAV_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+
+from ..errors import MissingFileError, StorageError
+from .base import FileInfo, format_filename, infos_from_names, level_dir
+from .http import pooled_session
+from .redact import scrub
+
+if TYPE_CHECKING:
+    from . import ReplicaURL
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = (5.0, 30.0)
+_DAV = "{DAV:}"
+_PROPFIND = (b'<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:"><d:prop>'
+             b"<d:getcontentlength/><d:getlastmodified/><d:resourcetype/></d:prop></d:propfind>")
+
+
+class WebDAVStorage:
+    """Read-only client of a Litestream WebDAV replica."""
+
+    local = False
+
+    def __init__(self, host: str, path: str = "", *, port: int | None = None, tls: bool = False,
+                 user: str | None = None, password: str | None = None, skip_verify: bool = False) -> None:
+        scheme = "https" if tls else "http"
+        hostport = host if port is None else f"{host}:{port}"
+        self.path = path.strip("/")
+        self.base = f"{scheme}://{hostport}"
+        self._shown = f"{'webdavs' if tls else 'webdav'}://{hostport}"
+        self.url = f"{self._shown}/{self.path}"
+        user = user if user is not None else os.environ.get("LITESTREAM_WEBDAV_USERNAME") or None
+        if password is None:
+            password = os.environ.get("LITESTREAM_WEBDAV_PASSWORD") or None
+        self._secrets = (password,)
+        self._session = pooled_session()
+        if user is not None:
+            self._session.auth = (user, password or "")
+        self._session.verify = not skip_verify
+        self._user = user
+
+    @classmethod
+    def from_url(cls, u: ReplicaURL) -> WebDAVStorage:
+        assert u.host is not None
+        return cls(u.host, u.path, port=u.port, tls=u.scheme == "webdavs", user=u.user, password=u.password,
+                   skip_verify=u.skip_verify)
+
+    def __repr__(self) -> str:
+        return f"WebDAVStorage({self.url!r})"
+
+    def _href(self, rel: str) -> str:
+        return self.base + "/" + quote(rel)
+
+    def file_path(self, info: FileInfo) -> str:
+        return level_dir(self.path, info.level, "ltx") + format_filename(info.min_txid, info.max_txid)
+
+    def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
+        rel = level_dir(self.path, level, "ltx")
+        resp = self._request("PROPFIND", rel, "list", headers={"Depth": "1", "Content-Type": "application/xml"},
+                             data=_PROPFIND)
+        if resp is None:  # 404: the level does not exist yet
+            return []
+        try:
+            root = ET.fromstring(resp.content)
+        except ET.ParseError as e:
+            raise StorageError(f"{self._shown}/{rel}: list failed: unparsable PROPFIND answer: {e}") from None
+        entries: list[tuple[str, int, datetime | None]] = []
+        for r in root.iter(f"{_DAV}response"):
+            href = r.findtext(f"{_DAV}href") or ""
+            name = unquote(urlsplit(href).path).rstrip("/").rsplit("/", 1)[-1]
+            prop = r.find(f"{_DAV}propstat/{_DAV}prop")
+            if prop is None or prop.find(f"{_DAV}resourcetype/{_DAV}collection") is not None:
+                continue
+            size = int(prop.findtext(f"{_DAV}getcontentlength") or 0)
+            mod = prop.findtext(f"{_DAV}getlastmodified")
+            try:
+                when = parsedate_to_datetime(mod) if mod else None
+            except (TypeError, ValueError):
+                when = None
+            entries.append((name, size, when))
+        return infos_from_names(level, entries, min_txid)
+
+    def read(self, info: FileInfo, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset/length ({offset}, {length})")
+        if length == 0:
+            return b""
+        rng = f"bytes={offset}-{offset + length - 1}"
+        resp = self._request("GET", self.file_path(info), f"get {rng}", headers={"Range": rng}, info=info)
+        assert resp is not None
+        data: bytes = resp.content
+        if resp.status_code == 200:  # server ignored Range: cut it out ourselves
+            data = data[offset:offset + length]
+        if len(data) != length:
+            raise StorageError(f"{info.name}: short read of {self._shown}/{self.file_path(info)}: wanted {length} "
+                               f"bytes at offset {offset}, got {len(data)}")
+        return data
+
+    def read_all(self, info: FileInfo) -> bytes:
+        resp = self._request("GET", self.file_path(info), "get", info=info)
+        assert resp is not None
+        data: bytes = resp.content
+        if len(data) != info.size:
+            raise StorageError(f"{info.name}: {self._shown}/{self.file_path(info)} is {len(data)} bytes, "
+                               f"expected {info.size}")
+        return data
+
+    def _request(self, method: str, rel: str, op: str, *, headers: dict[str, str] | None = None,
+                 data: bytes | None = None, info: FileInfo | None = None) -> Any:
+        """The response, None for a 404 listing, or StorageError."""
+        where = f"{self._shown}/{rel}"
+        try:
+            resp = self._session.request(method, self._href(rel), headers=headers, data=data, timeout=TIMEOUT)
+        except requests.ConnectionError as e:
+            raise StorageError(f"{where}: {op} failed: endpoint unreachable ({self.base}): "
+                               f"{type(e).__name__}") from None
+        except requests.Timeout:
+            raise StorageError(f"{where}: {op} failed: timed out talking to {self.base}") from None
+        except requests.RequestException as e:
+            raise StorageError(f"{where}: {op} failed: {scrub(str(e), self._secrets)}") from None
+        if resp.status_code in (200, 206, 207):
+            return resp
+        if resp.status_code == 404:
+            if info is None:
+                return None
+            raise MissingFileError(f"{info.name}: file not found: {where}")
+        if resp.status_code in (401, 403):
+            who = f"user {self._user!r}" if self._user else "no credentials"
+            raise StorageError(f"{where}: {op} failed: HTTP {resp.status_code}: access denied ({who}; set "
+                               "webdav://user:password@host or LITESTREAM_WEBDAV_USERNAME/PASSWORD)")
+        if resp.status_code == 416:
+            raise StorageError(f"{where}: {op} failed: HTTP 416: range not satisfiable (file smaller than "
+                               "expected)")
+        raise StorageError(f"{where}: {op} failed: HTTP {resp.status_code} {resp.reason}")
+
+    def close(self) -> None:
+        self._session.close()

