@@ -34,7 +34,7 @@ if [ "$MODE" = thread ]; then
     RUNTIME="libtsan"
     PRELOAD="$(gcc -print-file-name=libtsan.so)"
     export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:log_path=$REPORTS/tsan"
-    DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_scenarios_hunting.py
+    DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_fuzz_stress_and_chaos.py
                    -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared")
 else
     # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
