@@ -29,7 +29,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import ContainerClient, LinearRetry
 
 from ..errors import MissingFileError, StorageError
-from .base import FileInfo, format_filename, infos_from_names, level_dir
+from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .http import pooled_session
 from .redact import scrub
 
@@ -120,22 +120,13 @@ class AzureStorage:
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset` by one ranged GET."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
-        data = self._get(info, offset, length)
-        if len(data) != length:
-            raise StorageError(f"{info.name}: short read of {self._where(self.blob_name(info))}: wanted "
-                               f"{length} bytes at offset {offset}, got {len(data)}")
-        return data
+        return exact(self._get(info, offset, length), info, self._where(self.blob_name(info)), offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
-        data = self._get(info, None, None)
-        if len(data) != info.size:
-            raise StorageError(f"{info.name}: {self._where(self.blob_name(info))} is {len(data)} bytes, "
-                               f"expected {info.size}")
-        return data
+        return exact(self._get(info, None, None), info, self._where(self.blob_name(info)))
 
     def _get(self, info: FileInfo, offset: int | None, length: int | None) -> bytes:
         name = self.blob_name(info)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-from ..errors import LTXError
+from ..errors import LTXError, StorageError
 
 LEVELS = tuple(range(10))
 """Levels Litestream 0.5 writes: 0 per sync, 1..8 compactions, 9 snapshots."""
@@ -100,6 +100,26 @@ class FileInfo:
     def name(self) -> str:
         """A stable human-readable name, used in every error message."""
         return f"L{self.level}/{format_filename(self.min_txid, self.max_txid)}"
+
+
+def check_range(offset: int, length: int) -> None:
+    """Reject a negative read range (a caller bug, hence ValueError)."""
+    if offset < 0 or length < 0:
+        raise ValueError(f"negative offset/length ({offset}, {length})")
+
+
+def exact(data: bytes, info: FileInfo, where: str, offset: int | None = None, length: int | None = None) -> bytes:
+    """`data` if it is what was asked, `length` bytes at `offset` (or, with no
+    length, the whole file); StorageError naming the file otherwise. Every
+    client checks its reads with this, so a short or long answer never passes."""
+    if length is None:
+        if len(data) != info.size:
+            raise StorageError(f"{info.name}: {where} is {len(data)} bytes, expected {info.size}")
+    elif len(data) != length:
+        why = " (smaller than expected)" if len(data) < length else ""
+        raise StorageError(f"{info.name}: short read of {where}: wanted {length} bytes at offset {offset}, "
+                           f"got {len(data)}{why}")
+    return data
 
 
 @runtime_checkable

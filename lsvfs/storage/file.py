@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LTXError, MissingFileError, StorageError
-from .base import FileInfo, check_level, format_filename, level_dir, parse_filename
+from .base import FileInfo, check_level, check_range, format_filename, level_dir, parse_filename
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class FileStorage:
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset`, or StorageError (short read = file too small)."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
         h = self._acquire(info)

@@ -24,7 +24,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ..errors import MissingFileError, StorageError
-from .base import FileInfo, format_filename, infos_from_names, level_dir
+from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .http import pooled_session
 from .redact import redact_url
 
@@ -101,22 +101,14 @@ class GCSStorage:
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset` by one ranged GET."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
         data = self._get(info, offset, offset + length - 1)
-        if len(data) != length:
-            raise StorageError(f"{info.name}: short read of {self._where(self.object_name(info))}: wanted "
-                               f"{length} bytes at offset {offset}, got {len(data)}")
-        return data
+        return exact(data, info, self._where(self.object_name(info)), offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
-        data = self._get(info, None, None)
-        if len(data) != info.size:
-            raise StorageError(f"{info.name}: {self._where(self.object_name(info))} is {len(data)} bytes, "
-                               f"expected {info.size}")
-        return data
+        return exact(self._get(info, None, None), info, self._where(self.object_name(info)))
 
     def _get(self, info: FileInfo, start: int | None, end: int | None) -> bytes:
         name = self.object_name(info)

@@ -31,7 +31,7 @@ from nats.js import errors as jserr
 
 from ..errors import MissingFileError, StorageError
 from ..futures import claim
-from .base import FileInfo, format_filename, infos_from_names, level_dir
+from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .redact import scrub
 
 if TYPE_CHECKING:
@@ -170,21 +170,13 @@ class NATSStorage:
         return level_dir("", info.level, "ltx") + format_filename(info.min_txid, info.max_txid)
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
-        data = self._object(info)[offset:offset + length]
-        if len(data) != length:
-            raise StorageError(f"{info.name}: short read of {self._where(info)}: wanted {length} bytes at "
-                               f"offset {offset}, got {len(data)}")
-        return data
+        return exact(self._object(info)[offset:offset + length], info, self._where(info), offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
-        data = self._object(info)
-        if len(data) != info.size:
-            raise StorageError(f"{info.name}: {self._where(info)} is {len(data)} bytes, expected {info.size}")
-        return data
+        return exact(self._object(info), info, self._where(info))
 
     def _where(self, info: FileInfo) -> str:
         return f"{self.url}/{self.object_name(info)}"

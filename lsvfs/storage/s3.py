@@ -29,7 +29,7 @@ from botocore.exceptions import (
 )
 
 from ..errors import LTXError, MissingFileError, StorageError
-from .base import FileInfo, check_level, format_filename, level_dir, parse_filename
+from .base import FileInfo, check_level, check_range, exact, format_filename, level_dir, parse_filename
 from .redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -213,28 +213,17 @@ class S3Storage:
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset` by one ranged GET, or StorageError."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
         key = self.key_of(info)
         data = self._get(key, f"bytes={offset}-{offset + length - 1}")
-        if len(data) != length:
-            raise StorageError(
-                f"{info.name}: short read of {self.scheme}://{self.bucket}/{key}: wanted {length} bytes at "
-                f"offset {offset}, got {len(data)} (object is smaller than expected)"
-            )
-        return data
+        return exact(data, info, f"{self.scheme}://{self.bucket}/{key}", offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
         """The whole object; StorageError unless it is exactly `info.size` bytes."""
         key = self.key_of(info)
-        data = self._get(key, None)
-        if len(data) != info.size:
-            raise StorageError(
-                f"{info.name}: {self.scheme}://{self.bucket}/{key} is {len(data)} bytes, expected {info.size}"
-            )
-        return data
+        return exact(self._get(key, None), info, f"{self.scheme}://{self.bucket}/{key}")
 
     def _get(self, key: str, range_: str | None) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}

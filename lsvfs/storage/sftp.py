@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 
 from ..errors import MissingFileError, StorageError
-from .base import FileInfo, format_filename, infos_from_names, level_dir
+from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .redact import scrub
 
 if TYPE_CHECKING:
@@ -313,21 +313,13 @@ class SFTPStorage:
         return infos_from_names(level, entries, min_txid)
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
-        data = self._read(info, offset, length)
-        if len(data) != length:
-            raise StorageError(f"{info.name}: short read of {self._where(info)}: wanted {length} bytes at "
-                               f"offset {offset}, got {len(data)}")
-        return data
+        return exact(self._read(info, offset, length), info, self._where(info), offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
-        data = self._read(info, 0, None)
-        if len(data) != info.size:
-            raise StorageError(f"{info.name}: {self._where(info)} is {len(data)} bytes, expected {info.size}")
-        return data
+        return exact(self._read(info, 0, None), info, self._where(info))
 
     def _read(self, info: FileInfo, offset: int, length: int | None) -> bytes:
         p = self.file_path(info)

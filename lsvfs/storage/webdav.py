@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from ..errors import MissingFileError, StorageError
-from .base import FileInfo, format_filename, infos_from_names, level_dir
+from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .http import pooled_session
 from .redact import scrub
 
@@ -103,8 +103,7 @@ class WebDAVStorage:
         return infos_from_names(level, entries, min_txid)
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset/length ({offset}, {length})")
+        check_range(offset, length)
         if length == 0:
             return b""
         rng = f"bytes={offset}-{offset + length - 1}"
@@ -113,19 +112,13 @@ class WebDAVStorage:
         data: bytes = resp.content
         if resp.status_code == 200:  # server ignored Range: cut it out ourselves
             data = data[offset:offset + length]
-        if len(data) != length:
-            raise StorageError(f"{info.name}: short read of {self._shown}/{self.file_path(info)}: wanted {length} "
-                               f"bytes at offset {offset}, got {len(data)}")
-        return data
+        return exact(data, info, f"{self._shown}/{self.file_path(info)}", offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
         resp = self._request("GET", self.file_path(info), "get", info=info)
         assert resp is not None
         data: bytes = resp.content
-        if len(data) != info.size:
-            raise StorageError(f"{info.name}: {self._shown}/{self.file_path(info)} is {len(data)} bytes, "
-                               f"expected {info.size}")
-        return data
+        return exact(data, info, f"{self._shown}/{self.file_path(info)}")
 
     def _request(self, method: str, rel: str, op: str, *, headers: dict[str, str] | None = None,
                  data: bytes | None = None, info: FileInfo | None = None) -> Any:
