@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from core_helpers import sqlite_like_page  # noqa: E402
 
-from lsvfs import core  # noqa: E402
+from lsvfs import core, pagetable  # noqa: E402
 
 PS = 4096
 N_PAGES = 64
@@ -111,7 +111,7 @@ def test_bench_crc64_1mib(benchmark):
 
 def test_bench_page_table_clone_apply(benchmark):
     """New snapshot of a 1M-page table after a 10-page commit."""
-    t = core.PageTable()
+    t = pagetable.PageTable()
     t.apply(1, core.IndexEntries.from_tuples((p, 100 + p, 50) for p in range(1, 1_000_001)))
     ten = core.IndexEntries.from_tuples((p, 7, 50) for p in range(1, 1_000_000, 100_000))
 

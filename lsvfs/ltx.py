@@ -185,7 +185,7 @@ def _decode_legacy(data: bytes, entries: core.IndexEntries, page_size: int,
         if offset != pos:
             raise LTXError(f"page {pgno}: frame at {offset}, page block has it at {pos}", file)
         frame = data[offset:offset + size]
-        page = decode_frame(frame, pgno, page_size, file)
+        page = frame_page(frame, pgno, page_size, file)
         hdr_len = FRAME_HEADER_SIZE + (4 if frame[5] & FRAME_FLAG_LZ4_BLOCK else 0)
         crc = core.crc64(frame[:hdr_len], crc)
         crc = core.crc64(page, crc)
@@ -198,8 +198,9 @@ def _decode_legacy(data: bytes, entries: core.IndexEntries, page_size: int,
     return bytes(out), crc | CHECKSUM_FLAG
 
 
-def decode_frame(frame: bytes, pgno: int, page_size: int, file: str | None = None) -> bytes:
-    """One frame to one page; legacy LZ4-frame payloads are handled here."""
+def frame_page(frame: bytes, pgno: int, page_size: int, file: str | None = None) -> bytes:
+    """One frame to one page, legacy LZ4-frame payloads included (core.decode_frame
+    takes only LZ4 blocks)."""
     try:
         return core.decode_frame(frame, pgno, page_size, file=file)
     except core.LegacyFrame:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import core, ltx, slots, verified
+from . import core, ltx, pagetable, slots, verified
 from ._core import ffi, lib
 from .cache import FrameCache
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
@@ -57,7 +57,7 @@ class Snapshot:
     commit: int
     page_size: int
     timestamp_ms: int
-    table: core.PageTable
+    table: pagetable.PageTable
     live: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
     """slot -> how many of this snapshot's pages live in that file."""
 
@@ -254,7 +254,7 @@ class Replica:
                 indexes = [load(f, slot) for f, slot in zip(chain, held)]
             else:
                 indexes = list(self._pool.map(load, chain, held))
-            table = base.table.clone() if base is not None else core.PageTable()
+            table = base.table.clone() if base is not None else pagetable.PageTable()
             live = dict(base.live) if base is not None else {}
             page_size = base.page_size if base is not None else indexes[0].header.page_size
             for f, slot, idx in zip(chain, held, indexes):
@@ -423,7 +423,7 @@ class Replica:
     def _fetch_run(self, snap: Snapshot, pgno: int, readahead: int) -> bytes:
         """Page `pgno`, read with up to `readahead` - 1 following frames in one
         request and decoded straight into the cache."""
-        slot, run = core.plan_run(snap.table, pgno, max(1, min(readahead, snap.commit - pgno + 1)))
+        slot, run = pagetable.plan_run(snap.table, pgno, max(1, min(readahead, snap.commit - pgno + 1)))
         first, last = run[0], run[len(run) - 1]
         offset, length = first[1], last[1] + last[2] - first[1]
         f = self.file(slot)

@@ -13,7 +13,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from . import core
+from . import core, pagetable
 from .errors import ReplicaError
 from .storage.base import FileInfo
 
@@ -91,7 +91,7 @@ class FileSlots:
             return len(self._files)
 
 
-def apply(table: core.PageTable, live: dict[int, int], slot: int, entries: core.IndexEntries,
+def apply(table: pagetable.PageTable, live: dict[int, int], slot: int, entries: core.IndexEntries,
           commit: int) -> None:
     """Apply one file's entries then its commit to `table`, keeping `live`
     (pages per slot) exact: the pages overwritten or cut off leave their slots."""

@@ -12,7 +12,7 @@ import pytest
 
 from core_helpers import (CORPUS, FLAG, PAGE_SIZES, build_ltx, lz4_seq, ref_crc64,
                           ref_lz4_decode, sqlite_like_page, uvarint)
-from lsvfs import core
+from lsvfs import core, pagetable
 from lsvfs.errors import LTXError
 
 
@@ -357,13 +357,13 @@ def _ents(pgnos, base=100):
 
 
 def _chunk_bytes():
-    t = core.PageTable()
+    t = pagetable.PageTable()
     t.apply(1, _ents([1]))
     return t.unique_memory
 
 
 def test_page_table_basic():
-    t = core.PageTable()
+    t = pagetable.PageTable()
     assert t.max_pgno == 0 and t.count == 0 and t.get(1) is None
     t.apply(3, _ents([1, 2, 5, 3000]))
     assert t.max_pgno == 3000 and t.count == 4
@@ -386,7 +386,7 @@ def test_page_table_basic():
 
 def test_page_table_clone_is_copy_on_write():
     chunk = _chunk_bytes()
-    a = core.PageTable()
+    a = pagetable.PageTable()
     a.apply(1, _ents(range(1, 10001)))
     b = a.clone()
     assert b.unique_memory == 0 and a.unique_memory == 0
@@ -402,7 +402,7 @@ def test_page_table_clone_is_copy_on_write():
 
 
 def test_page_table_million_pages_memory():
-    t = core.PageTable()
+    t = pagetable.PageTable()
     n = 1_000_000
     step = 100_000
     for start in range(1, n + 1, step):
@@ -420,7 +420,7 @@ def test_page_table_million_pages_memory():
 
 
 def test_page_table_threads_share_chunks():
-    base = core.PageTable()
+    base = pagetable.PageTable()
     base.apply(1, _ents(range(1, 50_000)))
     errors = []
 

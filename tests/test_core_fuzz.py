@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from core_helpers import (CORPUS, PAGE_SIZES, ref_crc64, ref_index_decode, ref_lz4_decode,
                           sqlite_like_page, uvarint)
-from lsvfs import core
+from lsvfs import core, pagetable
 from lsvfs.errors import LTXError
 
 EXAMPLES = int(os.environ.get("LSVFS_FUZZ_EXAMPLES", "200"))
@@ -325,7 +325,7 @@ def test_fuzz_corpus_frames(i, rnd):
                           st.integers(0, 5000)), max_size=40))
 def test_fuzz_page_table_model(ops):
     """Random apply/truncate/clone sequences against a dict model."""
-    tables = [(core.PageTable(), {}, [0])]
+    tables = [(pagetable.PageTable(), {}, [0])]
     slot = 0
     for op, pgnos, n in ops:
         t, model, size = tables[-1]

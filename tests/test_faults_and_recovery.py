@@ -44,7 +44,7 @@ from synthetic import (
 from wrappers import WrappedStorage
 
 import lsvfs
-from lsvfs import core, ltx
+from lsvfs import core, ltx, pagetable
 from lsvfs.storage import open_storage
 
 log = logging.getLogger("lsvfs.tests")
@@ -890,16 +890,16 @@ def test_s31_allocation_failure_during_index_build(tmp_path: Path, request: pyte
         rep = lsvfs.open_replicas()[p.url]
         assert conn.execute(sql).fetchall() == p.rows(sql)
         p.commit("INSERT INTO t(k) VALUES (5)")
-        real_apply = core.PageTable.apply
+        real_apply = pagetable.PageTable.apply
         calls = {"n": 0}
 
-        def failing_apply(self: core.PageTable, slot: int, entries: Any) -> None:
+        def failing_apply(self: pagetable.PageTable, slot: int, entries: Any) -> None:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise MemoryError("page table apply: out of memory")
             real_apply(self, slot, entries)
 
-        monkeypatch.setattr(core.PageTable, "apply", failing_apply)
+        monkeypatch.setattr(pagetable.PageTable, "apply", failing_apply)
         assert rep.poll() is False and rep.poll_errors == 1
         assert txid_of(conn) == p.txid - 1 and conn.execute(sql).fetchall() == p.rows(sql, p.txid - 1)
         assert rep.poll() is True

@@ -44,7 +44,7 @@ from synthetic import (
 )
 
 import lsvfs
-from lsvfs import core, ltx
+from lsvfs import core, ltx, pagetable
 from lsvfs.options import resolve
 from lsvfs.replica import Replica
 from lsvfs.storage import open_storage
@@ -148,7 +148,7 @@ def test_s32_page_tables_shared_across_threads(record_property: Any) -> None:
     cloned, written, read and freed from 8 threads at once, each checking its
     own table's contents; chunk reference counts must keep every table
     intact (under ASan, a use-after-free or double free aborts the run)."""
-    base = core.PageTable()
+    base = pagetable.PageTable()
     base.apply(1, [(p, 100 + p * 10, 10) for p in range(1, 5001)])
     base.truncate(5000)
     alone = base.unique_memory

@@ -56,7 +56,7 @@ def test_legacy_lz4_frame_payloads_decode() -> None:
     image = make_db(4096)
     d = ltx.decode(snapshot_file(image, 4096, legacy_frames=True), "legacy")
     assert b"".join(bytes(p) for _, p in d.items()) == image
-    assert ltx.decode_frame(snapshot_file(image, 4096, legacy_frames=True)[100:], 1, 4096)[:16] == image[:16]
+    assert ltx.frame_page(snapshot_file(image, 4096, legacy_frames=True)[100:], 1, 4096)[:16] == image[:16]
 
 
 def test_real_litestream_files_decode_and_checksum() -> None:
@@ -118,7 +118,7 @@ def test_flipped_literal_caught_only_by_file_checksum() -> None:
     with pytest.raises(ChecksumError, match="file checksum mismatch"):
         ltx.decode(bytes(data), "lit")
     # The frame alone decodes: structural checks cannot see it.
-    page = ltx.decode_frame(bytes(data[offset:offset + size]), 2, 4096)
+    page = ltx.frame_page(bytes(data[offset:offset + size]), 2, 4096)
     assert page != image[4096:]
 
 
