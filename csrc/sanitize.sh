@@ -46,7 +46,9 @@ else
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     export PYTHONMALLOC=malloc  # small Python buffers get ASan redzones too
     DEFAULT_TESTS=(tests/test_core.py tests/test_core_fuzz.py tests/test_native_vfs.py tests/test_vfs.py
-                   # merged out of test_vfs.py into the scenario files (issue 11)
+                   "tests/test_fuzz_stress_and_chaos.py::test_s32_shared_replica_hammered_from_every_side"
+                   "tests/test_fuzz_stress_and_chaos.py::test_s32_page_tables_shared_across_threads"
+                   # scenario tests that absorbed VFS tests
                    tests/test_sqlite_behaviour.py::test_s05_page_arithmetic_at_every_page_size
                    "tests/test_sqlite_behaviour.py::test_s20_open_waits_for_the_first_file[file]"
                    tests/test_faults_and_recovery.py::test_s10_poller_survives_listing_failures_and_allocation_failure)

@@ -203,6 +203,7 @@ class _FlipAt:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.url = inner.url
+        self.local = inner.local
         self.target: tuple[Any, int, int] | None = None  # (FileInfo, pos, bit)
         self.cut: tuple[Any, int] | None = None  # (FileInfo, bytes dropped from each ranged read)
 
