@@ -19,15 +19,19 @@ from collections.abc import Callable, Sequence
 import apsw
 
 from . import log as lsvfs_log
+from . import registry
+from .demo import run_demo
 from .errors import LsvfsError, ReplicaError
 from .ltx import parse_txid
 from .options import resolve
 from .output import FORMATS, write_query
 from .plan import list_all
 from .progress import ProgressBar
+from .restore import restore, verify
 from .storage import open_storage, parse_url
 from .storage.redact import redact_url
 from .timeutil import format_time, parse_time
+from .vfs import connect
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +111,6 @@ def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
 
 def open_replica(args: argparse.Namespace) -> apsw.Connection:
     """A read-only connection on args.url with args' options, pinned per --txid/--timestamp."""
-    from . import connect
-
     options = dict(args.option)
     if not resolve(options).open_timeout:  # with one, connect() waits for the replica to appear
         require_replica(args.url)
@@ -175,7 +177,7 @@ def add_shell(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: 
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from .shell import run_shell
+    from .shell import run_shell  # apsw.shell is loaded only for this command
 
     conn = open_replica(args)
     try:
@@ -222,8 +224,6 @@ def add_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .restore import restore
-
     require_replica(args.url)
     with ProgressBar("restoring") as bar:
         res = restore(args.url, args.output, txid=args.txid, timestamp_ms=args.timestamp, force=args.force,
@@ -245,8 +245,6 @@ def add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .restore import verify
-
     require_replica(args.url)
     with ProgressBar("verifying") as bar:
         report = verify(args.url, progress=bar)
@@ -274,8 +272,6 @@ def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(seconds=args.seconds)
 
 
@@ -294,8 +290,6 @@ def add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: 
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from . import registry
-
     options = dict(args.option)
     if not resolve(options).open_timeout:
         require_replica(args.url)

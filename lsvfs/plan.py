@@ -13,6 +13,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import GapError, ReplicaError
+from .ltx import HEADER_SIZE, Header
 from .storage.base import LEVELS, FileInfo, StorageClient
 from .timeutil import format_time
 
@@ -117,8 +118,6 @@ def plan_for(storage: StorageClient, target: Target = Target(),
     files = list_all(storage) if files is None else files
     if target.timestamp_ms is None:
         return build(files, target)
-    from .ltx import HEADER_SIZE, Header
-
     def stamp(f: FileInfo) -> int:
         return Header.decode(storage.read(f, 0, HEADER_SIZE), f.name).timestamp
 
