@@ -54,7 +54,10 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frozen]:
     The latest plan is therefore the snapshot followed by four L0 files that
     nothing else covers.
     """
-    p = ReplicatedPrimary(tmp_path_factory.mktemp("bad-input-primary"), storage="file", page_size=4096)
+    # No L1 compaction while the fixture writes (Litestream's default runs one every 30 s, which a
+    # loaded machine can reach): the plan's tail must stay the four L0 files.
+    p = ReplicatedPrimary(tmp_path_factory.mktemp("bad-input-primary"), storage="file", page_size=4096,
+                          levels=["1h"])
     try:
         i = p.write_until_snapshot(30, 300)
         for n, size in ((20, 300), (300, 500), (20, 300), (20, 300)):
