@@ -24,6 +24,7 @@ from typing import Any
 
 import apsw
 import pytest
+from cli_support import one_error_line
 from replication import ReplicatedPrimary, free_port
 
 import lsvfs
@@ -89,13 +90,6 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def one_error_line(r: subprocess.CompletedProcess[str], command: str) -> str:
-    """Exit 1 (not a signal), exactly one `lsvfs CMD: error:` line on stderr, no traceback anywhere."""
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"lsvfs {command}: error: "), r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
-    return lines[0]
 
 
 def connect_fails_cleanly(url: str, expected_rows: list[tuple[Any, ...]], **options: Any) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from cli_support import one_error_line
 from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 
 import lsvfs
@@ -87,14 +88,6 @@ def cli(*args: str, script: bool = False, timeout: float = 60) -> subprocess.Com
                           stdin=subprocess.DEVNULL)
 
 
-def one_error_line(r: subprocess.CompletedProcess[str], command: str) -> str:
-    """The run failed with exactly one `lsvfs CMD: error: ...` line on stderr and no traceback."""
-    assert r.returncode != 0, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith(f"lsvfs {command}: error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    return lines[0]
 
 
 def checksummed_replica(root: Path, *, corrupt_post_apply: bool = False) -> bytes:

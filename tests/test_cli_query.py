@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import one_error_line
 from replication import AuthMotoS3, ReplicatedPrimary
 
 import lsvfs
@@ -90,12 +91,6 @@ def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
                           timeout=timeout, env=env, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
 
 
-def one_error_line(r: subprocess.CompletedProcess[str], command: str) -> str:
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"lsvfs {command}: error: "), r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
-    return lines[0]
 
 
 def hexed(row: Row) -> list[Any]:
