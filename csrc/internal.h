@@ -21,5 +21,9 @@ void lsvfs_replica_release(lsvfs_replica *r);
 uint32_t lsvfs_replica_readahead(const lsvfs_replica *r);
 const lsvfs_ptable *lsvfs_snapshot_table(const lsvfs_snapshot *s);
 const lsvfs_snapshot_info *lsvfs_snapshot_info_of(const lsvfs_snapshot *s);
+/* The replica's hydration file, NULL if none (set once, read without locks). */
+lsvfs_hydration *lsvfs_replica_hydration(lsvfs_replica *r);
+/* pread all of len bytes: LSVFS_ETRUNCATED on EOF or error. */
+int lsvfs_pread_full(int fd, uint8_t *buf, size_t len, uint64_t offset);
 
 #endif

@@ -266,6 +266,63 @@ size_t lsvfs_replica_drain_freed(lsvfs_replica *r, uint64_t *ids, size_t cap);
 /* Snapshots alive now (tests: nothing leaks). */
 size_t lsvfs_replica_live_snapshots(lsvfs_replica *r);
 
+/* ---- hydration ------------------------------------------------------- */
+/* A local file holding the database, filled in the background. Each page
+ * written is tagged with the frame location (slot, offset) it was decoded
+ * from, and a snapshot is served a page from the file only when its own
+ * table points at that same frame: a pinned snapshot the file has moved
+ * past reads those pages from the cache or storage instead. Thread-safe:
+ * reads share a lock, writes hold it alone. */
+typedef struct lsvfs_hydration lsvfs_hydration;
+/* Open (creating, mode 0600) `path` for pages of `page_size` bytes; the
+ * tags start empty whatever the file holds. */
+int lsvfs_hydration_open(const char *path, uint32_t page_size,
+                         lsvfs_hydration **out);
+/* Only for a hydration never attached to a replica (which frees its own). */
+void lsvfs_hydration_free(lsvfs_hydration *h);
+/* Decode the frames `entries` from `buf` (file bytes [buf_offset,
+ * buf_offset + buf_len) of slot `slot`) and write each page at its place,
+ * tagged (slot, frame offset). A bad frame writes nothing; `*failed` is
+ * its index. */
+int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
+                         size_t buf_len, uint64_t buf_offset,
+                         const lsvfs_index_entry *entries, size_t n,
+                         size_t *failed);
+/* Page `pgno` into out (page_size bytes) if the file holds it from frame
+ * (slot, offset): 1 if served, 0 if not, negative if the read failed. */
+int lsvfs_hydration_read(lsvfs_hydration *h, uint32_t pgno, uint32_t slot,
+                         uint64_t offset, uint8_t *out);
+/* Pages of `t` among *next..commit that the file does not hold from t's
+ * frames (the lock page excluded): at most cap pgnos to out (out may be
+ * NULL to count them), the count returned, *next moved past the last page
+ * looked at. */
+size_t lsvfs_hydration_missing(lsvfs_hydration *h, const lsvfs_ptable *t,
+                               uint32_t commit, uint32_t *next, uint32_t *out,
+                               size_t cap);
+/* The file already holds pages 1..commit as `t` describes them, except the
+ * pages `changed` (may be NULL) has entries for: tag them (a restart's
+ * resume, after lsvfs_hydration_verify). */
+int lsvfs_hydration_adopt(lsvfs_hydration *h, const lsvfs_ptable *t,
+                          uint32_t commit, const lsvfs_ptable *changed);
+/* Drop the tags into `slot`: its file is gone and the number may be reused. */
+void lsvfs_hydration_forget(lsvfs_hydration *h, uint32_t slot);
+/* Empty the file and every tag (a rebuild from scratch). */
+int lsvfs_hydration_reset(lsvfs_hydration *h);
+/* The file is complete at `commit` pages: cut it there, flush it to disk,
+ * and give the database checksum of pages 1..commit in LTX post-apply form
+ * (XOR of page checksums, flag set). */
+int lsvfs_hydration_sync(lsvfs_hydration *h, uint32_t commit,
+                         uint64_t *checksum);
+/* Read pages 1..commit back from the file and give their database
+ * checksum (as lsvfs_hydration_sync): how a restart checks what it found.
+ * LSVFS_ETRUNCATED if the file is shorter. */
+int lsvfs_hydration_verify(lsvfs_hydration *h, uint32_t commit,
+                           uint64_t *checksum);
+/* Pages tagged now. */
+uint32_t lsvfs_hydration_pages(lsvfs_hydration *h);
+/* Serve `r`'s reads from `h` too, from now on; `r` owns `h` from here and
+ * frees it with itself. Once per replica: LSVFS_ERANGE if it has one. */
+int lsvfs_replica_set_hydration(lsvfs_replica *r, lsvfs_hydration *h);
 /* ---- the VFS ---------------------------------------------------------- */
 /* A `sqlite3_vfs` whose main databases are replicas; every other file
  * (temp databases, statement journals, ...) goes to that SQLite's default

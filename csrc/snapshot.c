@@ -28,6 +28,7 @@ struct lsvfs_replica {
     size_t nlocal, local_cap;
     int any_local; /* atomic: set once, read without the mutex */
     uint64_t local_reads, local_bytes; /* atomic */
+    lsvfs_hydration *hydration; /* atomic: set once */
 };
 
 struct local_file {
@@ -81,6 +82,7 @@ void lsvfs_replica_release(lsvfs_replica *r)
         free(r->local[i].path);
     }
     free(r->local);
+    lsvfs_hydration_free(r->hydration);
     pthread_mutex_destroy(&r->mu);
     lsvfs_cache_free(r->cache);
     free(r->freed);
@@ -95,6 +97,20 @@ lsvfs_cache *lsvfs_replica_cache(lsvfs_replica *r)
 uint32_t lsvfs_replica_readahead(const lsvfs_replica *r)
 {
     return r->readahead;
+}
+
+int lsvfs_replica_set_hydration(lsvfs_replica *r, lsvfs_hydration *h)
+{
+    lsvfs_hydration *none = NULL;
+    return __atomic_compare_exchange_n(&r->hydration, &none, h, 0, __ATOMIC_RELEASE,
+                                       __ATOMIC_RELAXED)
+               ? LSVFS_OK
+               : LSVFS_ERANGE;
+}
+
+lsvfs_hydration *lsvfs_replica_hydration(lsvfs_replica *r)
+{
+    return __atomic_load_n(&r->hydration, __ATOMIC_ACQUIRE);
 }
 
 lsvfs_snapshot *lsvfs_snapshot_new(lsvfs_replica *r, const lsvfs_ptable *table,
@@ -266,7 +282,7 @@ static int local_fd(lsvfs_replica *r, uint32_t slot)
     return fd;
 }
 
-static int pread_full(int fd, uint8_t *buf, size_t len, uint64_t offset)
+int lsvfs_pread_full(int fd, uint8_t *buf, size_t len, uint64_t offset)
 {
     while (len > 0) {
         ssize_t n = pread(fd, buf, len, (off_t)offset);
@@ -301,7 +317,7 @@ int lsvfs_replica_read_local(lsvfs_replica *r, const lsvfs_ptable *t,
     uint64_t start = run[0].offset;
     uint64_t len64 = run[n - 1].offset + run[n - 1].size - start;
     uint8_t *buf = len64 <= SIZE_MAX ? malloc((size_t)len64) : NULL;
-    int rc = buf == NULL ? LSVFS_ENOMEM : pread_full(fd, buf, (size_t)len64, start);
+    int rc = buf == NULL ? LSVFS_ENOMEM : lsvfs_pread_full(fd, buf, (size_t)len64, start);
     if (rc == LSVFS_OK) {
         size_t failed;
         __atomic_fetch_add(&r->local_reads, 1, __ATOMIC_RELAXED);

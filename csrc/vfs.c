@@ -166,7 +166,8 @@ static int fail(lsvfs_file *f, int rc, const char *fmt, uint32_t pgno,
     return rc;
 }
 
-/* Page `pgno` of `s` into out: the cache, the lock page, or Python. */
+/* Page `pgno` of `s` into out: the hydration file, the cache, the lock
+ * page, or Python. */
 static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
                     uint32_t readahead, uint8_t *out)
 {
@@ -181,6 +182,9 @@ static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
                     "page %u of TXID %016llx is in no LTX file", pgno,
                     info->txid);
     }
+    lsvfs_hydration *h = lsvfs_replica_hydration(f->rep);
+    if (h != NULL && lsvfs_hydration_read(h, pgno, loc.slot, loc.offset, out) == 1)
+        return SQLITE_OK;
     lsvfs_cache *cache = lsvfs_replica_cache(f->rep);
     if (lsvfs_cache_get(cache, loc.slot, loc.offset, out, info->page_size, 1))
         return SQLITE_OK;

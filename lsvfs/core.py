@@ -397,6 +397,17 @@ def fill_cache(cache: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexE
     return bytes(_ffi_buffer(first, page_size))
 
 
+def fill_hydration(h: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexEntries, page_size: int,
+                   file: str | None = None) -> None:
+    """Decode frames read from storage into a hydration file (lsvfs_hydration_fill)."""
+    failed = ffi.new("size_t *")
+    rc = lib.lsvfs_hydration_fill(h, slot, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents), failed)
+    if rc == ESIZE and int(failed[0]) == len(ents):
+        raise OSError("hydration file: write failed (disk full?)")
+    if rc:
+        _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
+
+
 def decode_file(data: Buffer, entries: IndexEntries | Sequence[tuple[int, int, int]],
                 page_size: int, want_pages: bool = True,
                 file: str | None = None) -> tuple[memoryview | None, int]:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 VERIFY_MODES = ("frames", "files")
+PREFETCH_MODES = ("auto", "on", "off")
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -54,6 +55,25 @@ def parse_verify(text: str) -> str:
     return mode
 
 
+def parse_prefetch(text: str | bool) -> str:
+    mode = str(text).strip().lower()
+    mode = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(mode, mode)
+    if mode not in PREFETCH_MODES:
+        raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {text!r}")
+    return mode
+
+
+def parse_bool(text: str | bool | int) -> bool:
+    if isinstance(text, (bool, int)):
+        return bool(text)
+    word = str(text).strip().lower()
+    if word in ("1", "true", "on", "yes"):
+        return True
+    if word in ("0", "false", "off", "no", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (on/off, true/false, 1/0)")
+
+
 def _positive_int(text: str | int) -> int:
     value = int(text)
     if value < 0:
@@ -74,7 +94,15 @@ class Options:
     read_retries: int = 4
     """Retries of a failed storage read before the query fails."""
     readahead: int = 64
-    """Most pages fetched in one request when access is sequential."""
+    """Pages a sequential reader's request grows to before parallel read-ahead windows take over."""
+    prefetch: str = "auto"
+    """'auto': fetch the whole snapshot into the cache right after open when it fits
+    (remote storage only); 'on': also for larger databases, up to the cache budget; 'off'."""
+    hydration: bool = False
+    """Copy the replica to a local file in the background and serve reads from it."""
+    hydration_path: str | None = None
+    """The hydration file (kept across restarts); implies hydration. Without it a private
+    temp file is used and removed at close."""
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -84,12 +112,28 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "verify": parse_verify,
     "read_retries": _positive_int,
     "readahead": _positive_int,
+    "prefetch": parse_prefetch,
+    "hydration": parse_bool,
+    "hydration_path": str,
 }
 NAMES = tuple(f.name for f in fields(Options))
 
 
+GO_NAMES = {"hydration_enabled": "hydration"}
+"""The Go VFS's URI parameter names for our options."""
+GO_ENV = {"hydration": "LITESTREAM_HYDRATION_ENABLED", "hydration_path": "LITESTREAM_HYDRATION_PATH"}
+"""The Go VFS's environment variables, read after ours."""
+
+
 def env_name(option: str) -> str:
     return "LSVFS_" + option.upper()
+
+
+def from_params(params: Mapping[str, str]) -> dict[str, str]:
+    """Our options among URI parameters, the Go VFS's names included."""
+    given = {GO_NAMES[k]: v for k, v in params.items() if k in GO_NAMES}
+    given.update({k: params[k] for k in NAMES if k in params})
+    return given
 
 
 def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
@@ -102,8 +146,9 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     for name in NAMES:
         raw = given.get(name)
         source = name
-        if raw is None and env_name(name) in environ:
-            raw, source = environ[env_name(name)], env_name(name)
+        for var in (env_name(name), GO_ENV.get(name)):
+            if raw is None and var is not None and environ.get(var):
+                raw, source = environ[var], var
         if raw is None:
             continue
         try:

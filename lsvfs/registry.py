@@ -53,7 +53,7 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
             except BaseException:
                 rep.close()
                 raise
-            rep.start_polling()
+            rep.start()
         except BaseException as exc:
             with _registry_lock:
                 del _opening[key]

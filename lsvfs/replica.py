@@ -23,9 +23,12 @@ from . import core, ltx, pagetable, slots, verified
 from ._core import ffi, lib
 from .cache import FrameCache
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
+from .fetcher import AHEAD, PREFETCH, URGENT, Fetcher, Job
 from .futures import claim
+from .hydration import Hydrator
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
+from .ranges import Range, plan
 from .slots import FileSlots
 from .stats import CountingStorage, cache_stats, local_reads
 from .storage import open_storage
@@ -47,6 +50,16 @@ LOCAL_SERIAL_FILES = 8
 """Longest chain of local files whose indexes are read in turn rather than in parallel."""
 CLOSE_WAIT = 1.0
 """Seconds close() waits for a poll in progress; a poller stuck in storage finishes on its own."""
+FETCH_WORKERS = 8
+"""Ranged reads in flight at once for read-ahead, prefetch and hydration."""
+CHUNK_BYTES = 2 << 20
+"""Pages per read-ahead or prefetch request, in bytes of database."""
+AHEAD_BYTES = 16 << 20
+"""Most a sequential reader's read-ahead window grows to (and at most a quarter of the cache)."""
+MAX_GAP = 256 << 10
+"""Bytes of unwanted frames read rather than starting a second request."""
+AHEAD_KEPT = 1024
+"""Read-ahead chunks remembered, so a window is scheduled once."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,11 @@ class Replica:
         self._rebased: dict[int, Future[Snapshot]] = {}
         self._rebased_done: OrderedDict[int, Snapshot] = OrderedDict()  # TXID -> rebuilt after retention
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lsvfs-index")
+        self.fetcher = Fetcher(FETCH_WORKERS, self.name)
+        self._ahead: OrderedDict[tuple[int, int], int] = OrderedDict()  # (TXID, chunk) -> window
+        self.hydrator: Hydrator | None = None
+        self.prefetch_requests = 0
+        self.prefetch_done = 0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.refs = 0
@@ -118,7 +136,7 @@ class Replica:
         """Build the first snapshot, waiting up to open_timeout for a first file."""
         deadline = time.monotonic() + self.options.open_timeout
         while True:
-            files = self._retry(lambda: list_all(self.storage, pool=self._pool), self.name)
+            files = self.retry(lambda: list_all(self.storage, pool=self._pool), self.name)
             if files:
                 break
             if time.monotonic() >= deadline:
@@ -132,15 +150,28 @@ class Replica:
         log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.name,
                  snap.txid, snap.commit, snap.page_size, len(chain))
 
-    def start_polling(self) -> None:
+    def start(self) -> None:
+        """Start the background work of an open replica: polling, then
+        hydration or prefetch."""
         if self._poller is None and self.options.poll_interval > 0:
             self._poller = threading.Thread(target=self._poll_loop, name=f"lsvfs-poll {self.name}", daemon=True)
             self._poller.start()
+        if self.options.hydration or self.options.hydration_path:
+            if self.hydrator is None:
+                self.hydrator = Hydrator(self, self.options.hydration_path or None)
+                self.hydrator.start()
+        else:
+            self._prefetch()
 
     def close(self) -> None:
         """Stop polling and free everything. A poll stuck in a slow storage call is
         not waited for beyond CLOSE_WAIT: it ends with that call and publishes nothing."""
         self._stop.set()
+        if self.hydrator is not None:
+            self.hydrator.stop()
+        self.fetcher.close(CLOSE_WAIT)
+        if self.hydrator is not None:
+            self.hydrator.close(CLOSE_WAIT)
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(timeout=CLOSE_WAIT)
         self._pool.shutdown(wait=not (self._poller is not None and self._poller.is_alive()),
@@ -168,7 +199,7 @@ class Replica:
             if snap is not None:
                 self._historic.move_to_end(key)  # type: ignore[arg-type]
                 return snap
-        chain = self._retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms)), self.name)
+        chain = self.retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms)), self.name)
         snap = self._build(None, chain)
         with self._historic_lock:
             self._historic[key] = snap  # type: ignore[index]
@@ -181,6 +212,8 @@ class Replica:
         with self._lock:
             self._current = snap
         lib.lsvfs_replica_publish(self.c, self.c_snapshot(snap))
+        if self.hydrator is not None:
+            self.hydrator.wake()
 
     def c_snapshot(self, snap: Snapshot) -> Any:
         """A C twin of `snap` holding one reference, for the caller to hand on
@@ -230,6 +263,8 @@ class Replica:
     def _slot_freed(self, slots: list[int]) -> None:
         for slot in slots:
             lib.lsvfs_replica_forget_local(self.c, slot)
+        if self.hydrator is not None:
+            self.hydrator.forget(slots)
         if self.options.verify == "files":
             self._verified.forget(slots)
 
@@ -240,13 +275,17 @@ class Replica:
         """How many files the live snapshots (and builds in progress) point into."""
         return len(self._slots)
 
+    def pages_in(self, chain: list[FileInfo]) -> Snapshot:
+        """A snapshot of just the pages `chain` writes (what changed over it)."""
+        return self._build(None, chain)
+
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
         self._slots.reclaim()
         held = [self._slots.hold(f) for f in chain]
         try:
             def load(f: FileInfo, slot: int) -> _Index:
-                return self._retry(lambda: self._load_index(f, slot), f.name)
+                return self.retry(lambda: self._load_index(f, slot), f.name)
 
             # Indexes are fetched in parallel, except a short chain of local
             # files: a few preads each, cheaper than starting threads.
@@ -378,6 +417,9 @@ class Replica:
             "files_in_use": len(self._slots),
             "cache": cache_stats(self.cache.stats()),
             "storage": {**self.storage.counts(), "local_read": local_reads(self.c)},
+            "prefetch": {"requests": self.prefetch_requests, "done": self.prefetch_done,
+                         "pending": self.fetcher.pending()},
+            "hydration": None if self.hydrator is None else self.hydrator.stats(),
         }
 
     def lag(self) -> float:
@@ -399,9 +441,19 @@ class Replica:
                 return bytes(snap.page_size)
             raise LTXError(f"page {pgno} of TXID {snap.txid:016x} is in no LTX file (commit {snap.commit})")
         slot, offset, _ = loc
+
+        def load() -> bytes:
+            if self._reads_ahead():
+                if readahead > 1 and readahead >= self.options.readahead:
+                    self._read_ahead(snap, pgno)
+                if self.fetcher.serve(slot, offset):
+                    page = self.cache.get((slot, offset), snap.page_size)
+                    if page is not None:
+                        return page
+            return self._fetch_run(snap, pgno, readahead)
+
         try:
-            return self.cache.get_or_load((slot, offset), snap.page_size,
-                                          lambda: self._fetch_run(snap, pgno, readahead))
+            return self.cache.get_or_load((slot, offset), snap.page_size, load)
         except MissingFileError:
             # Retention removed a file this snapshot points at; the same TXID
             # rebuilt from the files that compacted it has the same bytes. The
@@ -420,6 +472,81 @@ class Replica:
                         del self._rebased_done[alt.txid]
                 raise
 
+    def _reads_ahead(self) -> bool:
+        """Whether misses use parallel ranged reads: remote storage, frames verified one by one."""
+        return not self.storage.local and self.options.verify == "frames"
+
+    def _read_ahead(self, snap: Snapshot, pgno: int) -> None:
+        """A sequential reader missed `pgno`: make sure the chunks from its
+        chunk on are being read, in parallel, a window that doubles while
+        the reader keeps coming (bounded by AHEAD_BYTES and the cache)."""
+        chunk_pages = max(1, CHUNK_BYTES // snap.page_size)
+        most = max(1, min(AHEAD_BYTES, self.cache.max_bytes // 4) // CHUNK_BYTES)
+        last = (snap.commit - 1) // chunk_pages
+        k = (pgno - 1) // chunk_pages
+        todo = []
+        with self._lock:
+            prev = self._ahead.get((snap.txid, k))
+            window = min(most, prev * 2) if prev else min(most, 2)
+            for j in range(k, min(last, k + window - 1) + 1):
+                if (snap.txid, j) not in self._ahead:
+                    todo.append(j)
+                self._ahead[(snap.txid, j)] = window
+                self._ahead.move_to_end((snap.txid, j))
+            while len(self._ahead) > AHEAD_KEPT:
+                self._ahead.popitem(last=False)
+        for j in todo:
+            first = j * chunk_pages + 1
+            self._submit(snap, self._uncached(snap, first, min(chunk_pages, snap.commit - first + 1)),
+                         URGENT if j == k else AHEAD)
+
+    def _prefetch(self) -> None:
+        """Fetch the whole current snapshot into the cache in the background
+        (option `prefetch`): by default only when it fits the cache and
+        storage is remote; never more than the cache holds."""
+        mode = self.options.prefetch
+        snap = self.current()
+        if mode == "off" or self.options.verify != "frames":
+            return
+        if mode == "auto" and (self.storage.local or snap.size > self.cache.max_bytes):
+            return
+
+        def plan_all() -> None:
+            chunk_pages = max(1, CHUNK_BYTES // snap.page_size)
+            budget = self.cache.max_bytes // snap.page_size
+            for first in range(1, min(snap.commit, budget) + 1, chunk_pages):
+                if self._stop.is_set():
+                    return
+                self._submit(snap, self._uncached(snap, first, min(chunk_pages, budget - first + 1,
+                                                                   snap.commit - first + 1)), PREFETCH)
+
+        self.fetcher.submit(Job(plan_all, PREFETCH))
+
+    def _uncached(self, snap: Snapshot, first: int, n: int) -> list[tuple[int, tuple[int, int, int]]]:
+        locs = snap.table.get_range(first, n)
+        return [(first + i, loc) for i, loc in enumerate(locs)
+                if loc is not None and (loc[0], loc[1]) not in self.cache and self.fetcher.find(loc[0], loc[1]) is None]
+
+    def _submit(self, snap: Snapshot, wanted: list[tuple[int, tuple[int, int, int]]], priority: int) -> None:
+        """Ranged reads of `wanted` pages into the cache, as fetcher jobs readers can find."""
+        for rng in plan(wanted, CHUNK_BYTES + MAX_GAP, MAX_GAP):
+            if priority == PREFETCH:
+                self.prefetch_requests += 1
+            self.fetcher.submit(Job(self._cache_job(snap, rng, priority), priority, rng.slot, rng.start, rng.end))
+
+    def _cache_job(self, snap: Snapshot, rng: Range, priority: int) -> Callable[[], None]:
+        f = self.file(rng.slot)  # `snap`, held by the closure, keeps the slot alive
+
+        def run() -> None:
+            if self._stop.is_set():
+                return
+            self.retry(lambda: self.cache.fill(rng.slot, self.storage.read(f, rng.start, rng.length), rng.start,
+                                               rng.entries, snap.page_size, f.name), f.name)
+            if priority == PREFETCH:
+                self.prefetch_done += 1
+
+        return run
+
     def _fetch_run(self, snap: Snapshot, pgno: int, readahead: int) -> bytes:
         """Page `pgno`, read with up to `readahead` - 1 following frames in one
         request and decoded straight into the cache."""
@@ -428,7 +555,7 @@ class Replica:
         offset, length = first[1], last[1] + last[2] - first[1]
         f = self.file(slot)
         if self.options.verify == "files":
-            path = self._verified.path(slot, lambda: self._retry(lambda: verified.check(self.storage.read_all(f), f),
+            path = self._verified.path(slot, lambda: self.retry(lambda: verified.check(self.storage.read_all(f), f),
                                                                 f.name))
 
             def read() -> bytes:
@@ -438,9 +565,9 @@ class Replica:
             def read() -> bytes:
                 return self.storage.read(f, offset, length)
 
-        return self._retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name), f.name)
+        return self.retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name), f.name)
 
-    def _retry(self, fn: Callable[[], T], what: str) -> T:
+    def retry(self, fn: Callable[[], T], what: str) -> T:
         """Run `fn`, retrying storage errors and bad bytes with bounded backoff.
 
         A corrupt frame is refetched too: a truncated or mangled response is
@@ -473,7 +600,7 @@ class Replica:
             fut, owner = claim(self._rebased, txid)
         if owner:
             try:
-                snap = self._build(None, self._retry(lambda: plan_for(self.storage, Target(txid)), self.name))
+                snap = self._build(None, self.retry(lambda: plan_for(self.storage, Target(txid)), self.name))
                 with self._historic_lock:
                     self._rebased_done[txid] = snap
                     while len(self._rebased_done) > HISTORIC_SNAPSHOTS:

@@ -30,7 +30,7 @@ from . import _core, registry
 from ._core import ffi, lib
 from .errors import LsvfsError, LTXError, ReplicaError
 from .ltx import parse_txid
-from .options import NAMES, replica_url, resolve
+from .options import from_params, replica_url, resolve
 from .replica import Replica, Snapshot
 from .storage import parse_url
 from .storage.base import StorageClient
@@ -79,8 +79,12 @@ class OpenFile:
 
     def pragma(self, name: str, value: str | None) -> str | None:
         rep = self.replica
-        if name in ("litestream_error", "litestream_stats", "litestream_lag") and value is not None:
+        if name in READ_ONLY and value is not None:
             raise ValueError(f"{name} is read-only")
+        if name == "litestream_hydration_progress":
+            return "0" if rep.hydrator is None else str(rep.hydrator.progress())
+        if name == "litestream_hydration_file":
+            return "" if rep.hydrator is None else rep.hydrator.path
         if name == "litestream_error":
             return self.last_error
         if name == "litestream_stats":
@@ -110,7 +114,9 @@ class OpenFile:
         return f"{snap.txid:016x}" if pragma == "litestream_txid" else format_time(snap.timestamp_ms)
 
 
-PRAGMAS = ("litestream_txid", "litestream_lag", "litestream_time", "litestream_error", "litestream_stats")
+READ_ONLY = ("litestream_error", "litestream_stats", "litestream_lag", "litestream_hydration_progress",
+             "litestream_hydration_file")
+PRAGMAS = ("litestream_txid", "litestream_time", *READ_ONLY)
 
 
 def pinned_txid(value: str) -> int | None:
@@ -151,7 +157,7 @@ def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
         log.error("cannot open: no replica URL (pass replica=<url> in the URI or set LITESTREAM_REPLICA_URL)")
         return SQLITE_CANTOPEN
     try:
-        rep = registry.acquire(url, resolve({k: p[k] for k in NAMES if k in p}))
+        rep = registry.acquire(url, resolve(from_params(p)))
     except (ValueError, LsvfsError) as exc:
         log.error("cannot open %s: %s", redact_url(url), exc)
         return SQLITE_CANTOPEN
