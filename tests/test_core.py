@@ -13,6 +13,7 @@ import pytest
 from core_helpers import (CORPUS, FLAG, PAGE_SIZES, build_ltx, lz4_seq, ref_crc64,
                           ref_lz4_decode, sqlite_like_page, uvarint)
 from lsvfs import core, pagetable
+from lsvfs._core import ffi, lib
 from lsvfs.errors import LTXError
 
 
@@ -448,3 +449,162 @@ def test_page_table_threads_share_chunks():
     gc.collect()
     # every clone is gone: base holds all its chunks alone again
     assert base.count == 49_999 and base.unique_memory == 49 * _chunk_bytes()
+
+
+# ---- hydration file ----------------------------------------------------------
+
+def _hydration(path: str, page_size: int = 4096):
+    out = ffi.new("lsvfs_hydration **")
+    assert lib.lsvfs_hydration_open(os.fsencode(path), page_size, out) == 0
+    return ffi.gc(out[0], lib.lsvfs_hydration_free)
+
+
+def _hread(h, pgno: int, loc: tuple[int, int], page_size: int = 4096) -> bytes | None:
+    out = ffi.new("uint8_t[]", page_size)
+    rc = lib.lsvfs_hydration_read(h, pgno, loc[0], loc[1], out)
+    assert rc >= 0
+    return bytes(out) if rc == 1 else None
+
+
+def _missing(h, table: pagetable.PageTable, commit: int) -> list[int]:
+    nxt = ffi.new("uint32_t *", 1)
+    out = ffi.new("uint32_t[]", commit + 1)
+    n = lib.lsvfs_hydration_missing(h, table.cdata, commit, nxt, out, commit + 1)
+    return [out[i] for i in range(n)]
+
+
+def _ltx_pages(rnd: random.Random, pgnos: list[int], page_size: int = 4096) -> tuple[bytes, core.IndexEntries, dict]:
+    pages = {p: rnd.randbytes(page_size) for p in pgnos}
+    data = build_ltx(page_size, sorted(pages.items()))
+    off, ln = core.locate_index(data, len(data))
+    return data, core.decode_index(data[off:off + ln], off), pages
+
+
+def test_hydration_serves_a_page_only_from_the_frame_it_holds(tmp_path):
+    rnd = random.Random(11)
+    h = _hydration(str(tmp_path / "h.db"))
+    data, ents, pages = _ltx_pages(rnd, list(range(1, 9)))
+    table = pagetable.PageTable()
+    table.apply(1, ents)
+    assert _missing(h, table, 8) == list(range(1, 9))
+    core.fill_hydration(h, 1, data, 0, ents, 4096)
+    assert _missing(h, table, 8) == [] and lib.lsvfs_hydration_pages(h) == 8
+    for pgno, offset, _ in ents:
+        assert _hread(h, pgno, (1, offset)) == pages[pgno]
+        assert _hread(h, pgno, (2, offset)) is None  # another file's frame
+        assert _hread(h, pgno, (1, offset + 1)) is None
+    assert _hread(h, 9, (1, ents[0][1])) is None and _hread(h, 0, (1, 0)) is None
+    # A newer file rewrites pages 3 and 5: a snapshot still on the old table
+    # no longer gets them from the file, the new one does.
+    data2, ents2, pages2 = _ltx_pages(rnd, [3, 5])
+    newer = table.clone()
+    newer.apply(2, ents2)
+    assert _missing(h, newer, 8) == [3, 5]
+    core.fill_hydration(h, 2, data2, 0, ents2, 4096)
+    assert _missing(h, newer, 8) == [] and _missing(h, table, 8) == [3, 5]
+    assert _hread(h, 3, table.get(3)[:2]) is None
+    assert _hread(h, 3, newer.get(3)[:2]) == pages2[3]
+    lib.lsvfs_hydration_forget(h, 2)  # slot 2's file is gone
+    assert _missing(h, newer, 8) == [3, 5] and lib.lsvfs_hydration_pages(h) == 6
+
+
+def test_hydration_rejects_bad_frames_and_writes_nothing(tmp_path):
+    rnd = random.Random(12)
+    h = _hydration(str(tmp_path / "h.db"))
+    data, ents, _ = _ltx_pages(rnd, [1, 2, 3])
+    bad = bytearray(data)
+    bad[ents[2][1] + 3] ^= 1  # pgno of the third frame
+    with pytest.raises(LTXError, match="index entry 2"):
+        core.fill_hydration(h, 1, bytes(bad), 0, ents, 4096)
+    assert lib.lsvfs_hydration_pages(h) == 0 and os.path.getsize(tmp_path / "h.db") == 0
+    with pytest.raises(LTXError, match="outside the buffer"):
+        core.fill_hydration(h, 1, data[:ents[2][1]], 0, ents, 4096)
+    with pytest.raises(LTXError, match="outside the buffer"):
+        core.fill_hydration(h, 1, data, 101, ents, 4096)
+    failed = ffi.new("size_t *")
+    assert lib.lsvfs_hydration_fill(h, 0, data, len(data), 0, ents.cdata, len(ents), failed) == core.ERANGE
+    out = ffi.new("lsvfs_hydration **")
+    assert lib.lsvfs_hydration_open(os.fsencode(str(tmp_path / "h.db")), 1000, out) == core.ERANGE
+    assert lib.lsvfs_hydration_open(os.fsencode(str(tmp_path / "no" / "h.db")), 4096, out) == lib.LSVFS_ENOTFOUND
+
+
+@pytest.mark.parametrize("page_size", [512, 4096])
+def test_hydration_sync_checksum_is_ltx_post_apply_and_verify_finds_damage(tmp_path, page_size):
+    rnd = random.Random(13)
+    path = str(tmp_path / "h.db")
+    h = _hydration(path, page_size)
+    commit = 40
+    pgnos = list(range(1, commit + 1))
+    data, ents, pages = _ltx_pages(rnd, pgnos, page_size)
+    core.fill_hydration(h, 1, data, 0, ents, page_size)
+    checksum = ffi.new("uint64_t *")
+    assert lib.lsvfs_hydration_sync(h, commit, checksum) == 0
+    image = b"".join(pages.get(p, bytes(page_size)) for p in range(1, commit + 1))
+    want = core.pages_checksum_xor(1, image, page_size) | FLAG
+    assert checksum[0] == want and os.path.getsize(path) == commit * page_size
+    # What a restart sees: a fresh object over the same file.
+    again = _hydration(path, page_size)
+    got = ffi.new("uint64_t *")
+    assert lib.lsvfs_hydration_verify(again, commit, got) == 0 and got[0] == want
+    assert lib.lsvfs_hydration_verify(again, commit + 1, got) == lib.LSVFS_ETRUNCATED
+    table = pagetable.PageTable()
+    table.apply(1, ents)
+    assert lib.lsvfs_hydration_adopt(again, table.cdata, commit, ffi.NULL) == 0
+    assert _missing(again, table, commit) == []
+    assert _hread(again, 2, table.get(2)[:2], page_size) == pages[2]
+    with open(path, "r+b") as fh:
+        fh.seek(page_size * 3 + 7)
+        fh.write(b"\xff")
+    assert lib.lsvfs_hydration_verify(again, commit, got) == 0 and got[0] != want
+    # Shrinking cuts the file and the tags past the commit.
+    assert lib.lsvfs_hydration_sync(again, 3, checksum) == 0
+    assert os.path.getsize(path) == 3 * page_size and _hread(again, 5, table.get(5)[:2], page_size) is None
+    assert lib.lsvfs_hydration_reset(again) == 0
+    assert os.path.getsize(path) == 0 and lib.lsvfs_hydration_pages(again) == 0
+
+
+def test_hydration_adopt_skips_changed_pages(tmp_path):
+    rnd = random.Random(14)
+    h = _hydration(str(tmp_path / "h.db"))
+    _, ents, _ = _ltx_pages(rnd, list(range(1, 11)))
+    _, ents2, _ = _ltx_pages(rnd, [4, 10, 11])
+    current = pagetable.PageTable()
+    current.apply(1, ents)
+    current.apply(2, ents2)
+    changed = pagetable.PageTable()
+    changed.apply(2, ents2)
+    assert lib.lsvfs_hydration_adopt(h, current.cdata, 10, changed.cdata) == 0
+    assert _missing(h, current, 11) == [4, 10, 11]
+
+
+def test_hydration_readers_and_a_writer_in_threads(tmp_path):
+    """Readers check tags and read while a writer rewrites the same pages:
+    a read returns the bytes of the frame it asked for, or nothing."""
+    rnd = random.Random(15)
+    h = _hydration(str(tmp_path / "h.db"))
+    versions = [_ltx_pages(rnd, list(range(1, 33))) for _ in range(2)]
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        for i in range(60):
+            data, ents, _ = versions[i % 2]
+            core.fill_hydration(h, 1 + i % 2, data, 0, ents, 4096)
+        stop.set()
+
+    def reader(seed: int) -> None:
+        r = random.Random(seed)
+        while not stop.is_set():
+            v = r.randrange(2)
+            _, ents, pages = versions[v]
+            pgno, offset, _ = ents[r.randrange(len(ents))]
+            got = _hread(h, pgno, (1 + v, offset))
+            if got is not None and got != pages[pgno]:
+                errors.append(f"page {pgno} of version {v}")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
