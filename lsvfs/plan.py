@@ -9,12 +9,16 @@ higher level that compacted them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from .errors import GapError, ReplicaError
+from .futures import run_all
 from .ltx import HEADER_SIZE, Header
-from .storage.base import LEVELS, FileInfo, StorageClient
+from .storage.base import LEVELS, PARALLEL_REQUESTS, FileInfo, StorageClient
 from .timeutil import format_time
 
 
@@ -26,20 +30,26 @@ class Target:
     timestamp_ms: int | None = None
 
 
+@contextmanager
+def _pool(given: Executor | None, width: int) -> Iterator[Executor]:
+    """`given`, or a pool of our own at most PARALLEL_REQUESTS wide for the block."""
+    if given is not None:
+        yield given
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(width, PARALLEL_REQUESTS)), thread_name_prefix="lsvfs-plan") as own:
+        yield own
+
+
 def list_all(storage: StorageClient, min_txid: int = 0, pool: Executor | None = None) -> list[FileInfo]:
     """Every LTX file of every level: remote levels are listed in parallel
     (in `pool` if given), a local directory's in turn, which is faster than
     starting threads."""
-    def level(lvl: int) -> list[FileInfo]:
-        return storage.list_files(lvl, min_txid)
-
+    calls: list[Callable[[], list[FileInfo]]] = [partial(storage.list_files, lvl, min_txid) for lvl in LEVELS]
     if storage.local:
-        per_level = [level(lvl) for lvl in LEVELS]
-    elif pool is not None:
-        per_level = list(pool.map(level, LEVELS))
+        per_level = [call() for call in calls]
     else:
-        with ThreadPoolExecutor(max_workers=len(LEVELS)) as own:
-            per_level = list(own.map(level, LEVELS))
+        with _pool(pool, len(calls)) as p:
+            per_level = run_all(p, calls)
     return [f for files in per_level for f in files]
 
 
@@ -113,16 +123,17 @@ def _reaches(files: list[FileInfo], txid: int) -> bool:
 
 
 def plan_for(storage: StorageClient, target: Target = Target(),
-             files: list[FileInfo] | None = None) -> list[FileInfo]:
-    """List the replica (unless given) and plan; handles timestamp targets."""
-    files = list_all(storage) if files is None else files
+             files: list[FileInfo] | None = None, pool: Executor | None = None) -> list[FileInfo]:
+    """List the replica (unless given) and plan; handles timestamp targets,
+    whose header reads go out in parallel (in `pool` if given)."""
+    files = list_all(storage, pool=pool) if files is None else files
     if target.timestamp_ms is None:
         return build(files, target)
     def stamp(f: FileInfo) -> int:
         return Header.decode(storage.read(f, 0, HEADER_SIZE), f.name).timestamp
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        stamps = list(pool.map(stamp, files))
+    with _pool(pool, len(files)) as p:
+        stamps = run_all(p, [partial(stamp, f) for f in files])
     usable = [f for f, ts in zip(files, stamps) if ts <= target.timestamp_ms]
     if not usable and files:
         oldest = min(stamps)

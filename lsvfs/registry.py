@@ -1,7 +1,9 @@
 """The registry of replicas: one Replica per replica per process.
 
 The one piece of global state: every connection to a replica, however its
-URL is spelled, shares one Replica (one poller, one page table, one cache).
+URL is spelled, shares one Replica (one poller, one page table, one cache);
+and every Replica on one storage endpoint shares its storage client (one
+boto3, GCS or Azure client per endpoint and credentials, not per replica).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from .futures import claim
 from .options import Options, resolve
 from .replica import Replica
-from .storage import ReplicaURL, parse_url
+from .storage import ReplicaURL, SharedClients, open_storage, parse_url
 from .storage.base import StorageClient
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 _registry: dict[ReplicaURL, Replica] = {}
 _opening: dict[ReplicaURL, Future[Replica]] = {}
 _registry_lock = threading.Lock()
+_clients = SharedClients()
+"""Storage clients of the replicas opened here, by endpoint and credentials; a
+storage passed in by the caller is its own and never shared."""
 
 
 def acquire(url: str, options: Options, storage: StorageClient | None = None) -> Replica:
@@ -47,7 +52,7 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
                 raise exc
             continue  # take a reference under the lock
         try:
-            rep = Replica(url, options, storage)
+            rep = _new_replica(url, options, storage)
             try:
                 rep.open()
             except BaseException:
@@ -67,6 +72,17 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
         return rep
 
 
+def _new_replica(url: str, options: Options, storage: StorageClient | None) -> Replica:
+    """A Replica on `storage`, or on a storage for `url` whose client is shared."""
+    own = open_storage(url, _clients) if storage is None else storage
+    try:
+        return Replica(url, options, own)
+    except BaseException:
+        if storage is None:
+            own.close()
+        raise
+
+
 def release(rep: Replica) -> None:
     """Drop one reference; the last one stops the poller and frees everything."""
     with _registry_lock:
@@ -83,6 +99,11 @@ def open_replicas() -> dict[str, Replica]:
     """A copy of the registry, for introspection and tests."""
     with _registry_lock:
         return {rep.url: rep for rep in _registry.values()}
+
+
+def storage_clients() -> SharedClients:
+    """The shared storage clients, for introspection and tests."""
+    return _clients
 
 
 def stats(url: str, **options: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ nothing to race on. Python is asked for pages only on a cache miss.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -17,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from . import core, ltx, pagetable, slots, verified
@@ -24,7 +26,7 @@ from ._core import ffi, lib
 from .cache import FrameCache
 from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .fetcher import AHEAD, PREFETCH, URGENT, Fetcher, Job
-from .futures import claim
+from .futures import Task, claim
 from .hydration import Hydrator
 from .options import Options
 from .plan import Target, extend, list_all, plan_for
@@ -32,7 +34,7 @@ from .ranges import Range, plan
 from .slots import FileSlots
 from .stats import CountingStorage, cache_stats, local_reads
 from .storage import open_storage
-from .storage.base import FileInfo, StorageClient
+from .storage.base import PARALLEL_REQUESTS, FileInfo, StorageClient
 from .storage.file import FileStorage
 from .storage.redact import redact_url
 from .timeutil import format_time
@@ -43,11 +45,22 @@ T = TypeVar("T")
 
 TAIL_READ = 64 << 10
 """Bytes read from a file's end to find its index; files this small are read whole."""
+HEAD_READ = 64 << 10
+"""Bytes read from the start of the first file of a new chain (a snapshot or
+the compaction it starts from), with its header and at the same time as its
+tail: its first frames (page 1 and the schema) arrive in that round trip and
+go into the cache, so a first query usually needs no request. Every other
+larger file's head is its header and room for one frame: page 1, if the file
+has it (frames are in page order), since a query starts by reading it."""
 FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing new."""
 HISTORIC_SNAPSHOTS = 4
 LOCAL_SERIAL_FILES = 8
 """Longest chain of local files whose indexes are read in turn rather than in parallel."""
+LOAD_AHEAD = 4 * PARALLEL_REQUESTS
+"""Files whose reads may be started ahead of the one being decoded: enough to
+keep every worker busy, few enough that a long chain's bytes are not all
+held at once."""
 CLOSE_WAIT = 1.0
 """Seconds close() waits for a poll in progress; a poller stuck in storage finishes on its own."""
 FETCH_WORKERS = 8
@@ -113,7 +126,7 @@ class Replica:
         self._historic_lock = threading.Lock()
         self._rebased: dict[int, Future[Snapshot]] = {}
         self._rebased_done: OrderedDict[int, Snapshot] = OrderedDict()  # TXID -> rebuilt after retention
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lsvfs-index")
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS, thread_name_prefix="lsvfs-index")
         self.fetcher = Fetcher(FETCH_WORKERS, self.name)
         self._ahead: OrderedDict[tuple[int, int], int] = OrderedDict()  # (TXID, chunk) -> window
         self.hydrator: Hydrator | None = None
@@ -143,7 +156,7 @@ class Replica:
                 waited = f" after waiting {self.options.open_timeout:g}s" if self.options.open_timeout else ""
                 raise ReplicaError(f"replica {self.name} is empty: no LTX files{waited}")
             time.sleep(min(0.1, max(self.options.poll_interval, 0.01)))
-        chain = plan_for(self.storage, Target(), files)
+        chain = plan_for(self.storage, Target(), files, pool=self._pool)
         snap = self._build(None, chain)
         self._publish(snap)
         self.last_poll_ok = time.monotonic()
@@ -280,19 +293,37 @@ class Replica:
         return self._build(None, chain)
 
     def _build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
-        """A new snapshot: `base` plus `chain`, page indexes fetched in parallel."""
+        """A new snapshot: `base` plus `chain`, every file's reads in one stage.
+
+        The reads of all files (whole small files; head and tail of larger
+        ones) go out together on the pool, at most LOAD_AHEAD files ahead of
+        the file being decoded here, so a chain of hundreds of files costs
+        a few round trips, not hundreds. A short chain of local files is read
+        in turn: a few preads each, cheaper than starting threads.
+        """
+        # Until a header says, guess SQLite's default page size for the one-frame heads.
+        one_frame = ltx.HEADER_SIZE + _frame_bound(base.page_size if base is not None else 4096)
+
+        def head(i: int) -> int:
+            if self.storage.local:
+                return ltx.HEADER_SIZE  # no round trip to save
+            return HEAD_READ if i == 0 and base is None else one_frame
+
         self._slots.reclaim()
         held = [self._slots.hold(f) for f in chain]
+        started: dict[int, list[Task[bytes]]] = {}
         try:
-            def load(f: FileInfo, slot: int) -> _Index:
-                return self.retry(lambda: self._load_index(f, slot), f.name)
-
-            # Indexes are fetched in parallel, except a short chain of local
-            # files: a few preads each, cheaper than starting threads.
-            if len(chain) == 1 or (len(chain) <= LOCAL_SERIAL_FILES and self.storage.local):
-                indexes = [load(f, slot) for f, slot in zip(chain, held)]
+            if self.storage.local and len(chain) <= LOCAL_SERIAL_FILES:
+                indexes = [self._load_index(f, slot, head(i)) for i, (f, slot) in enumerate(zip(chain, held))]
             else:
-                indexes = list(self._pool.map(load, chain, held))
+                indexes = []
+                ahead = 0  # files whose reads are started
+                for i, (f, slot) in enumerate(zip(chain, held)):
+                    while ahead < min(i + LOAD_AHEAD, len(chain)):
+                        g, parts = chain[ahead], self._parts(chain[ahead], head(ahead))
+                        started[ahead] = [Task(self._pool, partial(self._read_part, g, p)) for p in parts]
+                        ahead += 1
+                    indexes.append(self._load_index(f, slot, head(i), started.pop(i)))
             table = base.table.clone() if base is not None else pagetable.PageTable()
             live = dict(base.live) if base is not None else {}
             page_size = base.page_size if base is not None else indexes[0].header.page_size
@@ -306,13 +337,44 @@ class Replica:
             self._slots.track(snap, tuple(live))
             return snap
         finally:
+            for tasks in started.values():  # a failed build drops the reads nobody will use
+                for t in tasks:
+                    t.cancel()
             self._slots.release(held)
 
-    def _load_index(self, f: FileInfo, slot: int) -> _Index:
-        """Header and page index of one file; small files are read whole, proven
-        by their CRC-64, and their pages go straight into the cache."""
+    def _parts(self, f: FileInfo, head: int) -> list[tuple[int, int | None]]:
+        """The reads that load `f`, as (offset, length; None = the whole file):
+        a small file (or any, to check its CRC-64) whole, a larger one's first
+        `head` bytes and its tail (the two never overlap)."""
         if f.size <= TAIL_READ or self.options.verify == "files":
-            data = self.storage.read_all(f)
+            return [(0, None)]
+        return [(0, max(ltx.HEADER_SIZE, min(head, f.size - TAIL_READ))), (f.size - TAIL_READ, TAIL_READ)]
+
+    def _read_part(self, f: FileInfo, part: tuple[int, int | None]) -> bytes:
+        offset, length = part
+        return self.storage.read_all(f) if length is None else self.storage.read(f, offset, length)
+
+    def _load_index(self, f: FileInfo, slot: int, head: int, started: list[Task[bytes]] | None = None) -> _Index:
+        """Header and page index of one file, from the reads `started` for it
+        (or made here); a failed attempt is retried with fresh reads."""
+        attempts = 0
+
+        def attempt() -> _Index:
+            nonlocal attempts
+            attempts += 1
+            if started is not None and attempts == 1:
+                parts = [t.result() for t in started]
+            else:
+                parts = [self._read_part(f, part) for part in self._parts(f, head)]
+            return self._decode_index(f, slot, head, parts)
+
+        return self.retry(attempt, f.name)
+
+    def _decode_index(self, f: FileInfo, slot: int, head_size: int, parts: list[bytes]) -> _Index:
+        """The index from what `_parts` read. A small file is proven by its CRC-64
+        and all its pages go into the cache; a larger one's head frames do."""
+        if len(parts) == 1:
+            data = parts[0]
             decoded = ltx.decode(data, f.name)
             ltx.check_name(f, decoded.header)
             _check_pages(f, decoded.header, decoded.entries)
@@ -322,18 +384,35 @@ class Replica:
             if self.options.verify == "files":
                 self._verified.keep(slot, data)
             return _Index(decoded.header, decoded.entries)
-        header = ltx.Header.decode(self.storage.read(f, 0, ltx.HEADER_SIZE), f.name)
+        head, tail = parts
+        for (offset, want), got in zip(self._parts(f, head_size), parts):
+            if len(got) != want:
+                raise LTXError(f"read of {want} bytes at offset {offset} returned {len(got)}", f.name)
+        header = ltx.Header.decode(head[:ltx.HEADER_SIZE], f.name)
         ltx.check_name(f, header)
-        tail_start = f.size - TAIL_READ
-        tail = self.storage.read(f, tail_start, TAIL_READ)
+        tail_start = f.size - len(tail)
         idx_off, idx_len = core.locate_index(tail, f.size, file=f.name)
-        if idx_off < tail_start:
+        if idx_off < tail_start:  # an index longer than the tail: one more round trip
             tail = self.storage.read(f, idx_off, f.size - idx_off)
             tail_start = idx_off
         rel = idx_off - tail_start
         entries = core.decode_index(tail[rel:rel + idx_len], idx_off, file=f.name)
         _check_pages(f, header, entries)
+        self._cache_head(f, slot, header, entries, head)
         return _Index(header, entries)
+
+    def _cache_head(self, f: FileInfo, slot: int, header: ltx.Header, entries: core.IndexEntries,
+                    head: bytes) -> None:
+        """Decode the frames lying wholly inside `head` into the cache. A frame that
+        fails is left for the read path, which retries it and reports it if a
+        query needs that page: the open does not fail for a page nobody asked for."""
+        n = bisect.bisect_right(range(len(entries)), len(head), key=lambda i: entries[i][1] + entries[i][2])
+        if n == 0:
+            return
+        try:
+            self.cache.fill(slot, head, 0, entries[:n], header.page_size, f.name)
+        except LTXError as exc:
+            log.debug("%s: frames read with the header not cached: %s", f.name, exc)
 
     # ---- polling ----------------------------------------------------------
 
@@ -614,6 +693,11 @@ class Replica:
                 with self._lock:
                     self._rebased.pop(txid, None)
         return fut.result()
+
+
+def _frame_bound(page_size: int) -> int:
+    """The largest frame of a page: its prefix and LZ4's worst case for the page."""
+    return core.FRAME_PREFIX + page_size + page_size // 255 + 16
 
 
 def _check_pages(f: FileInfo, header: ltx.Header, entries: core.IndexEntries) -> None:

@@ -25,7 +25,7 @@ from test_vfs import rows, txid_of, unshim, vfs_pages, workload
 import lsvfs
 from lsvfs import cli
 from lsvfs.errors import MissingExtraError, ReplicaError, StorageError, URLError
-from lsvfs.storage import LAYOUTS, open_storage, parse_url, redact_url
+from lsvfs.storage import LAYOUTS, SharedClients, open_storage, parse_url, redact_url
 from lsvfs.storage.base import LEVELS, format_filename, level_dir
 
 SCHEME = {"gcs": "gs", "azure": "abs", "sftp": "sftp", "webdav": "webdav", "nats": "nats", "oss": "oss"}
@@ -477,6 +477,34 @@ def test_storage_repr_and_url_carry_no_secret(replica_target: Any, kind: str) ->
         assert st.url.startswith(SCHEME[kind] + "://")
     finally:
         st.close()
+
+
+# ---- one client per endpoint --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["gcs", "azure", "webdav", "oss"])
+def test_storages_on_one_endpoint_share_one_client(replica_target: Any, kind: str) -> None:
+    """Two storages at different paths on one endpoint, opened through one
+    SharedClients, hold one client (the SDK client, or WebDAV's pooled session);
+    both work, the first close leaves it to the other, the last close drops
+    it, and a storage opened afterwards gets a new one that works."""
+    t = replica_target(kind)
+    t.put(level_dir("", 0, LAYOUTS[SCHEME[kind]]) + format_filename(1, 1), b"x" * 10)
+    other = t.lsvfs_url + "/other" if kind == "webdav" else t.lsvfs_url.replace("/db", "/other", 1)
+    attr = "_session" if kind == "webdav" else "_client"
+    clients = SharedClients()
+    a, b = open_storage(t.lsvfs_url, clients), open_storage(other, clients)
+    client = getattr(a, attr)
+    assert getattr(b, attr) is client and len(clients) == 1
+    assert [f.min_txid for f in a.list_files(0)] == [1] and b.list_files(0) == []
+    a.close()
+    assert len(clients) == 1 and b.list_files(0) == []
+    b.close()
+    assert len(clients) == 0
+    again = open_storage(t.lsvfs_url, clients)
+    try:
+        assert getattr(again, attr) is not client and [f.min_txid for f in again.list_files(0)] == [1]
+    finally:
+        again.close()
 
 
 # ---- storage faults apply to every backend ------------------------------------------------------------

@@ -8,27 +8,32 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from replication import AuthMotoS3, MotoS3, free_port, litestream_binary, litestream_env
+from synthetic import S3Target, SyntheticPrimary
 
+import lsvfs
 from lsvfs.errors import MissingFileError, StorageError, URLError
+from lsvfs.registry import open_replicas, storage_clients
 from lsvfs.storage import (
     LEVELS,
     SNAPSHOT_LEVEL,
     FileInfo,
+    SharedClients,
     StorageClient,
     format_filename,
     open_storage,
     parse_filename,
     parse_url,
+    s3,
 )
 from lsvfs.storage.file import FileStorage
 from lsvfs.storage.s3 import S3Storage, litestream_credentials
-
 
 
 def blob(lo: int, hi: int, size: int) -> bytes:
@@ -573,3 +578,81 @@ def test_litestream_access_key_env_honoured(moto_s3_auth: AuthMotoS3, monkeypatc
     _clean_env(monkeypatch, tmp_path, LITESTREAM_ACCESS_KEY_ID="only-the-id")
     with pytest.raises(StorageError, match="incomplete S3 credentials"):
         open_storage(url)
+
+
+# -- one client per endpoint ----------------------------------------------------
+
+
+def test_shared_s3_clients_are_keyed_by_endpoint_region_and_credentials(
+        s3_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storages of any bucket and path share one boto3 client per endpoint,
+    region and credentials; a different one of those gets its own client, and
+    so does a storage opened without the shared registry. The last close
+    closes it; closing one storage twice lets go of it once."""
+    clients = SharedClients()
+    url = "s3://bkt/{}?endpoint=http://127.0.0.1:1&region=eu-central-1"
+    a, b = open_storage(url.format("a"), clients), open_storage(url.format("b/c"), clients)
+    bucket = open_storage("s3://other/x?endpoint=http://127.0.0.1:1&region=eu-central-1", clients)
+    assert isinstance(a, S3Storage) and isinstance(b, S3Storage) and isinstance(bucket, S3Storage)
+    assert a._client is b._client is bucket._client and len(clients) == 1
+    region = open_storage("s3://bkt/a?endpoint=http://127.0.0.1:1&region=us-west-2", clients)
+    endpoint = open_storage("s3://bkt/a?endpoint=http://127.0.0.1:2&region=eu-central-1", clients)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another secret")
+    creds = open_storage(url.format("a"), clients)
+    private = open_storage(url.format("a"))
+    distinct = (a, region, endpoint, creds, private)
+    assert len({id(s._client) for s in distinct}) == 5 and len(clients) == 4  # type: ignore[attr-defined]
+    a.close()
+    a.close()
+    assert len(clients) == 4, "b and the other bucket still hold the first client"
+    for st in (b, bucket, region, endpoint, creds, private):
+        st.close()
+    assert len(clients) == 0
+
+
+@pytest.mark.s3
+def test_replicas_on_one_endpoint_share_one_s3_client(moto_s3: MotoS3, s3_bucket: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two replicas in one bucket (different paths) read through one boto3
+    client; it stays open while either replica is, is closed with the last,
+    and the URL reopened afterwards gets a fresh client that works. A storage
+    passed in by the caller is its own and never enters the registry."""
+    closed: list[Any] = []
+    real_close = s3._close_client
+
+    def spy(client: Any) -> None:
+        closed.append(client)
+        real_close(client)
+
+    monkeypatch.setattr(s3, "_close_client", spy)
+    a, b = (SyntheticPrimary(S3Target(moto_s3, s3_bucket, path)) for path in ("a", "b"))
+    for name, p in (("a", a), ("b", b)):
+        p.commit("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        p.commit("INSERT INTO t(v) VALUES (?)", (f"from {name}",))
+    assert not [u for u in open_replicas() if moto_s3.endpoint in u], "another test left a replica open here"
+    shared = storage_clients()
+    before = len(shared)
+
+    def client_of(url: str) -> Any:
+        return open_replicas()[url].storage.inner._client  # type: ignore[attr-defined]
+
+    ca = lsvfs.connect(a.url, poll_interval=0, cache_size=0)
+    cb = lsvfs.connect(b.url, poll_interval=0, cache_size=0)
+    client = client_of(a.url)
+    assert client_of(b.url) is client and len(shared) == before + 1
+    ca.close()
+    assert a.url not in open_replicas() and closed == []
+    rb = open_replicas()[b.url]
+    reads = rb.storage.counts()["ranged_read"]["requests"]
+    assert cb.execute("SELECT v FROM t").fetchall() == [("from b",)]
+    assert rb.storage.counts()["ranged_read"]["requests"] > reads, "no page cache: read through the client"
+    cb.close()
+    assert closed == [client] and len(shared) == before
+    with closing(lsvfs.connect(a.url, poll_interval=0)) as again:
+        assert again.execute("SELECT v FROM t").fetchall() == [("from a",)]
+        assert client_of(a.url) is not client and len(shared) == before + 1
+    mine = open_storage(b.url)
+    with closing(lsvfs.connect(b.url, storage=mine, poll_interval=0)) as c:
+        assert c.execute("SELECT v FROM t").fetchall() == [("from b",)]
+        assert len(shared) == before and open_replicas()[b.url].storage.inner is mine
+    assert closed[-1] is mine._client  # type: ignore[attr-defined]

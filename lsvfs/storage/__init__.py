@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -35,6 +36,7 @@ from .base import (
     parse_filename,
 )
 from .redact import RedactingFilter, redact_url, scrub
+from .shared import SharedClients
 
 __all__ = [
     "LEVELS",
@@ -42,6 +44,7 @@ __all__ = [
     "LAYOUTS",
     "RedactingFilter",
     "FileInfo",
+    "SharedClients",
     "ReplicaURL",
     "StorageClient",
     "check_level",
@@ -359,15 +362,22 @@ def missing_extra(scheme: str, exc: ImportError) -> MissingExtraError:
     )
 
 
-def open_storage(url: str | os.PathLike[str]) -> StorageClient:
-    """A storage client for `url` (see the module docstring for the forms)."""
+def open_storage(url: str | os.PathLike[str], clients: SharedClients | None = None) -> StorageClient:
+    """A storage client for `url` (see the module docstring for the forms).
+
+    With `clients`, the expensive part (the S3, GCS or Azure client, the
+    WebDAV session) is shared with every other storage opened through it on
+    the same endpoint and credentials, and closed with the last of them;
+    without, it is this storage's own. SFTP and NATS storages always hold
+    their own connection.
+    """
     u = parse_url(url)
     if u.scheme == "file":
         from .file import FileStorage
 
         return FileStorage(u.path)
     if u.scheme != "s3":
-        return _open_other(u)
+        return _open_other(u, clients)
     from .s3 import S3Storage
 
     assert u.bucket is not None
@@ -378,29 +388,43 @@ def open_storage(url: str | os.PathLike[str]) -> StorageClient:
         region=u.region,
         force_path_style=u.force_path_style,
         skip_verify=u.skip_verify,
+        clients=clients,
     )
 
 
-def _open_other(u: ReplicaURL) -> StorageClient:
+def _open_other(u: ReplicaURL, clients: SharedClients | None) -> StorageClient:
     """Import the scheme's module (its SDK is an optional extra) and open it."""
     try:
-        if u.scheme == "gs":
-            from .gcs import GCSStorage as cls
-        elif u.scheme == "abs":
-            from .azure import AzureStorage as cls  # type: ignore[assignment]
-        elif u.scheme == "sftp":
-            from .sftp import SFTPStorage as cls  # type: ignore[assignment]
-        elif u.scheme in ("webdav", "webdavs"):
-            from .webdav import WebDAVStorage as cls  # type: ignore[assignment]
-        elif u.scheme == "nats":
-            from .nats import NATSStorage as cls  # type: ignore[assignment]
-        elif u.scheme == "oss":
-            from .oss import open_oss
-
-            return open_oss(u)
-        else:  # pragma: no cover - parse_url knows every scheme
-            raise URLError(f"no storage for scheme {u.scheme!r}")
+        opener = _opener(u.scheme)
     except ImportError as e:
         raise missing_extra(u.scheme, e) from None
-    client: StorageClient = cls.from_url(u)
-    return client
+    return opener(u, clients)
+
+
+def _opener(scheme: str) -> Callable[[ReplicaURL, SharedClients | None], StorageClient]:
+    """The scheme's from_url; SFTP and NATS keep a connection of their own per storage."""
+    if scheme == "gs":
+        from .gcs import GCSStorage
+
+        return GCSStorage.from_url
+    if scheme == "abs":
+        from .azure import AzureStorage
+
+        return AzureStorage.from_url
+    if scheme in ("webdav", "webdavs"):
+        from .webdav import WebDAVStorage
+
+        return WebDAVStorage.from_url
+    if scheme == "oss":
+        from .oss import open_oss
+
+        return open_oss
+    if scheme == "sftp":
+        from .sftp import SFTPStorage
+
+        return lambda u, _: SFTPStorage.from_url(u)
+    if scheme == "nats":
+        from .nats import NATSStorage
+
+        return lambda u, _: NATSStorage.from_url(u)
+    raise URLError(f"no storage for scheme {scheme!r}")  # pragma: no cover - parse_url knows every scheme

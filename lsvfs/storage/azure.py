@@ -1,7 +1,9 @@
 """Azure Blob Storage replicas: blob `<path>/ltx/<level>/<min>-<max>.ltx`.
 
 Uses the official `azure-storage-blob` client (extra `lsvfs[azure]`), one
-container client per storage, shared by every thread over a widened pool.
+container client per account, container and credentials, shared by every
+storage in that container (lsvfs/storage/shared.py) and every thread, over a
+widened pool.
 Credentials, in Litestream's order: an account key (`?account-key=` or
 LITESTREAM_AZURE_ACCOUNT_KEY), a SAS token (`?sas-token=` or
 LITESTREAM_AZURE_SAS_TOKEN), then the Azure default credential chain, which
@@ -13,7 +15,6 @@ Listing reads the whole level and filters by TXID here (Litestream #1456).
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +33,10 @@ from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .http import pooled_session
 from .redact import scrub
+from .shared import Lease, SharedClients, fingerprint, lease
 
 if TYPE_CHECKING:
     from . import ReplicaURL
-
-log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 30
@@ -51,7 +51,11 @@ class AzureStorage:
 
     def __init__(self, container: str, path: str = "", *, account: str | None = None,
                  endpoint: str | None = None, account_key: str | None = None,
-                 sas_token: str | None = None, credential: Any = None, page_size: int = 1000) -> None:
+                 sas_token: str | None = None, credential: Any = None, page_size: int = 1000,
+                 clients: SharedClients | None = None) -> None:
+        """A `credential` object given is this storage's own (its client is not
+        shared); otherwise the container client comes from `clients`, shared per
+        account URL, container and credentials, or is this storage's own."""
         self.container = container
         self.path = path.strip("/")
         self.account = account or os.environ.get("LITESTREAM_AZURE_ACCOUNT_NAME") or None
@@ -70,21 +74,31 @@ class AzureStorage:
             )
         acct = f"{self.account}@" if self.account else ""
         self.url = f"abs://{acct}{container}/{self.path}" + (f"?endpoint={endpoint}" if endpoint else "")
-        if credential is None:
-            credential = self._credential(account_key, sas_token)
+        self._lease: Lease[Any]
+        if credential is not None:
+            self._lease = Lease.own(self._make_client(credential), _close_client)
+        else:
+            # Without a key or token the default chain reads AZURE_* settings.
+            key = ("abs", self.account_url, container, self.account,
+                   fingerprint(account_key, sas_token, env=("AZURE_",)))
+            self._lease = lease(clients, key, lambda: self._make_client(self._credential(account_key, sas_token)),
+                                _close_client)
+        self._client = self._lease.client
+
+    def _make_client(self, credential: Any) -> ContainerClient:
         transport = RequestsTransport(session=pooled_session(), session_owner=True,
                                       connection_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
         # The storage SDK's own default waits 15 s, then 45 s, between tries: far too long
         # under a replica that retries above it.
         retry = LinearRetry(backoff=0.3, random_jitter_range=0.1, retry_total=RETRIES)  # type: ignore[arg-type]
-        self._client = ContainerClient(self.account_url, container, credential=credential, transport=transport,
-                                       retry_policy=retry, logging_enable=False)
+        return ContainerClient(self.account_url, self.container, credential=credential, transport=transport,
+                               retry_policy=retry, logging_enable=False)
 
     @classmethod
-    def from_url(cls, u: ReplicaURL) -> AzureStorage:
+    def from_url(cls, u: ReplicaURL, clients: SharedClients | None = None) -> AzureStorage:
         assert u.bucket is not None
         return cls(u.bucket, u.path, account=u.user, endpoint=u.endpoint,
-                   account_key=u.param("account-key"), sas_token=u.param("sas-token"))
+                   account_key=u.param("account-key"), sas_token=u.param("sas-token"), clients=clients)
 
     def _credential(self, account_key: str | None, sas_token: str | None) -> Any:
         if account_key:
@@ -165,7 +179,9 @@ class AzureStorage:
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {scrub(str(e), self._secrets)}")
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - best effort
-            log.debug("closing Azure client failed", exc_info=True)
+        """Let go of the client; the last storage on it closes it."""
+        self._lease.close()
+
+
+def _close_client(client: Any) -> None:
+    client.close()

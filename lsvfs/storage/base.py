@@ -21,6 +21,12 @@ LEVELS = tuple(range(10))
 """Levels Litestream 0.5 writes: 0 per sync, 1..8 compactions, 9 snapshots."""
 SNAPSHOT_LEVEL = 9
 
+PARALLEL_REQUESTS = 64
+"""How many requests a replica has in flight at once on remote storage: the
+one place that says it. Opening a chain of hundreds of files is a stage of
+round trips, not hundreds; every storage client's connection pool holds this
+many connections, so none of those requests waits for one or reconnects."""
+
 _NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
 

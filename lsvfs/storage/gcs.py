@@ -1,7 +1,8 @@
 """Google Cloud Storage replicas: object `<path>/ltx/<level>/<min>-<max>.ltx`.
 
 Uses the official `google-cloud-storage` client (extra `lsvfs[gcs]`), one per
-storage and shared by every thread over a widened connection pool.
+endpoint and credentials, shared by every storage on it (lsvfs/storage/shared.py)
+and every thread, over a widened connection pool.
 Credentials are Google's application default credentials; with
 `STORAGE_EMULATOR_HOST` set (or `?endpoint=` in the URL) the client talks to
 that emulator anonymously, as Litestream's Go client does.
@@ -12,7 +13,6 @@ by a TXID prefix matches only a file starting exactly there (Litestream #1456).
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +27,10 @@ from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .http import pooled_session
 from .redact import redact_url
+from .shared import Lease, SharedClients, fingerprint, lease
 
 if TYPE_CHECKING:
     from . import ReplicaURL
-
-log = logging.getLogger(__name__)
 
 TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds per request."""
@@ -45,7 +44,10 @@ class GCSStorage:
     local = False
 
     def __init__(self, bucket: str, path: str = "", *, endpoint: str | None = None,
-                 client: Any = None, page_size: int = 1000) -> None:
+                 client: Any = None, page_size: int = 1000, clients: SharedClients | None = None) -> None:
+        """`client` is used as given and closed with this storage; otherwise it
+        comes from `clients` (shared per endpoint and credentials) or is this
+        storage's own."""
         self.bucket_name = bucket
         self.path = path.strip("/")
         self.endpoint = endpoint or _emulator_host()
@@ -53,15 +55,20 @@ class GCSStorage:
         self._retry = DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
         base = f"gs://{bucket}/{self.path}" if self.path else f"gs://{bucket}"
         self.url = redact_url(base + (f"?endpoint={endpoint}" if endpoint else ""))
-        if client is None:
-            client = self._make_client()
-        self._client = client
-        self._bucket = client.bucket(bucket)
+        self._lease: Lease[Any]
+        if client is not None:
+            self._lease = Lease.own(client, _close_client)
+        else:
+            # Application default credentials and the project come from GOOGLE_*/CLOUDSDK_* settings.
+            key = ("gs", self.endpoint, fingerprint(env=("GOOGLE_", "GCLOUD_", "CLOUDSDK_")))
+            self._lease = lease(clients, key, self._make_client, _close_client)
+        self._client = self._lease.client
+        self._bucket = self._client.bucket(bucket)
 
     @classmethod
-    def from_url(cls, u: ReplicaURL) -> GCSStorage:
+    def from_url(cls, u: ReplicaURL, clients: SharedClients | None = None) -> GCSStorage:
         assert u.bucket is not None
-        return cls(u.bucket, u.path, endpoint=u.endpoint)
+        return cls(u.bucket, u.path, endpoint=u.endpoint, clients=clients)
 
     def _make_client(self) -> Any:
         try:
@@ -150,10 +157,12 @@ class GCSStorage:
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {redact_url(str(e))}")
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - best effort
-            log.debug("closing GCS client failed", exc_info=True)
+        """Let go of the client; the last storage on it closes it."""
+        self._lease.close()
+
+
+def _close_client(client: Any) -> None:
+    client.close()
 
 
 def _emulator_host() -> str | None:

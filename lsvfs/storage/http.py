@@ -1,15 +1,18 @@
 """Pooled HTTP sessions for the HTTP backends (GCS, Azure, WebDAV).
 
 The replica reads from a thread pool; requests' default pool keeps 10
-connections per host and drops the rest after each request, so a wider
-pool is what lets 16+ concurrent ranged reads reuse warm connections.
+connections per host and drops the rest after each request, so a pool as
+wide as the replica's parallelism is what lets its concurrent ranged reads
+reuse warm connections.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-POOL_SIZE = 64
+from .base import PARALLEL_REQUESTS
+
+POOL_SIZE = PARALLEL_REQUESTS
 
 
 def pooled_session(session: Any = None, pool_size: int = POOL_SIZE) -> Any:

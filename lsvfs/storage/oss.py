@@ -14,13 +14,13 @@ LITESTREAM_SECRET_ACCESS_KEY, then boto3's chain.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.config import Config
 
 from ..errors import StorageError
-from .s3 import CONNECT_TIMEOUT, MAX_ATTEMPTS, MAX_POOL_CONNECTIONS, READ_TIMEOUT, S3Storage, litestream_credentials
+from .s3 import ClientKey, S3Storage, litestream_credentials
+from .shared import SharedClients
 
 if TYPE_CHECKING:
     from . import ReplicaURL
@@ -32,6 +32,28 @@ class OSSStorage(S3Storage):
     """An S3Storage that names itself oss:// and talks to an OSS endpoint."""
 
     scheme = "oss"
+
+    @staticmethod
+    def env_credentials() -> tuple[str, str] | None:
+        return oss_credentials()
+
+    def default_region(self, session: Any) -> str:
+        return DEFAULT_REGION  # never AWS's configured one
+
+    def client_endpoint(self, region: str) -> str | None:
+        return self.endpoint or f"https://oss-{region}.aliyuncs.com"
+
+    def client_config(self, key: ClientKey) -> Config:
+        return Config(
+            connect_timeout=key.connect_timeout, read_timeout=key.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": key.max_attempts},
+            max_pool_connections=key.max_pool_connections, signature_version="s3v4",
+            # Custom endpoints (tests, proxies) get path style like Litestream's S3; OSS itself wants virtual hosts.
+            s3={"addressing_style": "path" if key.path_style else "virtual"},
+            # OSS rejects the flexible-checksum headers newer boto3 adds by default.
+            request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            user_agent_extra="lsvfs-oss",
+        )
 
 
 def oss_credentials(env: dict[str, str] | None = None) -> tuple[str, str] | None:
@@ -45,25 +67,7 @@ def oss_credentials(env: dict[str, str] | None = None) -> tuple[str, str] | None
     return litestream_credentials(env)
 
 
-def open_oss(u: ReplicaURL) -> OSSStorage:
+def open_oss(u: ReplicaURL, clients: SharedClients | None = None) -> OSSStorage:
     assert u.bucket is not None
-    region = u.region or DEFAULT_REGION
-    endpoint = u.endpoint or f"https://oss-{region}.aliyuncs.com"
-    # Custom endpoints (tests, proxies) get path style like Litestream's S3; OSS itself wants virtual hosts.
-    path_style = (u.endpoint is not None) if u.force_path_style is None else u.force_path_style
-    creds = oss_credentials()
-    session = boto3.session.Session(aws_access_key_id=creds[0] if creds else None,
-                                    aws_secret_access_key=creds[1] if creds else None)
-    config = Config(
-        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-        max_pool_connections=MAX_POOL_CONNECTIONS, signature_version="s3v4",
-        s3={"addressing_style": "path" if path_style else "virtual"},
-        # OSS rejects the flexible-checksum headers newer boto3 adds by default.
-        request_checksum_calculation="when_required", response_checksum_validation="when_required",
-        user_agent_extra="lsvfs-oss",
-    )
-    client = session.client("s3", region_name=region, endpoint_url=endpoint, verify=not u.skip_verify,
-                            config=config)
-    return OSSStorage(u.bucket, u.path, endpoint=u.endpoint, region=u.region, force_path_style=u.force_path_style,
-                      skip_verify=u.skip_verify, client=client)
+    return OSSStorage(u.bucket, u.path, endpoint=u.endpoint, region=u.region,
+                      force_path_style=u.force_path_style, skip_verify=u.skip_verify, clients=clients)

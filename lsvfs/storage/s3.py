@@ -1,7 +1,9 @@
 """S3 replicas: key `<path>/<level:04x>/<min:016x>-<max:016x>.ltx`.
 
-One boto3 client per storage, shared by every thread (boto3 clients are
-thread-safe; sessions are not, so the session is used only here, once).
+The boto3 client is made once per endpoint, region, credentials and options
+and shared (lsvfs/storage/shared.py) by every storage on it, whatever its
+bucket and path, and by every thread (boto3 clients are thread-safe;
+sessions are not, so a session is used only to make its one client).
 Every botocore failure becomes a StorageError that names the bucket/key and
 the cause, so a user sees "NoSuchBucket" or "endpoint unreachable" rather
 than a botocore traceback.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,8 +32,18 @@ from botocore.exceptions import (
 )
 
 from ..errors import LTXError, MissingFileError, StorageError
-from .base import FileInfo, check_level, check_range, exact, format_filename, level_dir, parse_filename
+from .base import (
+    PARALLEL_REQUESTS,
+    FileInfo,
+    check_level,
+    check_range,
+    exact,
+    format_filename,
+    level_dir,
+    parse_filename,
+)
 from .redact import redact_url
+from .shared import Lease, SharedClients, fingerprint, lease
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +52,8 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 MAX_ATTEMPTS = 3
 """Total attempts per request (standard retry mode): one try and two retries."""
-MAX_POOL_CONNECTIONS = 64
-"""Enough keep-alive connections for a few dozen concurrent reader threads."""
+MAX_POOL_CONNECTIONS = PARALLEL_REQUESTS
+"""Keep-alive connections per client: as many as a replica sends requests at once."""
 
 _HINTS = {
     "NoSuchBucket": "bucket does not exist",
@@ -90,6 +103,23 @@ def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str]
     return key_id, secret
 
 
+@dataclass(frozen=True)
+class ClientKey:
+    """What tells one boto3 client from another (never the bucket or path):
+    credentials only as a digest, with the environment boto3 reads."""
+
+    scheme: str
+    endpoint: str | None
+    region: str | None
+    path_style: bool
+    skip_verify: bool
+    max_attempts: int
+    connect_timeout: float
+    read_timeout: float
+    max_pool_connections: int
+    credentials: str
+
+
 class S3Storage:
     """Read-only client of a Litestream S3 replica (AWS or any S3-compatible endpoint)."""
 
@@ -115,9 +145,13 @@ class S3Storage:
         max_pool_connections: int = MAX_POOL_CONNECTIONS,
         page_size: int = 1000,
         client: Any = None,
+        clients: SharedClients | None = None,
     ) -> None:
+        """`client` is used as given and closed with this storage; otherwise the
+        client comes from `clients` (shared with every storage asking for the
+        same key) or, without it, is this storage's own."""
         if not bucket:
-            raise StorageError("S3 replica needs a bucket name")
+            raise StorageError(f"{self.scheme.upper()} replica needs a bucket name")
         self.bucket = bucket
         self.path = path.strip("/")
         self.endpoint = endpoint or None
@@ -125,33 +159,22 @@ class S3Storage:
         self.force_path_style = bool(endpoint) if force_path_style is None else force_path_style
         self.skip_verify = skip_verify
         self.page_size = page_size
+        self._lease: Lease[Any]
         if client is not None:
-            self._client = client
+            self._lease = Lease.own(client, _close_client)
             self.region = region or DEFAULT_REGION
         else:
             if access_key_id is None and secret_access_key is None:
-                creds = litestream_credentials()
+                creds = self.env_credentials()
                 if creds is not None:
                     access_key_id, secret_access_key = creds
-            session = boto3.session.Session(
-                aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
-            )
-            self.region = region or session.region_name or DEFAULT_REGION
-            config = Config(
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"mode": "standard", "total_max_attempts": max_attempts},
-                max_pool_connections=max_pool_connections,
-                s3={"addressing_style": "path" if self.force_path_style else "auto"},
-                user_agent_extra="lsvfs",
-            )
-            self._client = session.client(
-                "s3",
-                region_name=self.region,
-                endpoint_url=self.endpoint,
-                verify=not skip_verify,
-                config=config,
-            )
+            key = ClientKey(self.scheme, self.endpoint, region, self.force_path_style, skip_verify, max_attempts,
+                            connect_timeout, read_timeout, max_pool_connections,
+                            fingerprint(access_key_id, secret_access_key, env=("AWS_",)))
+            key_id, secret = access_key_id, secret_access_key
+            self._lease = lease(clients, key, lambda: self._make_client(key, key_id, secret), _close_client)
+            self.region = str(self._lease.client.meta.region_name)
+        self._client = self._lease.client
         query: dict[str, str] = {}
         if self.endpoint:
             query["endpoint"] = self.endpoint
@@ -163,6 +186,41 @@ class S3Storage:
             query["skip-verify"] = "true"
         base = f"{self.scheme}://{bucket}/{self.path}" if self.path else f"{self.scheme}://{bucket}"
         self.url = redact_url(base + ("?" + urlencode(query, safe=":/") if query else ""))
+
+    @staticmethod
+    def env_credentials() -> tuple[str, str] | None:
+        """Static keys from the environment, else None (boto3's own chain)."""
+        return litestream_credentials()
+
+    def default_region(self, session: Any) -> str:
+        """The region when the URL names none: AWS's configuration, else us-east-1."""
+        return str(session.region_name or DEFAULT_REGION)
+
+    def client_endpoint(self, region: str) -> str | None:
+        """Where the client sends requests (None: AWS, by region)."""
+        return self.endpoint
+
+    def client_config(self, key: ClientKey) -> Config:
+        return Config(
+            connect_timeout=key.connect_timeout,
+            read_timeout=key.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": key.max_attempts},
+            max_pool_connections=key.max_pool_connections,
+            s3={"addressing_style": "path" if key.path_style else "auto"},
+            user_agent_extra="lsvfs",
+        )
+
+    def _make_client(self, key: ClientKey, access_key_id: str | None, secret_access_key: str | None) -> Any:
+        session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)
+        region = key.region or self.default_region(session)
+        log.debug("new %s client for %s (region %s)", self.scheme, self.client_endpoint(region) or "AWS", region)
+        return session.client(
+            "s3",
+            region_name=region,
+            endpoint_url=self.client_endpoint(region),
+            verify=not key.skip_verify,
+            config=self.client_config(key),
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -270,14 +328,15 @@ class S3Storage:
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {e}")
 
     def close(self) -> None:
-        """Drop pooled connections (the client itself needs no explicit close)."""
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            log.debug("closing S3 client failed", exc_info=True)
+        """Let go of the client; the last storage on it closes its connections."""
+        self._lease.close()
 
     def __enter__(self) -> S3Storage:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_client(client: Any) -> None:
+    client.close()

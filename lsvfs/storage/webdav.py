@@ -4,7 +4,9 @@ Plain HTTP through one pooled `requests` session (extra `lsvfs[webdav]`):
 listing is one PROPFIND (Depth: 1) of the level's collection, reads are GETs
 with a Range header. No WebDAV library is needed for that, and a pooled
 session keeps connections warm across the replica's reader threads
-(requests sessions are safe to share for plain requests like these).
+(requests sessions are safe to share for plain requests like these); one
+session per server, user and password serves every storage on that server
+(lsvfs/storage/shared.py).
 
 Basic auth from the URL (`webdav://user:password@host/path`), else
 LITESTREAM_WEBDAV_USERNAME / LITESTREAM_WEBDAV_PASSWORD.
@@ -26,6 +28,7 @@ from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .http import pooled_session
 from .redact import scrub
+from .shared import Lease, SharedClients, fingerprint, lease
 
 if TYPE_CHECKING:
     from . import ReplicaURL
@@ -44,7 +47,8 @@ class WebDAVStorage:
     local = False
 
     def __init__(self, host: str, path: str = "", *, port: int | None = None, tls: bool = False,
-                 user: str | None = None, password: str | None = None, skip_verify: bool = False) -> None:
+                 user: str | None = None, password: str | None = None, skip_verify: bool = False,
+                 clients: SharedClients | None = None) -> None:
         scheme = "https" if tls else "http"
         hostport = host if port is None else f"{host}:{port}"
         self.path = path.strip("/")
@@ -55,17 +59,24 @@ class WebDAVStorage:
         if password is None:
             password = os.environ.get("LITESTREAM_WEBDAV_PASSWORD") or None
         self._secrets = (password,)
-        self._session = pooled_session()
-        if user is not None:
-            self._session.auth = (user, password or "")
-        self._session.verify = not skip_verify
         self._user = user
 
+        def make() -> Any:
+            session = pooled_session()
+            if user is not None:
+                session.auth = (user, password or "")
+            session.verify = not skip_verify
+            return session
+
+        key = ("webdav", self.base, user, fingerprint(password), skip_verify)
+        self._lease: Lease[Any] = lease(clients, key, make, _close_session)
+        self._session = self._lease.client
+
     @classmethod
-    def from_url(cls, u: ReplicaURL) -> WebDAVStorage:
+    def from_url(cls, u: ReplicaURL, clients: SharedClients | None = None) -> WebDAVStorage:
         assert u.host is not None
         return cls(u.host, u.path, port=u.port, tls=u.scheme == "webdavs", user=u.user, password=u.password,
-                   skip_verify=u.skip_verify)
+                   skip_verify=u.skip_verify, clients=clients)
 
     def __repr__(self) -> str:
         return f"WebDAVStorage({self.url!r})"
@@ -149,4 +160,9 @@ class WebDAVStorage:
         raise StorageError(f"{where}: {op} failed: HTTP {resp.status_code} {resp.reason}")
 
     def close(self) -> None:
-        self._session.close()
+        """Let go of the session; the last storage on it closes its connections."""
+        self._lease.close()
+
+
+def _close_session(session: Any) -> None:
+    session.close()
