@@ -638,3 +638,19 @@ def test_poll(benchmark: Any, remote: Remote, small_replica: BenchReplica, snaps
            open_requests=r.phases["opened"], replica=small_replica.label,
            server_cpu_s=[r.phase_server_cpu_s["idled"]])
 
+
+
+def test_request_count_splits_pipelined_requests() -> None:
+    """The wire counts are right however the bytes arrive: pipelined requests, bodies that look
+    like requests (Content-Length and chunked), HEAD, fed one byte at a time."""
+    wire = (b"GET /b?list-type=2&prefix=db%2F0000%2F HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /b/db/0009/f.ltx HTTP/1.1\r\nRange: bytes=0-99\r\n\r\n"
+            b"PUT /b/k HTTP/1.1\r\nContent-Length: 19\r\n\r\nGET /x HTTP/1.1\r\n\r\n\r\n"
+            b"HEAD /b/k HTTP/1.1\r\n\r\n"
+            b"PUT /b/k2 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nGET /\r\n0\r\nX-T: 1\r\n\r\n"
+            b"GET /b/?prefix=&delimiter=/ HTTP/1.1\r\n\r\n\r\nGET /b/k HTTP/1.1\r\n\r\n")
+    counts = RequestCounts()
+    feed = counts.parser().feed
+    for i in range(len(wire)):
+        feed(wire[i:i + 1])
+    assert counts.snapshot() == {"LIST": 2, "GET": 2, "GET_RANGE": 1, "PUT": 2, "HEAD": 1}
