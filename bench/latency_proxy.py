@@ -5,6 +5,11 @@ round-trip time. Each direction of each connection is a queue of
 (due time, chunk): chunks are forwarded in order once due, so latency is added
 without throttling bandwidth (a 1 MB response still streams). Runs an asyncio
 loop on a daemon thread; `close()` stops it.
+
+`tap`, if given, is called once per accepted connection and returns a
+function that sees that connection's client->server bytes in order, as they
+arrive (before the delay): `request_count.RequestCounts.parser` counts HTTP
+requests that way.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("lsvfs.bench.proxy")
 
@@ -23,9 +29,11 @@ CHUNK = 256 * 1024
 class LatencyProxy:
     """Listen on 127.0.0.1:<port>, forward to 127.0.0.1:`upstream_port`, `delay` seconds each way."""
 
-    def __init__(self, upstream_port: int, delay: float) -> None:
+    def __init__(self, upstream_port: int, delay: float,
+                 tap: Callable[[], Callable[[bytes], None]] | None = None) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
+        self.tap = tap
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -43,13 +51,15 @@ class LatencyProxy:
         except OSError:
             c_writer.close()
             return
-        await asyncio.gather(self._pipe(c_reader, u_writer), self._pipe(u_reader, c_writer),
+        feed = self.tap() if self.tap is not None else None
+        await asyncio.gather(self._pipe(c_reader, u_writer, feed), self._pipe(u_reader, c_writer),
                              return_exceptions=True)
         for w in (c_writer, u_writer):
             with contextlib.suppress(Exception):
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    feed: Callable[[bytes], None] | None = None) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def forward() -> None:
@@ -69,6 +79,8 @@ class LatencyProxy:
         try:
             while True:
                 data = await reader.read(CHUNK)
+                if feed is not None:
+                    feed(data)
                 queue.put_nowait((time.monotonic() + self.delay, data))
                 if not data:
                     break

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -262,3 +262,128 @@ def small_replica(bench_dir: Path, pytestconfig: pytest.Config) -> BenchReplica:
     """The ~5 MB replica (LSVFS_BENCH_SMALL_MB) for quick query benchmarks."""
     mb = replica_mb(pytestconfig, "small")
     return build_replica(bench_dir / f"small-{mb}mb", mb, "small", seed=2)
+
+
+# ---------------------------------------------------------------------------
+# a replica of many L0 files
+
+L0_CONFIG = """\
+logging:
+  level: INFO
+shutdown-sync-timeout: 10s
+snapshot:
+  interval: 24h
+l0-retention: 24h
+levels:
+  - interval: 24h
+dbs:
+  - path: {db}
+    monitor-interval: 10ms
+    replica:
+      url: {url}
+      sync-interval: 10ms
+"""
+"""Compaction and snapshots effectively off (Litestream still compacts and
+snapshots once, at start-up), L0 files kept, a sync every 10 ms."""
+L0_ROWS = 2000
+"""Rows of the base table (~3 MB) that the many small transactions then update."""
+
+
+def l0_after_snapshot(replica_dir: Path) -> int:
+    """L0 files past the highest TXID any other level covers: the files a reader must apply."""
+    root = replica_dir / "ltx"
+    higher = [int(f.name.split("-")[1][:16], 16) for d in root.glob("[1-9]") for f in d.glob("*.ltx")]
+    top = max(higher, default=0)
+    return sum(1 for f in (root / "0").glob("*.ltx") if int(f.name[:16], 16) > top)
+
+
+def build_l0_replica(workdir: Path, files: int, label: str = "l0", seed: int = 3,
+                     timeout: float = 300.0) -> BenchReplica:
+    """Build (or reuse) a replica whose newest snapshot is followed by `files` L0 files.
+
+    Written by the real `litestream replicate` (L0_CONFIG): a ~3 MB base table,
+    then one small transaction at a time (a `ledger` row and one `items` row
+    updated), each waited on until Litestream has uploaded it as its own L0
+    file, until `files` L0 files follow the start-up snapshot. `rows` is the
+    items count; `marker` is the ledger aggregate (count, max seq, sum v) as
+    JSON, the check that every L0 file was applied.
+    """
+    workdir = workdir.absolute()
+    meta_path = workdir / "replica.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.pop("layout", None) == LAYOUT_VERSION and meta.pop("l0_files", None) == files:
+            log.info("reusing %s replica in %s", label, workdir)
+            return BenchReplica(**meta)
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    t0 = time.monotonic()
+    db, replica_dir, local = workdir / "primary.db", workdir / "replica", workdir / "local.db"
+    logfile = workdir / "litestream.log"
+    (workdir / "litestream.yml").write_text(L0_CONFIG.format(db=json.dumps(str(db)),
+                                                             url=json.dumps(replica_dir.as_uri())))
+    conn = apsw.Connection(str(db))
+    conn.set_busy_timeout(30_000)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, grp INTEGER NOT NULL, "
+                 "payload BLOB NOT NULL); CREATE INDEX items_name ON items(name);"
+                 "CREATE TABLE ledger(seq INTEGER PRIMARY KEY, item INTEGER NOT NULL, v INTEGER NOT NULL)")
+    rnd = random.Random(seed)
+    with conn:
+        conn.executemany("INSERT INTO items(id, name, grp, payload) VALUES (?, ?, ?, ?)",
+                         [(i, name_of(i), i % 97, rnd.randbytes(ROW_BYTES)) for i in range(1, L0_ROWS + 1)])
+    l0 = replica_dir / "ltx" / "0"
+    with open(logfile, "ab") as logfh:
+        proc = subprocess.Popen([litestream_binary(), "replicate", "-config", str(workdir / "litestream.yml")],
+                                stdin=subprocess.DEVNULL, stdout=logfh, stderr=subprocess.STDOUT,
+                                env=litestream_env(), cwd=workdir)
+    deadline = time.monotonic() + timeout
+
+    def wait_for(cond: Callable[[], bool], what: str) -> None:
+        while not cond():
+            if proc.poll() is not None:
+                raise RuntimeError(f"litestream exited ({proc.returncode}):\n{_log_tail(logfile)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} after {timeout}s:\n{_log_tail(logfile)}")
+            time.sleep(0.005)
+
+    try:
+        wait_for(lambda: bool(_l9_files(replica_dir)), "no start-up snapshot")
+        seq = 0
+        while l0_after_snapshot(replica_dir) < files:
+            before = len(os.listdir(l0))
+            seq += 1
+            with conn:
+                conn.execute("INSERT INTO ledger VALUES (?, ?, ?)",
+                             (seq, rnd.randint(1, L0_ROWS), rnd.randint(0, 1 << 40)))
+                conn.execute("UPDATE items SET grp = grp + 1, payload = ? WHERE id = "
+                             "(SELECT item FROM ledger WHERE seq = ?)", (rnd.randbytes(ROW_BYTES), seq))
+            wait_for(lambda: len(os.listdir(l0)) > before, "no L0 file for a transaction")  # noqa: B023
+    finally:
+        _stop(proc)
+        conn.close()
+    litestream_restore(replica_dir.as_uri(), local)
+    check = apsw.Connection(str(local))
+    try:
+        ledger = check.execute("SELECT count(*), max(seq), sum(v) FROM ledger").fetchall()
+        count = check.execute("SELECT count(*) FROM items").fetchone()[0]  # type: ignore[index]
+        check.execute("PRAGMA journal_mode=DELETE").fetchall()
+    finally:
+        check.close()
+    if ledger[0][0] != seq or count != L0_ROWS:
+        raise RuntimeError(f"replica incomplete: ledger {ledger} for {seq} transactions, {count} rows")
+    mb = max(1, round(local.stat().st_size / 1e6))
+    rep = BenchReplica(label, str(replica_dir), str(local), L0_ROWS, mb, json.dumps(ledger[0]),
+                       time.monotonic() - t0)
+    log.info("%s replica ready in %.1fs: %d transactions, %d L0 files after the snapshot", label,
+             rep.build_seconds, seq, l0_after_snapshot(replica_dir))
+    meta_path.write_text(json.dumps({**asdict(rep), "layout": LAYOUT_VERSION, "l0_files": files}))
+    return rep
+
+
+@pytest.fixture(scope="session")
+def l0_replica(bench_dir: Path, pytestconfig: pytest.Config) -> BenchReplica:
+    """A replica whose snapshot is followed by 500 L0 files (50 in smoke mode; LSVFS_BENCH_L0_FILES)."""
+    files = int(os.environ.get("LSVFS_BENCH_L0_FILES") or (500 if benchmarks_enabled(pytestconfig) else 50))
+    return build_l0_replica(bench_dir / f"l0-{files}", files)
