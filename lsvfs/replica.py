@@ -141,6 +141,7 @@ class Replica:
         self.poll_errors = 0
         self.retries = 0
         self._since_full_scan = 0
+        self._l0_anchor: int | None = None  # min_txid of the L0 file ending at the current TXID
         self._last_gap: tuple[int, int] | None = None
 
     # ---- lifecycle --------------------------------------------------------
@@ -159,6 +160,7 @@ class Replica:
         chain = plan_for(self.storage, Target(), files, pool=self._pool)
         snap = self._build(None, chain)
         self._publish(snap)
+        self._set_anchor(files, snap.txid)
         self.last_poll_ok = time.monotonic()
         log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.name,
                  snap.txid, snap.commit, snap.page_size, len(chain))
@@ -449,17 +451,27 @@ class Replica:
         return advanced
 
     def _poll(self) -> bool:
+        """One LIST of L0 in the steady state. It starts at the L0 file that
+        ends at our TXID when we know one: while that file is still listed,
+        retention cannot have deleted anything newer, so nothing can hide in
+        higher levels and they need no listing."""
         cur = self.current()
-        l0 = self.storage.list_files(0, cur.txid + 1)
+        anchor = self._l0_anchor
+        listed = self.storage.list_files(0, anchor if anchor is not None else cur.txid + 1)
+        held = anchor is not None and any(f.max_txid == cur.txid for f in listed)
+        l0 = [f for f in listed if f.min_txid > cur.txid]
         chain = extend(l0, cur.txid)
         self._since_full_scan += 1
         reached = chain[-1].max_txid if chain else cur.txid
-        if any(f.min_txid > reached + 1 for f in l0) or (not chain and self._since_full_scan >= FULL_SCAN_EVERY):
+        if any(f.min_txid > reached + 1 for f in l0) or (
+                not chain and not held and self._since_full_scan >= FULL_SCAN_EVERY):
             # L0 has a gap (retention deleted files a compaction covers) or we
             # have not looked higher in a while: plan across every level.
             self._since_full_scan = 0
             files = list_all(self.storage, pool=self._pool)
+            listed = files
             chain = extend(files, cur.txid)
+            self._set_anchor(files, chain[-1].max_txid if chain else cur.txid)
             reached = chain[-1].max_txid if chain else cur.txid
             beyond = [f.min_txid for f in files if f.min_txid > reached + 1]
             if beyond:
@@ -474,9 +486,15 @@ class Replica:
         if self._stop.is_set():
             return False
         self._publish(new)
+        self._set_anchor(listed, new.txid)
         self._last_gap = None
         log.debug("%s: TXID %016x -> %016x", self.name, cur.txid, new.txid)
         return True
+
+    def _set_anchor(self, files: list[FileInfo], txid: int) -> None:
+        """Remember the L0 file among `files` that ends at `txid`, if any."""
+        ends = [f.min_txid for f in files if f.level == 0 and f.max_txid == txid]
+        self._l0_anchor = ends[0] if ends else None
 
     def stats(self) -> dict[str, Any]:
         """What this replica is doing, as plain data (JSON-ready)."""

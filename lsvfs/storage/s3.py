@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -194,7 +194,7 @@ class S3Storage:
 
     def default_region(self, session: Any) -> str:
         """The region when the URL names none: AWS's configuration, else us-east-1."""
-        return str(session.region_name or DEFAULT_REGION)
+        return str(session.get_config_variable("region") or DEFAULT_REGION)
 
     def client_endpoint(self, region: str) -> str | None:
         """Where the client sends requests (None: AWS, by region)."""
@@ -211,15 +211,19 @@ class S3Storage:
         )
 
     def _make_client(self, key: ClientKey, access_key_id: str | None, secret_access_key: str | None) -> Any:
-        session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)
+        # boto3's own core, botocore, without boto3's wrapper: importing boto3
+        # also imports s3transfer, a fifth of a second at every cold start.
+        session = botocore.session.get_session()
         region = key.region or self.default_region(session)
         log.debug("new %s client for %s (region %s)", self.scheme, self.client_endpoint(region) or "AWS", region)
-        return session.client(
+        return session.create_client(
             "s3",
             region_name=region,
             endpoint_url=self.client_endpoint(region),
             verify=not key.skip_verify,
             config=self.client_config(key),
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
         )
 
     def __repr__(self) -> str:
