@@ -107,7 +107,7 @@ static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t offset)
 int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
                          size_t buf_len, uint64_t buf_offset,
                          const lsvfs_index_entry *entries, size_t n,
-                         size_t *failed)
+                         lsvfs_cache *keep, size_t *failed)
 {
     *failed = 0;
     if (slot == 0 || buf == NULL || (n != 0 && entries == NULL))
@@ -115,9 +115,10 @@ int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
     if (n == 0)
         return LSVFS_OK;
     uint32_t ps = h->page_size;
-    uint8_t *pages = malloc(n * (size_t)ps);
+    uint8_t *pages = malloc((n + 1) * (size_t)ps); /* + room for an old page */
     if (pages == NULL)
         return LSVFS_ENOMEM;
+    uint8_t *old = pages + n * (size_t)ps;
     /* Decode everything first: a bad frame writes nothing, and the lock is
      * held only for the writes. */
     uint32_t top = 0;
@@ -146,8 +147,14 @@ int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
         const lsvfs_index_entry *e = &entries[i];
         const uint8_t *page = pages + i * (size_t)ps;
         tag *t = &h->tags[e->pgno - 1];
-        if (t->slot != 0)
+        if (t->slot != 0) {
+            /* A snapshot still pinned on the old frame finds its bytes in the
+             * cache, where it looks next, instead of a round trip. */
+            if (keep != NULL && (t->slot != slot || t->offset != e->offset) &&
+                lsvfs_pread_full(h->fd, old, ps, (uint64_t)(e->pgno - 1) * ps) == LSVFS_OK)
+                lsvfs_cache_put(keep, t->slot, t->offset, old, ps);
             h->held--;
+        }
         t->slot = 0; /* untagged until its bytes are all there */
         rc = pwrite_full(h->fd, page, ps, (uint64_t)(e->pgno - 1) * ps);
         if (rc == LSVFS_OK) {

@@ -282,12 +282,14 @@ int lsvfs_hydration_open(const char *path, uint32_t page_size,
 void lsvfs_hydration_free(lsvfs_hydration *h);
 /* Decode the frames `entries` from `buf` (file bytes [buf_offset,
  * buf_offset + buf_len) of slot `slot`) and write each page at its place,
- * tagged (slot, frame offset). A bad frame writes nothing; `*failed` is
- * its index. */
+ * tagged (slot, frame offset). The bytes a page held from another frame go
+ * to `keep` (may be NULL) under that frame's location, so a snapshot still
+ * pinned on it is served from the cache. A bad frame writes nothing;
+ * `*failed` is its index. */
 int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
                          size_t buf_len, uint64_t buf_offset,
                          const lsvfs_index_entry *entries, size_t n,
-                         size_t *failed);
+                         lsvfs_cache *keep, size_t *failed);
 /* Page `pgno` into out (page_size bytes) if the file holds it from frame
  * (slot, offset): 1 if served, 0 if not, negative if the read failed. */
 int lsvfs_hydration_read(lsvfs_hydration *h, uint32_t pgno, uint32_t slot,

@@ -398,10 +398,12 @@ def fill_cache(cache: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexE
 
 
 def fill_hydration(h: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexEntries, page_size: int,
-                   file: str | None = None) -> None:
-    """Decode frames read from storage into a hydration file (lsvfs_hydration_fill)."""
+                   file: str | None = None, keep: Any = None) -> None:
+    """Decode frames read from storage into a hydration file (lsvfs_hydration_fill);
+    pages it replaces go to the cache `keep` if given."""
     failed = ffi.new("size_t *")
-    rc = lib.lsvfs_hydration_fill(h, slot, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents), failed)
+    rc = lib.lsvfs_hydration_fill(h, slot, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents),
+                                  ffi.NULL if keep is None else keep, failed)
     if rc == ESIZE and int(failed[0]) == len(ents):
         raise OSError("hydration file: write failed (disk full?)")
     if rc:

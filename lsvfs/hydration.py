@@ -169,7 +169,8 @@ class Hydrator:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            except Exception:  # a custom storage client's own errors must not kill hydration
+            except Exception as exc:  # a custom storage client's own errors must not kill hydration
+                self.error = repr(exc)
                 log.exception("hydration of %s failed unexpectedly", self._rep.name)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -212,7 +213,8 @@ class Hydrator:
             with self._count_lock:
                 self.requests += 1
                 self.bytes += len(data)
-            core.fill_hydration(self._h, rng.slot, data, rng.start, rng.entries, snap.page_size, f.name)
+            core.fill_hydration(self._h, rng.slot, data, rng.start, rng.entries, snap.page_size, f.name,
+                                keep=lib.lsvfs_replica_cache(self._rep.c))
 
         def run() -> None:
             if not self._stop.is_set():

@@ -18,7 +18,7 @@ from functools import partial
 from .errors import GapError, ReplicaError
 from .futures import run_all
 from .ltx import HEADER_SIZE, Header
-from .storage.base import LEVELS, PARALLEL_REQUESTS, FileInfo, StorageClient
+from .storage.base import LEVELS, PARALLEL_REQUESTS, FileInfo, StorageClient, list_every_level
 from .timeutil import format_time
 
 
@@ -41,9 +41,12 @@ def _pool(given: Executor | None, width: int) -> Iterator[Executor]:
 
 
 def list_all(storage: StorageClient, min_txid: int = 0, pool: Executor | None = None) -> list[FileInfo]:
-    """Every LTX file of every level: remote levels are listed in parallel
-    (in `pool` if given), a local directory's in turn, which is faster than
-    starting threads."""
+    """Every LTX file of every level: in one listing where the storage can,
+    else remote levels in parallel (in `pool` if given) and a local
+    directory's in turn, which is faster than starting threads."""
+    every = list_every_level(storage, min_txid)
+    if every is not None:
+        return every
     calls: list[Callable[[], list[FileInfo]]] = [partial(storage.list_files, lvl, min_txid) for lvl in LEVELS]
     if storage.local:
         per_level = [call() for call in calls]

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from ._core import ffi, lib
-from .storage.base import FileInfo, StorageClient
+from .storage.base import FileInfo, StorageClient, list_every_level
 
 KINDS = ("list", "ranged_read", "whole_read")
 """Requests Python makes; reads the C read path makes itself are `local_read`."""
@@ -38,6 +38,12 @@ class CountingStorage:
     def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
         self._count("list", 0)
         return self.inner.list_files(level, min_txid)
+
+    def list_every_level(self, min_txid: int = 0) -> list[FileInfo] | None:
+        files = list_every_level(self.inner, min_txid)
+        if files is not None:
+            self._count("list", 0)
+        return files
 
     def read(self, info: FileInfo, offset: int, length: int) -> bytes:
         data = self.inner.read(info, offset, length)

@@ -500,10 +500,21 @@ def test_hydration_serves_a_page_only_from_the_frame_it_holds(tmp_path):
     newer = table.clone()
     newer.apply(2, ents2)
     assert _missing(h, newer, 8) == [3, 5]
-    core.fill_hydration(h, 2, data2, 0, ents2, 4096)
+    keep = ffi.gc(lib.lsvfs_cache_new(1 << 20), lib.lsvfs_cache_free)
+    core.fill_hydration(h, 2, data2, 0, ents2, 4096, keep=keep)
     assert _missing(h, newer, 8) == [] and _missing(h, table, 8) == [3, 5]
     assert _hread(h, 3, table.get(3)[:2]) is None
     assert _hread(h, 3, newer.get(3)[:2]) == pages2[3]
+    # The old bytes wait in the cache under their own frame for the old snapshot.
+    old = ffi.new("uint8_t[]", 4096)
+    slot, offset, _ = table.get(3)
+    assert lib.lsvfs_cache_get(keep, slot, offset, old, 4096, 0) == 1 and bytes(old) == pages[3]
+    entries = ffi.new("lsvfs_cache_stats *")
+    lib.lsvfs_cache_get_stats(keep, entries)
+    core.fill_hydration(h, 2, data2, 0, ents2, 4096, keep=keep)  # the same frames again: nothing to keep
+    again = ffi.new("lsvfs_cache_stats *")
+    lib.lsvfs_cache_get_stats(keep, again)
+    assert again.entries == entries.entries == 2
     lib.lsvfs_hydration_forget(h, 2)  # slot 2's file is gone
     assert _missing(h, newer, 8) == [3, 5] and lib.lsvfs_hydration_pages(h) == 6
 
@@ -522,7 +533,7 @@ def test_hydration_rejects_bad_frames_and_writes_nothing(tmp_path):
     with pytest.raises(LTXError, match="outside the buffer"):
         core.fill_hydration(h, 1, data, 101, ents, 4096)
     failed = ffi.new("size_t *")
-    assert lib.lsvfs_hydration_fill(h, 0, data, len(data), 0, ents.cdata, len(ents), failed) == core.ERANGE
+    assert lib.lsvfs_hydration_fill(h, 0, data, len(data), 0, ents.cdata, len(ents), ffi.NULL, failed) == core.ERANGE
     out = ffi.new("lsvfs_hydration **")
     assert lib.lsvfs_hydration_open(os.fsencode(str(tmp_path / "h.db")), 1000, out) == core.ERANGE
     assert lib.lsvfs_hydration_open(os.fsencode(str(tmp_path / "no" / "h.db")), 4096, out) == lib.LSVFS_ENOTFOUND

@@ -46,7 +46,7 @@ def test_one_snapshot_opens_in_one_stage_and_its_head_serves_the_schema(
     (f,) = file_infos(p.target)
     assert f.size > replica.HEAD_READ + replica.TAIL_READ
     st = GatedStorage(open_storage(p.url), width=2)
-    with closing(lsvfs.connect(p.url, storage=st, poll_interval=0)) as c:
+    with closing(lsvfs.connect(p.url, storage=st, poll_interval=0, prefetch="off")) as c:
         opened = list(st.requests)
         assert rows(c, "SELECT name FROM sqlite_master") == [("t",)]
         assert st.requests == opened, "the first query needed no request"
@@ -77,7 +77,7 @@ def test_a_chain_of_files_loads_in_one_stage_with_real_parallelism(
     big = sorted(f for f in files if f.size > replica.TAIL_READ)
     assert len(files) == 41 and [f.min_txid for f in big] == [1, 22]
     st = GatedStorage(open_storage(p.url), width=32)
-    with closing(lsvfs.connect(p.url, storage=st, poll_interval=0)) as c:
+    with closing(lsvfs.connect(p.url, storage=st, poll_interval=0, prefetch="off")) as c:
         opened = list(st.requests)
         assert rows(c, "SELECT name FROM sqlite_master") == [("t",)]
         assert st.requests == opened
@@ -100,7 +100,7 @@ def test_reads_started_ahead_of_the_decoder_are_bounded(tmp_path: Path, monkeypa
         p.commit("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
     monkeypatch.setattr(replica, "LOAD_AHEAD", 3)
     st = GatedStorage(FileStorage(p.target.root), width=4, patience=0.05)  # never 4: the gate just times out
-    with closing(lsvfs.connect(p.url, storage=st, poll_interval=0)) as c:
+    with closing(lsvfs.connect(p.url, storage=st, poll_interval=0, prefetch="off")) as c:
         assert rows(c, "SELECT count(*) FROM t") == [(40,)]
     assert st.kinds()["read_all"] == 41
     assert 1 < st.peak <= 3

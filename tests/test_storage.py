@@ -365,7 +365,26 @@ def test_s3_listing_levels_and_names(s3fx: S3Fixture) -> None:
     assert [(f.level, f.min_txid, f.max_txid) for f in st.list_files(1)] == [(1, 1, 3)]
     assert [(f.level, f.size) for f in st.list_files(9)] == [(9, 777)]
     assert st.list_files(5) == []
+    # Every level in one LIST: the same files, the same junk skipped.
+    seen: list[dict[str, Any]] = []
+    st._client.meta.events.register(
+        "provide-client-params.s3.ListObjectsV2", lambda params, **_: seen.append(dict(params))
+    )
+    every = st.list_every_level()
+    assert every == [f for lvl in LEVELS for f in st.list_files(lvl)]
+    assert seen[0]["Prefix"] == "db/" and len(seen) == 1 + len(LEVELS)
+    assert [f.min_txid for f in st.list_every_level(3)] == [3, 4]
     st.close()
+
+
+@pytest.mark.s3
+def test_s3_replica_opens_with_one_list(s3fx: S3Fixture) -> None:
+    """Opening an S3 replica lists it once, not once per level."""
+    p = SyntheticPrimary(S3Target(s3fx.moto, s3fx.bucket, "one-list"), page_size=1024)
+    p.commit("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    with closing(lsvfs.connect(p.url, poll_interval=0, prefetch="off")) as conn:
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+        assert open_replicas()[p.url].stats()["storage"]["list"]["requests"] == 1
 
 
 @pytest.mark.s3

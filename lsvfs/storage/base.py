@@ -151,3 +151,12 @@ class StorageClient(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def list_every_level(storage: object, min_txid: int = 0) -> list[FileInfo] | None:
+    """Every level's files in one listing, for a client that can (S3: one LIST
+    under the replica's path instead of one per level); None if it cannot."""
+    every = getattr(storage, "list_every_level", None)
+    files: list[FileInfo] | None = None if every is None else every(min_txid)
+    return files
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from botocore.exceptions import (
 
 from ..errors import LTXError, MissingFileError, StorageError
 from .base import (
+    LEVELS,
     PARALLEL_REQUESTS,
     FileInfo,
     check_level,
@@ -46,6 +48,7 @@ from .redact import redact_url
 from .shared import Lease, SharedClients, fingerprint, lease
 
 log = logging.getLogger(__name__)
+_LEVEL_FOLDER = re.compile(r"[0-9a-f]{4}")
 
 DEFAULT_REGION = "us-east-1"
 CONNECT_TIMEOUT = 5.0
@@ -269,6 +272,31 @@ class S3Storage:
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "list", prefix) from e
         out.sort(key=lambda f: (f.min_txid, f.max_txid))
+        return out
+
+    def list_every_level(self, min_txid: int = 0) -> list[FileInfo]:
+        """Every level's files with one LIST of the replica's path (paginated):
+        one request at open instead of one per level, most of which are empty."""
+        root = self.level_prefix(0)[:-len("0000/")]
+        out: list[FileInfo] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root, PaginationConfig={"PageSize": self.page_size})
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    folder, _, name = obj["Key"][len(root):].partition("/")
+                    level = int(folder, 16) if _LEVEL_FOLDER.fullmatch(folder) else -1
+                    if level not in LEVELS:
+                        continue
+                    try:
+                        lo, hi = parse_filename(name)
+                    except LTXError:
+                        continue
+                    if lo >= min_txid:
+                        out.append(FileInfo(level, lo, hi, int(obj["Size"]), obj.get("LastModified")))
+        except Exception as e:  # noqa: BLE001 - translated, never swallowed
+            raise self._error(e, "list", root or "/") from e
+        out.sort(key=lambda f: (f.level, f.min_txid, f.max_txid))
         return out
 
     # -- reading ----------------------------------------------------------
