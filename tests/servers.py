@@ -517,9 +517,14 @@ def scratch(prefix: str) -> Path:
 
 def _serve_main(argv: list[str]) -> None:
     """`python tests/servers.py KIND DIR`: start one server, print its facts as one
-    JSON line, serve until stdin closes. Kinds: s3, oss, gcs, sftp, webdav."""
+    JSON line, serve until stdin closes. Kinds: s3, oss, gcs, sftp, webdav.
+    `python tests/servers.py install`: install what the test servers need from
+    outside PyPI (Azurite, with npm) before a test run, so no test waits on it."""
     import json
 
+    if argv == ["install"]:
+        print(Azurite.ensure_installed())
+        return
     kind, base = argv[0], Path(argv[1])
     facts: dict[str, Any] = {}
     if kind in ("s3", "oss"):
