@@ -1,4 +1,4 @@
-"""The `lsvfs` command: query, shell, ls, restore, verify, demo.
+"""The `lsvfs` command: query, shell, ls, restore, verify, hydrate, stats, demo.
 
 Each command is an `add_*` function (its subparser: help, an example, its
 arguments) and a `cmd_*` that runs it; `COMMANDS` lists the adders, so a new
@@ -23,7 +23,7 @@ from . import registry
 from .demo import run_demo
 from .errors import LsvfsError, ReplicaError
 from .ltx import parse_txid
-from .options import resolve
+from .options import NAMES, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
 from .progress import ProgressBar
@@ -85,8 +85,7 @@ def _time_travel(p: argparse.ArgumentParser, what: str) -> None:
 
 def _replica_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="NAME=VALUE",
-                   help="replica option for connect(), repeatable: poll_interval, cache_size, open_timeout, "
-                        "verify, read_retries, readahead (see the README)")
+                   help=f"replica option for connect(), repeatable: {', '.join(NAMES)} (see the README)")
 
 
 # ---- shared steps ----------------------------------------------------------------
@@ -261,6 +260,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_hydrate(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "hydrate", "copy a replica to a local file and keep it current",
+             "Hydrate FILE from the replica with parallel ranged reads, as connect(hydration_path=FILE)\n"
+             "does, and exit once it holds the newest TXID (a progress bar shows on a terminal).\n"
+             "Run again later to bring it up to date with only the files written since; --follow\n"
+             "keeps applying new files until interrupted. FILE is the hydration file readers\n"
+             "can share across restarts (FILE.lsvfs.json records its TXID and checksum).",
+             "  lsvfs hydrate s3://bucket/app.db /var/cache/app.db --follow")
+    p.add_argument("url", help=URL_HELP)
+    p.add_argument("file", help="the hydration file")
+    p.add_argument("--follow", action="store_true", help="keep the file current until interrupted")
+    _replica_options(p)
+    p.set_defaults(func=cmd_hydrate)
+
+
+def cmd_hydrate(args: argparse.Namespace) -> int:
+    options = {**dict(args.option), "hydration_path": args.file}
+    if not resolve(options).open_timeout:
+        require_replica(args.url)
+    rep = registry.acquire(args.url, resolve(options))
+    try:
+        hydrator = rep.hydrator
+        if hydrator is None:  # the replica was already open in this process without hydration
+            raise ReplicaError(f"replica {rep.name} is open without hydration")
+        done: int | None = None
+        with ProgressBar("hydrating") as bar:
+            while True:
+                snap = rep.current()
+                total = snap.table.count * snap.page_size
+                bar(total - hydrator.missing(snap) * snap.page_size, total)
+                if hydrator.synced_txid == snap.txid and done != snap.txid:
+                    done = snap.txid
+                    bar.close()
+                    print(f"hydrated TXID {snap.txid:016x} ({snap.commit} pages of {snap.page_size} bytes) "
+                          f"to {hydrator.path}", flush=True)
+                    if not args.follow:
+                        return 0
+                time.sleep(0.1)
+    finally:
+        registry.release(rep)
+
+
 def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = _sub(sub, common, "demo", "live demo: a primary, real litestream replication, and replica queries",
              "Start a primary database, replicate it with a real `litestream replicate` to a temp\n"
@@ -309,7 +350,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_stats, add_demo)
+COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_hydrate, add_stats,
+                               add_demo)
 """Subcommands in --help order."""
 
 

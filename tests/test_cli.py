@@ -381,6 +381,22 @@ def test_progress_bar_on_a_terminal_only(frozen: Frozen, tmp_path: Path) -> None
     assert r.returncode == 0 and r.stderr == ""
 
 
+def test_hydrate_command(frozen: Frozen, tmp_path: Path) -> None:
+    """`lsvfs hydrate` fills the file with the newest TXID (a bar on a terminal), and a second
+    run finds it current: quiet when piped, the same bytes, `litestream restore`'s."""
+    out_db = tmp_path / "hydrated.db"
+    rc, out, tty = run_with_pty_stderr([sys.executable, "-m", "lsvfs", "hydrate", str(frozen.replica), str(out_db)])
+    assert rc == 0, tty
+    assert "hydrating [" in tty and "100.0%" in tty, repr(tty)
+    assert f"hydrated TXID {frozen.txid:016x}" in out
+    assert out_db.read_bytes() == frozen.image
+    r = cli("hydrate", str(frozen.replica), str(out_db))
+    assert r.returncode == 0 and r.stderr == "" and f"hydrated TXID {frozen.txid:016x}" in r.stdout
+    assert out_db.read_bytes() == frozen.image
+    line = one_error_line(cli("hydrate", str(tmp_path / "nowhere"), str(out_db)), "hydrate")
+    assert "does not exist" in line
+
+
 # ---- verify ----------------------------------------------------------------------
 
 def test_verify_good_replica(frozen: Frozen) -> None:
