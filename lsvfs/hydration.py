@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,8 @@ class Hydrator:
         lib.lsvfs_replica_set_hydration(rep.c, self._h)  # the C replica owns it from here
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._writes = 0  # writes to the file under way; stop() waits for them
+        self._writes_cv = threading.Condition()
         self.synced_txid: int | None = None
         self.requests = 0
         self.bytes = 0
@@ -97,9 +100,29 @@ class Hydrator:
 
     def stop(self) -> None:
         """Ask the worker to end (close() waits for it): its queued reads are
-        cancelled with the fetcher's."""
-        self._stop.set()
+        cancelled with the fetcher's. Returns once no write to the file is
+        under way; none starts after (a read still in storage may return
+        after close, when the file is someone else's)."""
+        with self._writes_cv:
+            self._stop.set()
+            while self._writes:
+                self._writes_cv.wait()
         self._wake.set()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[bool]:
+        """Whether the file may still be written (not stopped); stop() waits for the block to end."""
+        with self._writes_cv:
+            if self._stop.is_set():
+                yield False
+                return
+            self._writes += 1
+        try:
+            yield True
+        finally:
+            with self._writes_cv:
+                self._writes -= 1
+                self._writes_cv.notify_all()
 
     def close(self, wait_s: float) -> None:
         self.stop()
@@ -213,8 +236,10 @@ class Hydrator:
             with self._count_lock:
                 self.requests += 1
                 self.bytes += len(data)
-            core.fill_hydration(self._h, rng.slot, data, rng.start, rng.entries, snap.page_size, f.name,
-                                keep=lib.lsvfs_replica_cache(self._rep.c))
+            with self._writing() as ours:
+                if ours:
+                    core.fill_hydration(self._h, rng.slot, data, rng.start, rng.entries, snap.page_size, f.name,
+                                        keep=lib.lsvfs_replica_cache(self._rep.c))
 
         def run() -> None:
             if not self._stop.is_set():
@@ -225,19 +250,22 @@ class Hydrator:
     def _sync(self, snap: Snapshot) -> None:
         """The file holds all of `snap`: cut, flush, and record it."""
         checksum = ffi.new("uint64_t *")
-        rc = lib.lsvfs_hydration_sync(self._h, snap.commit, checksum)
-        if rc:
-            raise OSError(f"hydration file {self.path}: flush failed")
-        self.synced_txid = snap.txid
-        if self.persistent:
-            meta = {"version": META_VERSION, "replica": self._rep.name, "txid": snap.txid, "commit": snap.commit,
-                    "page_size": snap.page_size, "checksum": int(checksum[0])}
-            tmp = self._meta_path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._meta_path)
+        with self._writing() as ours:
+            if not ours:
+                return
+            rc = lib.lsvfs_hydration_sync(self._h, snap.commit, checksum)
+            if rc:
+                raise OSError(f"hydration file {self.path}: flush failed")
+            self.synced_txid = snap.txid
+            if self.persistent:
+                meta = {"version": META_VERSION, "replica": self._rep.name, "txid": snap.txid,
+                        "commit": snap.commit, "page_size": snap.page_size, "checksum": int(checksum[0])}
+                tmp = self._meta_path + ".tmp"
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    json.dump(meta, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self._meta_path)
         log.info("%s: hydrated at TXID %016x (%s)", self._rep.name, snap.txid, self.path)
 
     # ---- restart ----------------------------------------------------------
@@ -306,7 +334,10 @@ class Hydrator:
         self._reset()
 
     def _reset(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._meta_path)
-        if lib.lsvfs_hydration_reset(self._h):
-            raise OSError(f"hydration file {self.path}: cannot truncate")
+        with self._writing() as ours:
+            if not ours:
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._meta_path)
+            if lib.lsvfs_hydration_reset(self._h):
+                raise OSError(f"hydration file {self.path}: cannot truncate")

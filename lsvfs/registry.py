@@ -55,10 +55,10 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
             rep = _new_replica(url, options, storage)
             try:
                 rep.open()
+                rep.start()  # may fail after starting the poller (a hydration file in use)
             except BaseException:
                 rep.close()
                 raise
-            rep.start()
         except BaseException as exc:
             with _registry_lock:
                 del _opening[key]
