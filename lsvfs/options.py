@@ -120,7 +120,7 @@ NAMES = tuple(f.name for f in fields(Options))
 
 
 GO_NAMES = {"hydration_enabled": "hydration"}
-"""The Go VFS's URI parameter names for our options."""
+"""The Go VFS's names for our options, accepted wherever ours are."""
 GO_ENV = {"hydration": "LITESTREAM_HYDRATION_ENABLED", "hydration_path": "LITESTREAM_HYDRATION_PATH"}
 """The Go VFS's environment variables, read after ours."""
 
@@ -130,15 +130,14 @@ def env_name(option: str) -> str:
 
 
 def from_params(params: Mapping[str, str]) -> dict[str, str]:
-    """Our options among URI parameters, the Go VFS's names included."""
-    given = {GO_NAMES[k]: v for k, v in params.items() if k in GO_NAMES}
-    given.update({k: params[k] for k in NAMES if k in params})
-    return given
+    """Options among URI parameters (the Go VFS's names too: resolve() maps them)."""
+    return {k: v for k, v in params.items() if k in NAMES or k in GO_NAMES}
 
 
 def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
     """Options from explicit values (keywords/URI) over the environment over defaults."""
     environ = os.environ if environ is None else environ
+    given = {GO_NAMES.get(k, k): v for k, v in given.items()}
     unknown = set(given) - set(NAMES)
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(NAMES)}")

@@ -874,7 +874,7 @@ def test_go_uri_parameter_turns_hydration_on_with_a_temp_file(dir_db: Frozen, dr
     lsvfs.uri()) turns hydration on: PRAGMA litestream_hydration_file names a
     private temp file, litestream_hydration_progress reaches 100, queries are
     right, and the file (and any record) is gone after close."""
-    uri = lsvfs.uri(dir_db.url, poll_interval=0) + "&hydration_enabled=1"
+    uri = lsvfs.uri(dir_db.url, poll_interval=0, hydration_enabled=1)  # passed on as the Go name
     conn = _uri_connect(driver, uri)
     try:
         path = _pragma(conn, "litestream_hydration_file")
