@@ -80,6 +80,7 @@ class Hydrator:
         self._writes = 0  # writes to the file under way; stop() waits for them
         self._writes_cv = threading.Condition()
         self.synced_txid: int | None = None
+        self._meta: dict[str, Any] | None = None  # the record as last written
         self.requests = 0
         self.bytes = 0
         self._count_lock = threading.Lock()
@@ -220,6 +221,12 @@ class Hydrator:
 
     def _fetch(self, snap: Snapshot, wanted: list[tuple[int, tuple[int, int, int]]]) -> None:
         """Read and write `wanted` pages, in parallel; raise the first failure."""
+        if self._meta is not None and self._meta.get("complete"):
+            # From here the file matches its record no more: say so, so that a
+            # restart in between knows why its checksum differs.
+            with self._writing() as ours:
+                if ours:
+                    self._record({**self._meta, "complete": False})
         futures: list[Future[None]] = []
         for rng in plan(wanted, REQUEST_BYTES, MAX_GAP):
             futures.append(self._rep.fetcher.submit(Job(self._job(snap, rng), HYDRATE)).future)
@@ -257,16 +264,22 @@ class Hydrator:
             if rc:
                 raise OSError(f"hydration file {self.path}: flush failed")
             self.synced_txid = snap.txid
-            if self.persistent:
-                meta = {"version": META_VERSION, "replica": self._rep.name, "txid": snap.txid,
-                        "commit": snap.commit, "page_size": snap.page_size, "checksum": int(checksum[0])}
-                tmp = self._meta_path + ".tmp"
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    json.dump(meta, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self._meta_path)
+            self._record({"version": META_VERSION, "replica": self._rep.name, "txid": snap.txid,
+                          "commit": snap.commit, "page_size": snap.page_size, "checksum": int(checksum[0]),
+                          "complete": True})
         log.info("%s: hydrated at TXID %016x (%s)", self._rep.name, snap.txid, self.path)
+
+    def _record(self, meta: dict[str, Any]) -> None:
+        """Write the record beside a persistent file, atomically and durably."""
+        self._meta = meta
+        if not self.persistent:
+            return
+        tmp = self._meta_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._meta_path)
 
     # ---- restart ----------------------------------------------------------
 
@@ -278,6 +291,9 @@ class Hydrator:
             return
         if not meta:
             self._rebuild("its record is unreadable")
+            return
+        if meta.get("complete") is False:
+            self._rebuild("it was being updated when it was last closed")
             return
         cur = self._rep.current()
         if meta.get("replica") != self._rep.name or meta.get("page_size") != cur.page_size:
@@ -313,6 +329,7 @@ class Hydrator:
                                        ffi.NULL if changed is None else changed.table.cdata)
         if rc:
             raise MemoryError("hydration: out of memory")
+        self._meta = meta
         log.info("%s: hydration file %s resumed at TXID %016x", self._rep.name, self.path, txid)
 
     def _read_meta(self) -> dict[str, Any] | None:
