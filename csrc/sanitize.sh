@@ -34,8 +34,9 @@ if [ "$MODE" = thread ]; then
     RUNTIME="libtsan"
     PRELOAD="$(gcc -print-file-name=libtsan.so)"
     export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:log_path=$REPORTS/tsan"
-    DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_fuzz_stress_and_chaos.py
-                   -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared")
+    DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_fuzz_stress_and_chaos.py tests/test_core.py
+                   tests/test_prefetch_and_hydration.py
+                   -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared or hydration_readers or hydration_moves_on")
 else
     # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
     # overflow and so hides it (and bad shifts) from UBSan.
@@ -51,7 +52,10 @@ else
                    # scenario tests that absorbed VFS tests
                    tests/test_sqlite_behaviour.py::test_s05_page_arithmetic_at_every_page_size
                    "tests/test_sqlite_behaviour.py::test_s20_open_waits_for_the_first_file[file]"
-                   tests/test_faults_and_recovery.py::test_s10_poller_survives_listing_failures_and_allocation_failure)
+                   tests/test_faults_and_recovery.py::test_s10_poller_survives_listing_failures_and_allocation_failure
+                   # hydration: C reads of the file while it advances under live writes
+                   tests/test_prefetch_and_hydration.py::test_long_read_transaction_keeps_its_txid_while_hydration_moves_on
+                   tests/test_prefetch_and_hydration.py::test_hydration_under_live_writes_equals_the_restore_at_every_txid)
 fi
 
 echo "== building sanitized lsvfs._core in $TMP/build"

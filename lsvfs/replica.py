@@ -577,8 +577,10 @@ class Replica:
         """A sequential reader missed `pgno`: make sure the chunks from its
         chunk on are being read, in parallel, a window that doubles while
         the reader keeps coming (bounded by AHEAD_BYTES and the cache)."""
-        chunk_pages = max(1, CHUNK_BYTES // snap.page_size)
-        most = max(1, min(AHEAD_BYTES, self.cache.max_bytes // 4) // CHUNK_BYTES)
+        ahead = min(AHEAD_BYTES, self.cache.max_bytes // 4)  # what is read ahead must stay cached
+        chunk = max(snap.page_size, min(CHUNK_BYTES, ahead))
+        chunk_pages = chunk // snap.page_size
+        most = max(1, ahead // chunk)
         last = (snap.commit - 1) // chunk_pages
         k = (pgno - 1) // chunk_pages
         todo = []
@@ -595,7 +597,7 @@ class Replica:
         for j in todo:
             first = j * chunk_pages + 1
             self._submit(snap, self._uncached(snap, first, min(chunk_pages, snap.commit - first + 1)),
-                         URGENT if j == k else AHEAD)
+                         URGENT if j == k else AHEAD, chunk)
 
     def _prefetch(self) -> None:
         """Fetch the whole current snapshot into the cache in the background
@@ -624,9 +626,10 @@ class Replica:
         return [(first + i, loc) for i, loc in enumerate(locs)
                 if loc is not None and (loc[0], loc[1]) not in self.cache and self.fetcher.find(loc[0], loc[1]) is None]
 
-    def _submit(self, snap: Snapshot, wanted: list[tuple[int, tuple[int, int, int]]], priority: int) -> None:
+    def _submit(self, snap: Snapshot, wanted: list[tuple[int, tuple[int, int, int]]], priority: int,
+                chunk: int = CHUNK_BYTES) -> None:
         """Ranged reads of `wanted` pages into the cache, as fetcher jobs readers can find."""
-        for rng in plan(wanted, CHUNK_BYTES + MAX_GAP, MAX_GAP):
+        for rng in plan(wanted, chunk + MAX_GAP, min(chunk, MAX_GAP)):
             if priority == PREFETCH:
                 self.prefetch_requests += 1
             self.fetcher.submit(Job(self._cache_job(snap, rng, priority), priority, rng.slot, rng.start, rng.end))

@@ -50,12 +50,12 @@ def million_page_replica(tmp_path_factory: pytest.TempPathFactory) -> DirTarget:
 def test_s04_page_table_memory_bounded_and_flat_under_rewrites(million_page_replica: DirTarget,
                                                                 record_property: Any) -> None:
     """Scenario 4: the page table of a 1M-page database costs <= 20 MB (the C
-    table's own accounting), and rewriting the same 64 pages for thousands of
+    table's own accounting), and rewriting the same 64 pages for a thousand
     polls (each poll one new L0 file, old ones deleted as retention would)
     grows neither the table nor lsvfs's Python heap (tracemalloc, filtered to
     lsvfs's own code) nor the process RSS.
 
-    LSVFS_SOAK_SECONDS runs the polls for that long instead of 2,000 polls.
+    LSVFS_SOAK_SECONDS runs the polls for that long instead of 1,000 polls.
     """
     target = million_page_replica
     ps = 512
@@ -92,7 +92,7 @@ def test_s04_page_table_memory_bounded_and_flat_under_rewrites(million_page_repl
             base_rss = rss()
             polls = 0
             deadline = time.monotonic() + SOAK_SECONDS
-            while polls < 2000 or time.monotonic() < deadline:
+            while polls < 1000 or time.monotonic() < deadline:
                 txid += 1
                 l0(txid)
                 assert rep.poll()
@@ -168,7 +168,7 @@ def test_s25_latency_readahead_and_following(tmp_path: Path, request: pytest.Fix
     for readahead in (1, 64):
         slow = LatencyStorage(open_storage(p.url), delay=0.01)
         with closing(lsvfs.connect(p.url, storage=slow, poll_interval=0.02, readahead=readahead,
-                                   cache_size="4MiB")) as conn:
+                                   cache_size="4MiB", prefetch="off")) as conn:
             rep = lsvfs.open_replicas()[p.url]
             rep.cache.clear()  # the open read small files whole: start cold
             reads0 = slow.calls["read"]

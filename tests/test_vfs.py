@@ -176,7 +176,7 @@ def test_hundred_reader_threads_while_primary_writes(file_primary: ReplicatedPri
         conn = apsw.Connection(str(p.db_path))
         conn.set_busy_timeout(5000)
         i = 0
-        while i < 200:
+        while i < 80:
             i += 1
             with conn:
                 conn.execute("UPDATE acct SET bal = bal - ? WHERE id = ?", (i, i % 50 + 1))
