@@ -544,9 +544,13 @@ class OSSGateway:
     Alibaba's SDK (Litestream's `oss` client) signs with OSS4-HMAC-SHA256,
     whose credential scope names service "oss"; moto routes requests by that
     scope and finds no such service. This server rewrites that one header to
-    an AWS4 header naming "s3" (moto does not check signatures here) and
-    otherwise hands the request to moto untouched. It shares moto's in-process
-    backend with `MotoS3`, so buckets made there are visible here.
+    an AWS4 header naming "s3" (moto does not check signatures here). For such
+    a request it also answers as OSS does where moto differs in a way a client
+    notices: XML without S3's namespace (Alibaba's Python SDK, oss2, looks its
+    elements up by bare name), each listed object's <Type>, and an empty
+    `continuation-token` taken as none (oss2 always sends one). Everything else goes to moto untouched. It shares
+    moto's in-process backend with `MotoS3`, so buckets made there are visible
+    here.
     """
 
     def __init__(self) -> None:
@@ -563,12 +567,30 @@ class OSSGateway:
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
             auth = environ.get("HTTP_AUTHORIZATION", "")
-            if auth.startswith("OSS4-HMAC-SHA256"):
-                environ["HTTP_AUTHORIZATION"] = (
-                    "AWS4-HMAC-SHA256 Credential=test/20200101/us-east-1/s3/aws4_request, "
-                    "SignedHeaders=host, Signature=0"
-                )
-            return moto_app(environ, start_response)
+            if not auth.startswith(("OSS4-HMAC-SHA256", "OSS ")):
+                return moto_app(environ, start_response)
+            environ["HTTP_AUTHORIZATION"] = (
+                "AWS4-HMAC-SHA256 Credential=test/20200101/us-east-1/s3/aws4_request, "
+                "SignedHeaders=host, Signature=0"
+            )
+            query = environ.get("QUERY_STRING", "")
+            if "continuation-token=" in query:
+                environ["QUERY_STRING"] = "&".join(kv for kv in query.split("&") if kv != "continuation-token=")
+            answer: list[Any] = []
+
+            def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                answer[:] = [status, headers]
+                return lambda data: None
+
+            body = b"".join(moto_app(environ, capture))
+            status, headers = answer
+            if b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"' in body[:300]:
+                body = body.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b"", 1)
+                if b"<ListBucketResult" in body[:300]:  # OSS names each object's type; oss2 wants it
+                    body = body.replace(b"</ETag>", b"</ETag><Type>Normal</Type>")
+                headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
+            start_response(status, headers)
+            return [body]
 
         from moto.moto_server.werkzeug_app import MotoRequestHandler  # HTTP/1.1 keep-alive, as MotoS3's
 
