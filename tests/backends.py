@@ -19,6 +19,7 @@ from servers import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     NATS_PASSWORD,
+    NATS_TOKEN,
     NATS_USER,
     SFTP_PASSWORD,
     SFTP_USER,
@@ -115,6 +116,32 @@ def make_target(kind: str, server: Any) -> ReplicaTarget:
                                 "access-key-id": OSS_KEY_ID, "secret-access-key": OSS_KEY_SECRET},
         )
     raise ValueError(f"unknown backend {kind!r}")
+
+
+def webdavs_target(server: Any) -> ReplicaTarget:
+    """A fresh directory on the HTTPS WebDAV server (conftest `webdavs_server`): lsvfs names the
+    CA with `?ca=`, Litestream (Go) trusts it through SSL_CERT_FILE."""
+    d = server.new_dir()
+    root = server.root / d
+    url = f"webdavs://{WEBDAV_USER}:{WEBDAV_PASSWORD}@127.0.0.1:{server.port}/{d}"
+
+    def put(n: str, data: bytes) -> None:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(data)
+
+    return ReplicaTarget("webdav", f"{url}?ca={server.tls.ca}", url, "", names=lambda: _walk(root), put=put,
+                         env={"SSL_CERT_FILE": str(server.tls.ca)}, secrets=(WEBDAV_PASSWORD,))
+
+
+def nats_token_target(server: Any) -> ReplicaTarget:
+    """A fresh bucket on the token-auth NATS server (conftest `nats_token_server`)."""
+    bucket = server.create_bucket()
+    return ReplicaTarget(
+        "nats", f"nats://127.0.0.1:{server.port}/{bucket}?token={NATS_TOKEN}",
+        f"nats://127.0.0.1:{server.port}/{bucket}", "",
+        names=lambda: server.names(bucket), put=lambda n, d: server.put(bucket, n, d),
+        litestream_options={"token": NATS_TOKEN}, secrets=(NATS_TOKEN,),
+    )
 
 
 def lsvfs_env(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:

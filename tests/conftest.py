@@ -165,6 +165,27 @@ def nats_server() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def webdavs_server() -> Iterator[Any]:
+    """wsgidav over HTTPS with a certificate from a CA made for this session (server.tls.ca)."""
+    from servers import WebDAVServer, make_ca, scratch
+
+    base = scratch("webdavs")
+    server = WebDAVServer(base / "root", tls=make_ca(base / "ca")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_token_server() -> Iterator[Any]:
+    """A second nats-server that takes NATS_TOKEN instead of a user and password."""
+    from servers import NATS_TOKEN, NATSServer, scratch
+
+    server = NATSServer(scratch("nats-token"), token=NATS_TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def oss_server(moto_s3: MotoS3) -> Iterator[Any]:
     from servers import OSSGateway
 

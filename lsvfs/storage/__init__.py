@@ -7,7 +7,7 @@ Accepted forms (the same URLs Litestream takes):
 - ``gs://bucket/path[?endpoint=URL]``;
 - ``abs://[account@]container/path[?endpoint=URL]``;
 - ``sftp://user[:password]@host[:port]/path[?key=FILE&known_hosts=FILE]``;
-- ``webdav://`` / ``webdavs://[user[:password]@]host[:port]/path``;
+- ``webdav://`` / ``webdavs://[user[:password]@]host[:port]/path[?ca=FILE&skip-verify=true]``;
 - ``nats://[user[:password]@]host[:port]/bucket``;
 - ``oss://bucket/path[?endpoint=URL&region=R]``.
 
@@ -210,7 +210,7 @@ _ACCEPTED: dict[str, tuple[str, ...]] = {
     "gs": ("endpoint",),
     "abs": ("endpoint", "account-key", "sas-token"),
     "sftp": ("key", "known_hosts", "insecure_skip_host_key"),
-    "webdav": ("skip-verify",),
+    "webdav": ("skip-verify", "ca"),
     "nats": ("token", "creds"),
     "oss": ("endpoint", "region", "force-path-style", "skip-verify"),
 }
@@ -304,8 +304,9 @@ def _parse_webdav(url: str) -> ReplicaURL:
     host, port = _host_parts(url, scheme, parts, None)
     user, pw = _userinfo(parts)
     skip = _parse_bool(url, "skip-verify", q["skip-verify"]) if "skip-verify" in q else False
+    params = tuple(sorted((k, v) for k, v in q.items() if k != "skip-verify"))
     return ReplicaURL(scheme, unquote(parts.path).strip("/"), host=host, port=port, user=user,  # type: ignore[attr-defined]
-                      password=pw, skip_verify=skip)
+                      password=pw, skip_verify=skip, params=params)
 
 
 def _parse_nats(url: str) -> ReplicaURL:

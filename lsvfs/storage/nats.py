@@ -11,12 +11,16 @@ object is valid forever); concurrent reads of one object share one fetch.
 Listing reads the bucket's whole object index once and answers every level
 from it for a moment, so `list_all` over ten levels costs one round.
 
-Credentials: `nats://user:password@host`, `?token=`, or `?creds=FILE`.
+Credentials: `nats://user:password@host`, `?token=`, or `?creds=FILE` (the
+names of Litestream's `username`/`password`, `token` and `creds` settings).
+A server that refuses them fails the open at once, naming which credentials
+were refused: retrying cannot fix a wrong password.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -59,6 +63,9 @@ class NATSStorage:
         self.server = f"nats://{host}:{port}"
         self.url = f"{self.server}/{bucket}"
         self._secrets = (password, token)
+        self._offered = (f"creds file {creds}" if creds else "the token (?token=)" if token
+                         else f"user {user!r} and its password" if user is not None else None)
+        """What credentials were offered, for an authorization error (never the secret itself)."""
         self._opts: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "max_reconnect_attempts": -1,
                                       "reconnect_time_wait": 0.5, "allow_reconnect": True,
                                       "error_cb": self._on_error, "name": "lsvfs"}
@@ -80,6 +87,8 @@ class NATSStorage:
         self._nc: Any = None
         self._obs: Any = None
         self._last_error: BaseException | None = None
+        self._refused: asyncio.Future[None] | None = None
+        """Set on the loop while the first connect runs; done when the server refuses the credentials."""
         try:
             self._run(self._open(), "connect")
         except BaseException:
@@ -96,17 +105,29 @@ class NATSStorage:
         return f"NATSStorage({self.url!r})"
 
     async def _on_error(self, e: Exception) -> None:
-        if self._last_error is None or "authoriz" not in str(self._last_error).lower():
+        if self._last_error is None or not _refusal(self._last_error):
             self._last_error = e  # an authorization error explains the resets that follow it
+        if _refusal(e) and self._refused is not None and not self._refused.done():
+            self._refused.set_result(None)
         log.debug("nats %s: %s", self.server, scrub(str(e) or type(e).__name__, self._secrets))
 
     async def _open(self) -> None:
-        """Connect (reconnecting forever afterwards), but give up on the first
-        connect after CONNECT_TIMEOUT with the last error the client saw."""
+        """Connect (reconnecting forever afterwards). The first connect gives up
+        as soon as the server refuses the credentials, else after
+        CONNECT_TIMEOUT, with the last error the client saw."""
+        self._refused = asyncio.get_running_loop().create_future()
+        connecting: asyncio.Future[Any] = asyncio.ensure_future(nats.connect(self.server, **self._opts))
+        first: set[asyncio.Future[Any]] = {connecting, self._refused}
         try:
-            self._nc = await asyncio.wait_for(nats.connect(self.server, **self._opts), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
+            await asyncio.wait(first, timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._refused = None
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await connecting
             raise (self._last_error or nerr.NoServersError()) from None
+        self._nc = connecting.result()
         self._obs = await self._nc.jetstream().object_store(self.bucket)
 
     def _run(self, coro: Any, op: str, where: str | None = None) -> Any:
@@ -133,9 +154,10 @@ class NATSStorage:
         text = scrub(str(e) or type(e).__name__, self._secrets)
         if isinstance(e, (nerr.NoServersError, ConnectionRefusedError, OSError)):
             return StorageError(f"{where}: {op} failed: endpoint unreachable ({self.server}): {text}")
-        if "authorization" in text.lower() or "authentication" in text.lower():
-            return StorageError(f"{where}: {op} failed: authorization violation (check the user/password, "
-                                "token or creds file)")
+        if _refusal(e):
+            why = (f"the server refused {self._offered}" if self._offered else "the server wants credentials and "
+                   "none were given (nats://user:password@host/bucket, ?token= or ?creds=FILE)")
+            return StorageError(f"{where}: {op} failed: authorization violation: {why}")
         if isinstance(e, (nerr.TimeoutError, asyncio.TimeoutError)):
             return StorageError(f"{where}: {op} failed: timed out talking to {self.server}")
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {text}")
@@ -234,6 +256,12 @@ class NATSStorage:
         with self._lock:
             self._cache.clear()
             self._cache_used = 0
+
+
+def _refusal(e: BaseException) -> bool:
+    """Whether `e` is the server refusing our credentials."""
+    text = str(e).lower()
+    return isinstance(e, nerr.AuthorizationError) or "authorization" in text or "authentication" in text
 
 
 def _mtime(v: Any) -> datetime | None:

@@ -10,12 +10,21 @@ session per server, user and password serves every storage on that server
 
 Basic auth from the URL (`webdav://user:password@host/path`), else
 LITESTREAM_WEBDAV_USERNAME / LITESTREAM_WEBDAV_PASSWORD.
+
+`webdavs://` checks the server's certificate against, in order: the CA file
+or directory in `?ca=`, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (requests' own
+variables), SSL_CERT_FILE (what Litestream, a Go program, reads), else
+certifi's bundle. `?skip-verify=true` turns the check off and says so in a
+WARNING each time a storage is opened.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import ssl
+import warnings
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -23,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
+from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
@@ -36,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TIMEOUT = (5.0, 30.0)
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+"""Environment variables naming a CA bundle, in the order they are looked at."""
 _DAV = "{DAV:}"
 _PROPFIND = (b'<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:"><d:prop>'
              b"<d:getcontentlength/><d:getlastmodified/><d:resourcetype/></d:prop></d:propfind>")
@@ -48,13 +60,26 @@ class WebDAVStorage:
 
     def __init__(self, host: str, path: str = "", *, port: int | None = None, tls: bool = False,
                  user: str | None = None, password: str | None = None, skip_verify: bool = False,
-                 clients: SharedClients | None = None) -> None:
+                 ca: str | None = None, clients: SharedClients | None = None) -> None:
         scheme = "https" if tls else "http"
         hostport = host if port is None else f"{host}:{port}"
         self.path = path.strip("/")
         self.base = f"{scheme}://{hostport}"
         self._shown = f"{'webdavs' if tls else 'webdav'}://{hostport}"
         self.url = f"{self._shown}/{self.path}"
+        self._verify: bool | str = True
+        """What every request passes as `verify`: False, a CA file/directory, or
+        True (certifi). Always passed explicitly: requests would otherwise let
+        REQUESTS_CA_BUNDLE override a session's verify=False."""
+        if tls and skip_verify:
+            self._verify = False
+            log.warning("WebDAV %s: TLS certificate NOT verified (skip-verify=true); anyone between here and "
+                        "the server can read and change this replica's data", self._shown)
+            # urllib3 would warn on every request; the WARNING above says it once per storage.
+            warnings.filterwarnings("ignore", message=f"Unverified HTTPS request is being made to host "
+                                    f"'{re.escape(host)}'", category=InsecureRequestWarning)
+        elif tls:
+            self._verify = trusted_cas(ca, self._shown)
         user = user if user is not None else os.environ.get("LITESTREAM_WEBDAV_USERNAME") or None
         if password is None:
             password = os.environ.get("LITESTREAM_WEBDAV_PASSWORD") or None
@@ -65,10 +90,10 @@ class WebDAVStorage:
             session = pooled_session()
             if user is not None:
                 session.auth = (user, password or "")
-            session.verify = not skip_verify
+            session.verify = self._verify
             return session
 
-        key = ("webdav", self.base, user, fingerprint(password), skip_verify)
+        key = ("webdav", self.base, user, fingerprint(password), self._verify)
         self._lease: Lease[Any] = lease(clients, key, make, _close_session)
         self._session = self._lease.client
 
@@ -76,7 +101,7 @@ class WebDAVStorage:
     def from_url(cls, u: ReplicaURL, clients: SharedClients | None = None) -> WebDAVStorage:
         assert u.host is not None
         return cls(u.host, u.path, port=u.port, tls=u.scheme == "webdavs", user=u.user, password=u.password,
-                   skip_verify=u.skip_verify, clients=clients)
+                   skip_verify=u.skip_verify, ca=u.param("ca"), clients=clients)
 
     def __repr__(self) -> str:
         return f"WebDAVStorage({self.url!r})"
@@ -136,7 +161,10 @@ class WebDAVStorage:
         """The response, None for a 404 listing, or StorageError."""
         where = f"{self._shown}/{rel}"
         try:
-            resp = self._session.request(method, self._href(rel), headers=headers, data=data, timeout=TIMEOUT)
+            resp = self._session.request(method, self._href(rel), headers=headers, data=data, timeout=TIMEOUT,
+                                         verify=self._verify)
+        except requests.exceptions.SSLError as e:
+            raise StorageError(f"{where}: {op} failed: {tls_failure(e)}") from None
         except requests.ConnectionError as e:
             raise StorageError(f"{where}: {op} failed: endpoint unreachable ({self.base}): "
                                f"{type(e).__name__}") from None
@@ -166,3 +194,49 @@ class WebDAVStorage:
 
 def _close_session(session: Any) -> None:
     session.close()
+
+
+def trusted_cas(ca: str | None, shown: str) -> bool | str:
+    """The `verify` for a webdavs:// server: `?ca=`, else the first CA_VARIABLES
+    set, else True (certifi). A named CA that is not there is a StorageError
+    now, rather than a puzzling handshake failure at the first request."""
+    source = "?ca="
+    if not ca:
+        for var in CA_VARIABLES:
+            if os.environ.get(var):
+                ca, source = os.environ[var], var
+                break
+    if not ca:
+        return True
+    ca = os.path.expanduser(ca)
+    if not os.path.exists(ca):
+        raise StorageError(f"{shown}: CA file {ca!r} (from {source}) does not exist")
+    log.debug("WebDAV %s: trusting the CA in %s (from %s)", shown, ca, source)
+    return ca
+
+
+def tls_failure(e: BaseException) -> str:
+    """What went wrong in a TLS handshake, in words a person can act on."""
+    err = _ssl_cause(e)
+    if isinstance(err, ssl.SSLCertVerificationError):
+        why = err.verify_message or err.reason or "certificate verify failed"
+        return (f"TLS certificate rejected ({why}); name its CA with ?ca=FILE or REQUESTS_CA_BUNDLE, "
+                "or set ?skip-verify=true to skip the check")
+    if err is not None:
+        return f"TLS handshake failed ({err.reason or type(err).__name__}); is this server speaking HTTPS?"
+    return f"TLS handshake failed ({type(e).__name__})"
+
+
+def _ssl_cause(e: BaseException) -> ssl.SSLError | None:
+    """The ssl module's error under requests' and urllib3's wrappers, if any."""
+    todo, seen = [e], set()
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError):
+            return err
+        inner = (getattr(err, "reason", None), *err.args, err.__cause__, err.__context__)
+        todo.extend(x for x in inner if isinstance(x, BaseException))
+    return None
