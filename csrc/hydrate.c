@@ -245,7 +245,8 @@ void lsvfs_hydration_forget(lsvfs_hydration *h, uint32_t slot)
 int lsvfs_hydration_reset(lsvfs_hydration *h)
 {
     pthread_rwlock_wrlock(&h->lock);
-    memset(h->tags, 0, (size_t)h->ntags * sizeof *h->tags);
+    if (h->ntags > 0) /* tags is NULL until the first page */
+        memset(h->tags, 0, (size_t)h->ntags * sizeof *h->tags);
     h->held = 0;
     int rc = ftruncate(h->fd, 0) == 0 ? LSVFS_OK : LSVFS_ESIZE;
     pthread_rwlock_unlock(&h->lock);
