@@ -88,8 +88,15 @@ class GCSEmulator:
         self.endpoint = ""
 
     def start(self) -> GCSEmulator:
+        import http.server
+
         from gcp_storage_emulator.server import create_server
 
+        # The emulator serves one request at a time from http.server's
+        # listen backlog of 5: a client's parallel connections past that
+        # have their SYN dropped and wait a second to retry. Real GCS has no
+        # such limit, so give the backlog room (the emulator has no option).
+        http.server.HTTPServer.request_queue_size = 128
         logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
         self.port = free_port()
         self._server = create_server("127.0.0.1", self.port, in_memory=True)
@@ -389,7 +396,8 @@ class WebDAVServer:
         }
         app = _whole_body(WsgiDAVApp(config))
         self.port = free_port()
-        self._server = wsgi.Server(("127.0.0.1", self.port), app, numthreads=16)
+        # cheroot's listen backlog is 5: parallel connections past it would wait a second.
+        self._server = wsgi.Server(("127.0.0.1", self.port), app, numthreads=16, request_queue_size=128)
         if self.tls is not None:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
 
