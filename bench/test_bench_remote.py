@@ -177,8 +177,11 @@ def snapshot_only(rep: BenchReplica) -> list[tuple[int, Path]]:
 
 def worker_env() -> dict[str, str]:
     """Credentials for moto and this checkout's lsvfs; nothing of ours or the caller's AWS setup
-    (AWS_CA_BUNDLE makes the Go SDK fail: it cannot add root CAs to the VFS's HTTP client)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LITESTREAM_", "LSVFS_"))}
+    (AWS_CA_BUNDLE makes the Go SDK fail: it cannot add root CAs to the VFS's HTTP client).
+    Bytecode is cached as an installed package has it: with PYTHONDONTWRITEBYTECODE (set on this
+    machine) an editable checkout is compiled from source in every fresh process."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "LITESTREAM_", "LSVFS_")) and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1",
                AWS_EC2_METADATA_DISABLED="true",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
