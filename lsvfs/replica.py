@@ -71,6 +71,8 @@ AHEAD_BYTES = 16 << 20
 """Most a sequential reader's read-ahead window grows to (and at most a quarter of the cache)."""
 MAX_GAP = 256 << 10
 """Bytes of unwanted frames read rather than starting a second request."""
+MIN_AHEAD_PAGES = 16
+"""Pages a quarter of the cache must hold for parallel read-ahead to be worth it."""
 AHEAD_KEPT = 1024
 """Read-ahead chunks remembered, so a window is scheduled once."""
 
@@ -578,7 +580,9 @@ class Replica:
         chunk on are being read, in parallel, a window that doubles while
         the reader keeps coming (bounded by AHEAD_BYTES and the cache)."""
         ahead = min(AHEAD_BYTES, self.cache.max_bytes // 4)  # what is read ahead must stay cached
-        chunk = max(snap.page_size, min(CHUNK_BYTES, ahead))
+        if ahead < MIN_AHEAD_PAGES * snap.page_size:
+            return  # a cache this small keeps nothing ahead: the miss's own run is all it gets
+        chunk = min(CHUNK_BYTES, ahead)
         chunk_pages = chunk // snap.page_size
         most = max(1, ahead // chunk)
         last = (snap.commit - 1) // chunk_pages
