@@ -23,7 +23,7 @@ from . import registry
 from .demo import run_demo
 from .errors import LsvfsError, ReplicaError
 from .ltx import parse_txid
-from .options import NAMES, resolve
+from .options import NAMES, Options, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
 from .progress import ProgressBar
@@ -98,6 +98,15 @@ def require_replica(url: str) -> None:
         raise ReplicaError(f"replica {url} is empty: {parsed.path} {why}")
 
 
+def replica_options(url: str, options: dict[str, str]) -> Options:
+    """`options` resolved; a missing directory replica fails here unless
+    open_timeout says to wait for it to appear."""
+    resolved = resolve(options)
+    if not resolved.open_timeout:
+        require_replica(url)
+    return resolved
+
+
 def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
     """Read one replica PRAGMA (litestream_txid, _time, _lag), or set it to `value`; its text."""
     if value is not None:
@@ -111,8 +120,7 @@ def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
 def open_replica(args: argparse.Namespace) -> apsw.Connection:
     """A read-only connection on args.url with args' options, pinned per --txid/--timestamp."""
     options = dict(args.option)
-    if not resolve(options).open_timeout:  # with one, connect() waits for the replica to appear
-        require_replica(args.url)
+    replica_options(args.url, options)
     conn = connect(args.url, **options)
     try:
         if args.txid is not None:
@@ -276,10 +284,7 @@ def add_hydrate(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
 
 
 def cmd_hydrate(args: argparse.Namespace) -> int:
-    options = {**dict(args.option), "hydration_path": args.file}
-    if not resolve(options).open_timeout:
-        require_replica(args.url)
-    rep = registry.acquire(args.url, resolve(options))
+    rep = registry.acquire(args.url, replica_options(args.url, {**dict(args.option), "hydration_path": args.file}))
     try:
         hydrator = rep.hydrator
         if hydrator is None:  # the replica was already open in this process without hydration
@@ -331,10 +336,7 @@ def add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: 
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    options = dict(args.option)
-    if not resolve(options).open_timeout:
-        require_replica(args.url)
-    rep = registry.acquire(args.url, resolve(options))
+    rep = registry.acquire(args.url, replica_options(args.url, dict(args.option)))
     try:
         if args.watch is None:
             print(json.dumps(rep.stats(), indent=2, sort_keys=True))
