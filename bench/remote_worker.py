@@ -11,7 +11,7 @@ it; the parent times the whole process as well.
 
 Workloads:
 
-- `open`: connect, `SELECT count(*) FROM sqlite_master`;
+- `open`: connect, `SELECT count(*) FROM sqlite_master`, then mark `answered`;
 - `lookups_scan`: open as above, then N primary-key lookups, then one full scan;
 - `l0_check`: open, the ledger aggregate and N lookups (checks the many-L0 replica);
 - `hydrate`: connect with hydration on, wait for
@@ -146,6 +146,7 @@ class Reader:
         w = self.args.workload
         if w == "open":
             self.open_and_first()
+            self.mark("answered")  # the parent's clock: spawn to first rows, without interpreter teardown
         elif w == "lookups_scan":
             self.open_and_first()
             self.mark("opened")

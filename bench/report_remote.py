@@ -92,6 +92,15 @@ def table(results: dict[tuple[str, str], Info]) -> str:
                      f"{'—' if ratio is None else f'{ratio:.2f}x'} | ≤1.2x{ok} | {requests(hyd)} | — |")
     else:
         lines.append("| hydrated warm lookups: not run (skipped) | — | — | — | — | — | — |")
+    walls = [(b, results.get((b, "lsvfs")), results.get((b, "go"))) for b in ("open", "open_l0")]
+    walls = [(b, ls, go) for b, ls, go in walls if ls and go and "process_wall_median_s" in ls]
+    if walls:
+        lines += ["", "The open figures run from spawning the process to the first rows. The whole process, "
+                  "interpreter teardown included (median):", "",
+                  "| workload | lsvfs s | Go s | Go/lsvfs |", "|---|---|---|---|"]
+        for b, ls, go in walls:
+            lw, gw = ls["process_wall_median_s"], go["process_wall_median_s"]
+            lines.append(f"| {b} | {lw:.3f} | {gw:.3f} | {gw / lw:.2f}x |")
     poll = [(s, results.get(("poll", s))) for s in ("lsvfs", "go")]
     if any(info for _, info in poll):
         lines += ["", "Polling: one idle connection, poll interval "
