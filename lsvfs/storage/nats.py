@@ -334,11 +334,14 @@ class NATSStorage:
         if obj.nuid and not obj.is_link() and n >= 1 and cs >= 1 and max(n - 2, 0) * cs + min(n, 2) <= size <= n * cs:
             subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=obj.nuid)
             async with self._gets:
-                first, last = await asyncio.gather(
-                    self._js.get_msg(self._stream, seq=0, subject=subject, next=True, direct=True),
-                    self._js.get_msg(self._stream, subject=subject, direct=True))
+                if n == 1:  # its last chunk is its first
+                    first = last = await self._js.get_msg(self._stream, subject=subject, direct=True)
+                else:
+                    first, last = await asyncio.gather(
+                        self._js.get_msg(self._stream, seq=0, subject=subject, next=True, direct=True),
+                        self._js.get_msg(self._stream, subject=subject, direct=True))
             head, tail = bytes(first.data or b""), bytes(last.data or b"")
-            self._count("chunk", head, tail)
+            self._count("chunk", *((head,) if n == 1 else (head, tail)))
             if first.subject != subject or last.subject != subject:
                 raise StorageError(f"{where}: get failed: the server answered a get of chunks {subject} "
                                    f"with {first.subject} and {last.subject}")
