@@ -107,9 +107,16 @@ def test_ranged_reads_equal_the_slice_of_the_whole(bucket: tuple[Any, str], layo
         ranges = _boundary_ranges(size, bounds) + [(first, CS), (first + CS - 5, CS + 10), (size - 7, 7)]
         for off, n in [(o, n) for o, n in ranges if o + n <= size]:
             assert st.read(f, off, n) == data[off:off + n], (off, n)
-        assert st.fetched["object_gets"] == 0
         assert st.fetched["chunk_bytes"] == size  # each chunk fetched once, then kept
         assert st.read_all(f) == data
+        assert st.fetched["object_gets"] == 0
+    finally:
+        st.close()
+    st = _storage(server, b)
+    try:
+        (f,) = st.list_files(0)
+        assert st.read_all(f) == data  # all chunks at once
+        assert st.fetched["object_gets"] == 0 and st.fetched["chunk_bytes"] == size
     finally:
         st.close()
 

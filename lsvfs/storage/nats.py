@@ -17,8 +17,10 @@ cover it, in parallel, each checked for its subject and length; chunks are kept
 in an LRU (an object never changes; read-ahead reads the neighbours). Objects
 written otherwise (Litestream's compactions and snapshots stream through a pipe,
 so their chunks are a few bytes each; chunks interleaved with another writer's),
-a stream without direct get, and `read_all` fetch the whole object, kept in the
-same LRU; concurrent reads of one object or chunk share one fetch.
+and a stream without direct get fetch the whole object through nats-py's get
+(one ordered consumer), kept in the same LRU; `read_all` fetches all chunks at
+once where it can, as ranged reads do; concurrent reads of one object or chunk
+share one fetch.
 Listing reads the bucket's whole object index once and answers every level
 from it for a moment, so `list_all` over ten levels costs one round.
 
@@ -272,7 +274,10 @@ class NATSStorage:
         return exact(data, info, self._where(info), offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
-        return exact(self._object(info), info, self._where(info))
+        # All chunks at once by direct get where the layout allows: a 4 MiB object in
+        # 32 chunks takes a fifth of the time of nats-py's get (one consumer, in order).
+        data = self._ranged(info, 0, info.size) if info.size else None
+        return exact(self._object(info) if data is None else data, info, self._where(info))
 
     def _where(self, info: FileInfo) -> str:
         return f"{self.url}/{self.object_name(info)}"
