@@ -5,9 +5,22 @@ Uses nats-py (extra `lsvfs[nats]`), which is asyncio-only: each storage runs
 one event loop on its own daemon thread and every call from the replica's
 threads is submitted to it and waited for (bounded).
 
-The object store has no ranged read, so `read` fetches the whole object and
-keeps it in a small LRU of whole objects (LTX files never change, so a cached
-object is valid forever); concurrent reads of one object share one fetch.
+The object store itself has no ranged read, but an object is a run of chunk
+messages on subject `$O.<bucket>.C.<nuid>` of stream `OBJ_<bucket>`, and
+JetStream's direct get (`allow_direct`, on for object stores) fetches one
+message by sequence. `read` uses that where an object's layout is known from
+its metadata and its first and last chunks: every chunk between them full
+(`max_chunk_size`) and the chunks consecutive in the stream. That is how
+nats-py, nats.go's PutBytes, and Litestream's L0 uploads (a 100-byte header
+chunk, then full chunks) write. A ranged read then fetches just the chunks that
+cover it, in parallel, each checked for its subject and length; chunks are kept
+in an LRU (an object never changes; read-ahead reads the neighbours). Objects
+written otherwise (Litestream's compactions and snapshots stream through a pipe,
+so their chunks are a few bytes each; chunks interleaved with another writer's),
+and a stream without direct get fetch the whole object through nats-py's get
+(one ordered consumer), kept in the same LRU; `read_all` fetches all chunks at
+once where it can, as ranged reads do; concurrent reads of one object or chunk
+share one fetch.
 Listing reads the bucket's whole object index once and answers every level
 from it for a moment, so `list_all` over ten levels costs one round.
 
@@ -26,12 +39,14 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import nats
 from nats import errors as nerr
 from nats.js import errors as jserr
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, VALID_BUCKET_RE, ObjectStore
 
 from ..errors import MissingFileError, StorageError
 from ..futures import claim
@@ -46,9 +61,42 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 CALL_TIMEOUT = 30.0
 CACHE_BYTES = 64 << 20
-"""Whole objects kept for ranged reads."""
+"""Chunks (and whole objects read whole) kept for ranged reads."""
 LISTING_TTL = 0.25
 """Seconds one bucket index answers listings for (collapses list_all's ten calls)."""
+CHUNK_GETS = 16
+"""Direct gets of chunk messages one storage has in flight at once."""
+LAYOUTS = 4096
+"""Object layouts remembered (a few hundred bytes each)."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where an object's bytes are: chunk 0 holds `head` bytes, the last chunk
+    `tail`, every chunk between exactly `chunk`; chunk k is message
+    `first_seq + k` of the stream (the last one `last_seq`)."""
+
+    nuid: str
+    subject: str
+    n: int
+    head: int
+    tail: int
+    chunk: int
+    first_seq: int
+    last_seq: int
+
+    def index(self, pos: int) -> int:
+        """The chunk holding byte `pos`."""
+        return 0 if pos < self.head else min(self.n - 1, 1 + (pos - self.head) // self.chunk)
+
+    def offset(self, k: int) -> int:
+        return 0 if k == 0 else self.head + (k - 1) * self.chunk
+
+    def length(self, k: int) -> int:
+        return self.head if k == 0 else self.tail if k == self.n - 1 else self.chunk
+
+    def seq(self, k: int) -> int:
+        return self.last_seq if k == self.n - 1 else self.first_seq + k
 
 
 class NATSStorage:
@@ -76,11 +124,24 @@ class NATSStorage:
         if creds:
             self._opts["user_credentials"] = creds
         self._cache_cap = cache_bytes
-        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        """Whole objects by (level, min, max) and chunks by (nuid, index)."""
         self._cache_used = 0
         self._inflight: dict[tuple[int, int, int], Future[bytes]] = {}
         self._lock = threading.Lock()
         self._listing: tuple[float, list[Any]] | None = None
+        self._objects: dict[str, Any] = {}
+        """The latest listing's ObjectInfo by object name."""
+        self._layouts: OrderedDict[str, _Layout | None] = OrderedDict()
+        """By nuid: the object's layout, or None where it must be read whole."""
+        self._layout_tasks: dict[str, asyncio.Future[_Layout | None]] = {}
+        self._chunk_tasks: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        """Fetches in flight on the loop (touched only there)."""
+        self._gets = asyncio.Semaphore(CHUNK_GETS)
+        self._direct = False
+        """Whether the bucket's stream answers direct gets."""
+        self.fetched = {"chunk_gets": 0, "chunk_bytes": 0, "object_gets": 0, "object_bytes": 0}
+        """What reads fetched from the server (chunk messages by direct get, whole objects)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"lsvfs-nats {self.url}", daemon=True)
         self._thread.start()
@@ -128,7 +189,17 @@ class NATSStorage:
                 await connecting
             raise (self._last_error or nerr.NoServersError()) from None
         self._nc = connecting.result()
-        self._obs = await self._nc.jetstream().object_store(self.bucket)
+        # What nats-py's js.object_store() does, keeping the stream's config (allow_direct).
+        if VALID_BUCKET_RE.match(self.bucket) is None:
+            raise jserr.InvalidBucketNameError
+        self._js = self._nc.jetstream()
+        self._stream = OBJ_STREAM_TEMPLATE.format(bucket=self.bucket)
+        try:
+            si = await self._js.stream_info(self._stream)
+        except jserr.NotFoundError:
+            raise jserr.BucketNotFoundError from None
+        self._direct = bool(si.config.allow_direct)
+        self._obs = ObjectStore(name=self.bucket, stream=self._stream, js=self._js)
 
     def _run(self, coro: Any, op: str, where: str | None = None) -> Any:
         where = where or self.url
@@ -175,9 +246,10 @@ class NATSStorage:
             except jserr.NotFoundError:
                 return []  # an empty bucket has no index at all
 
-        infos: list[FileInfo] = self._run(ls(), "list")
+        infos: list[Any] = self._run(ls(), "list")
         with self._lock:
             self._listing = (time.monotonic(), infos)
+            self._objects = {i.name: i for i in infos}
         return infos
 
     def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
@@ -195,13 +267,141 @@ class NATSStorage:
         check_range(offset, length)
         if length == 0:
             return b""
-        return exact(self._object(info)[offset:offset + length], info, self._where(info), offset, length)
+        end = min(offset + length, info.size)
+        data = self._ranged(info, offset, end) if offset < end else b""
+        if data is None:
+            data = self._object(info)[offset:offset + length]
+        return exact(data, info, self._where(info), offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
-        return exact(self._object(info), info, self._where(info))
+        # All chunks at once by direct get where the layout allows: a 4 MiB object in
+        # 32 chunks takes a fifth of the time of nats-py's get (one consumer, in order).
+        data = self._ranged(info, 0, info.size) if info.size else None
+        return exact(self._object(info) if data is None else data, info, self._where(info))
 
     def _where(self, info: FileInfo) -> str:
         return f"{self.url}/{self.object_name(info)}"
+
+    # -- ranged reads: chunk messages by direct get ------------------------
+
+    def _ranged(self, info: FileInfo, a: int, b: int) -> bytes | None:
+        """Bytes [a, b) of the object from just the chunks holding them; None
+        where the object must be read whole."""
+        if not self._direct:
+            return None
+        name = self.object_name(info)
+        with self._lock:
+            obj = self._objects.get(name)
+            if obj is not None and obj.nuid in self._layouts:
+                lay = self._layouts[obj.nuid]
+                if lay is None:
+                    return None
+                keys = [(lay.nuid, k) for k in range(lay.index(a), lay.index(b - 1) + 1)]
+                if all(key in self._cache for key in keys):
+                    for key in keys:
+                        self._cache.move_to_end(key)
+                    return _cut(lay, [self._cache[key] for key in keys], a, b)
+        where = self._where(info)
+        data: bytes | None = self._run(self._range(name, obj, info.size, a, b, where), "get", where)
+        return data
+
+    async def _range(self, name: str, obj: Any, size: int, a: int, b: int, where: str) -> bytes | None:
+        if obj is None:  # listed before the latest listing, or never listed
+            obj = await self._obs.get_info(name)
+        if int(obj.size or 0) != size:
+            return None  # not the object listed: the whole read says what it is
+        lay = await self._layout(obj, where)
+        if lay is None:
+            return None
+        parts = await asyncio.gather(*(self._chunk(lay, k, where)
+                                       for k in range(lay.index(a), lay.index(b - 1) + 1)))
+        return _cut(lay, parts, a, b)
+
+    async def _layout(self, obj: Any, where: str) -> _Layout | None:
+        with self._lock:
+            if obj.nuid in self._layouts:
+                return self._layouts[obj.nuid]
+        task = self._layout_tasks.get(obj.nuid)
+        if task is None:
+            task = self._layout_tasks[obj.nuid] = asyncio.ensure_future(self._find_layout(obj, where))
+            task.add_done_callback(_forget(self._layout_tasks, obj.nuid))
+        return await asyncio.shield(task)
+
+    async def _find_layout(self, obj: Any, where: str) -> _Layout | None:
+        """The object's layout from its metadata and its first and last chunk
+        (which are kept: a replica reads an LTX file's head and tail first);
+        None, also remembered, where that does not pin every chunk down."""
+        lay = None
+        n, size = int(obj.chunks or 0), int(obj.size or 0)
+        cs = int(getattr(obj.options, "max_chunk_size", None) or 0)
+        # Only a size these counts allow with full middle chunks is worth a look
+        # (Litestream's compactions have thousands of chunks of a few bytes).
+        if obj.nuid and not obj.is_link() and n >= 1 and cs >= 1 and max(n - 2, 0) * cs + min(n, 2) <= size <= n * cs:
+            subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=obj.nuid)
+            async with self._gets:
+                if n == 1:  # its last chunk is its first
+                    first = last = await self._js.get_msg(self._stream, subject=subject, direct=True)
+                else:
+                    first, last = await asyncio.gather(
+                        self._js.get_msg(self._stream, seq=0, subject=subject, next=True, direct=True),
+                        self._js.get_msg(self._stream, subject=subject, direct=True))
+            head, tail = bytes(first.data or b""), bytes(last.data or b"")
+            self._count("chunk", *((head,) if n == 1 else (head, tail)))
+            if first.subject != subject or last.subject != subject:
+                raise StorageError(f"{where}: get failed: the server answered a get of chunks {subject} "
+                                   f"with {first.subject} and {last.subject}")
+            if n == 1:
+                regular = first.seq == last.seq and len(head) == size
+            else:
+                regular = (0 < len(head) <= cs and 0 < len(tail) <= cs
+                           and size - len(head) - len(tail) == (n - 2) * cs  # so every middle chunk is full
+                           and (last.seq - first.seq == n - 1 if n > 2 else last.seq > first.seq))
+            if regular:
+                lay = _Layout(obj.nuid, subject, n, len(head), len(tail), cs, first.seq, last.seq)
+                self._remember((obj.nuid, 0), head)
+                self._remember((obj.nuid, n - 1), tail)
+            else:
+                log.debug("%s: chunks %s not laid out for ranged reads (%d chunks of %d bytes, sequences %d..%d, "
+                          "first %d, last %d bytes); reading it whole", where, subject, n, size, first.seq, last.seq,
+                          len(head), len(tail))
+        with self._lock:
+            self._layouts[obj.nuid] = lay
+            while len(self._layouts) > LAYOUTS:
+                self._layouts.popitem(last=False)
+        return lay
+
+    async def _chunk(self, lay: _Layout, k: int, where: str) -> bytes:
+        key = (lay.nuid, k)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        task = self._chunk_tasks.get(key)
+        if task is None:
+            task = self._chunk_tasks[key] = asyncio.ensure_future(self._fetch_chunk(lay, k, where))
+            task.add_done_callback(_forget(self._chunk_tasks, key))
+        return await asyncio.shield(task)
+
+    async def _fetch_chunk(self, lay: _Layout, k: int, where: str) -> bytes:
+        seq = lay.seq(k)
+        async with self._gets:
+            msg = await self._js.get_msg(self._stream, seq=seq, direct=True)
+        data = bytes(msg.data or b"")
+        self._count("chunk", data)
+        if msg.subject != lay.subject or len(data) != lay.length(k):
+            raise StorageError(f"{where}: get failed: chunk {k} of {lay.n} is not where the object's layout "
+                               f"puts it: message {seq} is {len(data)} bytes on {msg.subject}, expected "
+                               f"{lay.length(k)} bytes on {lay.subject}")
+        self._remember((lay.nuid, k), data)
+        return data
+
+    def _count(self, kind: str, *datas: bytes) -> None:
+        with self._lock:
+            self.fetched[f"{kind}_gets"] += len(datas)
+            self.fetched[f"{kind}_bytes"] += sum(len(d) for d in datas)
+
+    # -- whole objects ----------------------------------------------------
 
     def _object(self, info: FileInfo) -> bytes:
         key = (info.level, info.min_txid, info.max_txid)
@@ -221,6 +421,7 @@ class NATSStorage:
                 return bytes(res.data or b"")
 
             data: bytes = self._run(get(), "get", self._where(info))
+            self._count("object", data)
             fut.set_result(data)
         except BaseException as e:
             fut.set_exception(e)
@@ -231,7 +432,7 @@ class NATSStorage:
         self._remember(key, data)
         return data
 
-    def _remember(self, key: tuple[int, int, int], data: bytes) -> None:
+    def _remember(self, key: tuple[Any, ...], data: bytes) -> None:
         if len(data) > self._cache_cap // 4:
             return
         with self._lock:
@@ -256,6 +457,25 @@ class NATSStorage:
         with self._lock:
             self._cache.clear()
             self._cache_used = 0
+
+
+def _cut(lay: _Layout, parts: list[bytes], a: int, b: int) -> bytes:
+    """Bytes [a, b) from `parts`, the chunks from the one holding byte a on."""
+    start = a - lay.offset(lay.index(a))
+    if len(parts) == 1:
+        return parts[0][start:start + b - a]
+    return b"".join(parts)[start:start + b - a]
+
+
+def _forget(tasks: dict[Any, Any], key: Any) -> Any:
+    """A done-callback dropping a finished fetch from `tasks` (and retrieving
+    its error, which its waiters raise, or nobody if they all gave up)."""
+    def done(task: asyncio.Future[Any]) -> None:
+        if tasks.get(key) is task:
+            del tasks[key]
+        if not task.cancelled():
+            task.exception()
+    return done
 
 
 def _refusal(e: BaseException) -> bool:
