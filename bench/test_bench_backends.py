@@ -3,7 +3,9 @@
 One real Litestream directory replica (the `small_replica` of replicas.py) is
 uploaded, file for file, into each backend's layout on its test server
 (moto for S3 and OSS, gcp-storage-emulator, Azurite, asyncssh SFTP, wsgidav,
-nats-server), each in its own process so this one runs only the client. Each server sits behind its own `LatencyProxy` adding the same
+nats-server), each in its own process so this one runs only the client. NATS
+objects get the chunk layout the real `litestream replicate` leaves
+(`servers.litestream_chunks`: a snapshot is thousands of tiny chunks). Each server sits behind its own `LatencyProxy` adding the same
 one-way delay, and lsvfs opens the replica through the proxy. Measured per
 backend, on a fresh Replica each round (so nothing is cached):
 
@@ -92,8 +94,9 @@ def _serve(kind: str, rep: BenchReplica, scratch_dir: Path) -> Served:
             return Served(url, lambda: (proxy.close(), a.stop()))
         nt = servers.NATSServer(scratch_dir / "nats").start()
         bucket = nt.create_bucket()
-        for n, data in names(""):
-            nt.put(bucket, n, data)
+        # Chunked as `litestream replicate` (nats.go) writes: L0 files in 128 KiB chunks, compactions
+        # and snapshots in thousands of chunks of a few bytes, interleaved (servers.litestream_chunks).
+        nt.put_as_litestream(bucket, dict(names("")))
         proxy = LatencyProxy(nt.port, DELAY)
         url = f"nats://{servers.NATS_USER}:{servers.NATS_PASSWORD}@127.0.0.1:{proxy.port}/{bucket}"
         return Served(url, lambda: (proxy.close(), nt.stop()))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -469,6 +470,55 @@ def nats_server_binary() -> str:
     return found
 
 
+LITESTREAM_CHUNK = 128 << 10
+"""nats.go's default max chunk size, which Litestream's objects carry."""
+
+
+def litestream_chunks(name: str, data: bytes) -> list[int]:
+    """The chunk sizes `litestream replicate` 0.5.17 writes an LTX file `name` in
+    to a NATS object store (seen on nats-server: nats.go puts one chunk per
+    read of its reader, at most 128 KiB). An L0 file is copied from disk: a
+    100-byte chunk (the header), then full chunks. Compactions and snapshots
+    (levels 1+) stream from the LTX encoder through a pipe, one chunk per
+    write: the header; per page its 6-byte frame header, its 4-byte size and
+    its LZ4 block; the zero frame header; one chunk per page-index entry (its
+    three varints); the index's terminating 0; its 8-byte length; the 16-byte
+    trailer. So a 3.9 MB snapshot of ~950 pages is ~4,900 chunks."""
+    from lsvfs import core
+    from lsvfs.ltx import uvarint
+
+    if name.startswith("ltx/0/") or len(data) <= 100:
+        rest = len(data) - min(100, len(data))
+        return [min(100, len(data))] + [min(LITESTREAM_CHUNK, rest - k) for k in range(0, rest, LITESTREAM_CHUNK)]
+    idx_off, idx_len = core.locate_index(data, len(data))
+    entries = core.decode_index(data[idx_off:idx_off + idx_len], idx_off)
+    sizes = [100]
+    for _, _, size in entries:
+        sizes += [6, 4, size - 10]
+    sizes.append(6)
+    sizes += [sum(len(uvarint(v)) for v in e) for e in entries]
+    sizes += [1, 8, 16]
+    if sum(sizes) != len(data) or min(sizes) < 1:
+        raise ValueError(f"{name}: not laid out as Litestream writes ({sum(sizes)} of {len(data)} bytes)")
+    return sizes
+
+
+class ShortReads(io.RawIOBase):
+    """`data`, read in pieces of `sizes` (then as much as asked): the chunk sizes of a put."""
+
+    def __init__(self, data: bytes, sizes: list[int] | tuple[int, ...] = ()) -> None:
+        self.data, self.sizes, self.pos = data, list(sizes), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), len(self.data) - self.pos, self.sizes.pop(0) if self.sizes else len(b))
+        b[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
 class NATSServer:
     """nats-server with JetStream in a temp store dir, as a subprocess; it
     requires NATS_USER / NATS_PASSWORD, or with `token` that token alone."""
@@ -530,6 +580,27 @@ class NATSServer:
             await obs.put(name, data)
 
         self._run(put)
+
+    def put_as_litestream(self, bucket: str, objects: dict[str, bytes]) -> None:
+        """Put LTX files with the chunk layout `litestream replicate` 0.5 (nats.go)
+        leaves: see `litestream_chunks`. The files of levels 1+ are put at
+        once, so their chunks interleave in the stream as Litestream's
+        compaction and snapshot uploads do; L0 files one after another."""
+        from nats.js import api
+
+        async def put_all(js: Any) -> None:
+            obs = await js.object_store(bucket)
+
+            async def put(name: str) -> None:
+                data = objects[name]
+                meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=LITESTREAM_CHUNK))
+                await obs.put(name, ShortReads(data, litestream_chunks(name, data)), meta=meta)
+
+            for name in sorted(n for n in objects if n.startswith("ltx/0/")):
+                await put(name)
+            await asyncio.gather(*(put(n) for n in sorted(objects) if not n.startswith("ltx/0/")))
+
+        self._run(put_all)
 
     def names(self, bucket: str) -> list[str]:
         async def ls(js: Any) -> list[str]:
