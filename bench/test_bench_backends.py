@@ -5,9 +5,10 @@ uploaded, file for file, into each backend's layout on its test server
 (moto for S3 and OSS, gcp-storage-emulator, Azurite, asyncssh SFTP, wsgidav,
 nats-server), each in its own process so this one runs only the client. NATS
 objects get the chunk layout the real `litestream replicate` leaves
-(`servers.litestream_chunks`: a snapshot is thousands of tiny chunks). Each server sits behind its own `LatencyProxy` adding the same
-one-way delay, and lsvfs opens the replica through the proxy. Measured per
-backend, on a fresh Replica each round (so nothing is cached):
+(`servers.litestream_chunks`: a snapshot is thousands of tiny chunks). Each
+server sits behind its own `LatencyProxy` adding the same one-way delay, and
+lsvfs opens the replica through the proxy. Measured per backend, on a fresh
+Replica each round (so nothing is cached):
 
 - open: `lsvfs.connect()` plus the first query (schema read);
 - cold_full_scan: one full table scan on a just-opened connection;

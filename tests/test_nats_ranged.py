@@ -9,6 +9,7 @@ check every read against the slice of the whole object.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import random
@@ -133,7 +134,8 @@ def test_a_head_read_fetches_a_fraction_of_the_object(bucket: tuple[Any, str]) -
         (f,) = st.list_files(0)
         assert st.read(f, 0, 64 << 10) == data[:64 << 10]
         assert st.read(f, size - 300, 300) == data[-300:]
-        assert st.fetched == {"chunk_gets": 2, "chunk_bytes": cs + 5000, "object_gets": 0, "object_bytes": 0}
+        assert st.fetched == {"chunk_gets": 2, "chunk_bytes": cs + 5000, "object_gets": 0, "object_bytes": 0,
+                              "object_msgs": 0, "batch_gets": 0}
         assert st.read(f, 5 * cs - 10, 20) == data[5 * cs - 10:5 * cs + 10]  # two more chunks
         assert st.fetched["chunk_gets"] == 4 and st.fetched["chunk_bytes"] == 3 * cs + 5000
     finally:
@@ -226,5 +228,140 @@ def test_without_direct_get_objects_are_read_whole(bucket: tuple[Any, str]) -> N
         assert st.read(f, CS - 5, 10) == data[CS - 5:CS + 5]
         assert st.read(f, 0, f.size) == data
         assert st.fetched["chunk_gets"] == 0 and st.fetched["object_gets"] == 1
+    finally:
+        st.close()
+
+
+# -- Litestream's own layout: compactions and snapshots in thousands of tiny chunks --
+
+
+def _snapshot(lo: int, pages: int, seed: int) -> bytes:
+    """An LTX file of `pages` 4 KiB pages, half-compressible (so its LZ4 blocks vary in size)."""
+    from lsvfs import ltx
+
+    rnd = random.Random(seed)
+    body = [(p, rnd.randbytes(2048) + bytes([p % 251]) * 2048) for p in range(1, pages + 1)]
+    return ltx.encode(ltx.Header(flags=0, page_size=4096, commit=pages, min_txid=lo, max_txid=lo,
+                                 timestamp=1_700_000_000_000), body)
+
+
+LITESTREAM_OBJECTS = {9: (300, 1), 1: (200, 2), 0: (40, 3)}
+"""Level: (pages, seed) of the objects `_litestream_bucket` puts."""
+
+
+def _litestream_bucket(server: Any, b: str, levels: Sequence[int] = (0, 1, 9)) -> dict[str, bytes]:
+    """An L9 snapshot and an L1 compaction put as `litestream replicate` does (their
+    chunks interleaved, a few bytes each), and an L0 file in 128 KiB chunks."""
+    from servers import litestream_chunks
+
+    objects = {f"ltx/{lvl}/{format_filename(1, 1)}": _snapshot(1, *LITESTREAM_OBJECTS[lvl]) for lvl in levels}
+    assert all(len(litestream_chunks(n, d)) > 800 for n, d in objects.items() if not n.startswith("ltx/0/"))
+    server.put_as_litestream(b, objects)
+    return objects
+
+
+@pytest.fixture(scope="module")
+def litestream_bucket(nats_server: Any) -> tuple[Any, str, dict[str, bytes]]:
+    """One bucket of `_litestream_bucket`'s objects for the tests that only read it."""
+    b = nats_server.create_bucket()
+    return nats_server, b, _litestream_bucket(nats_server, b)
+
+
+def _nats(server: Any, b: str, **kw: Any) -> Any:
+    from lsvfs.storage.nats import NATSStorage
+
+    return NATSStorage("127.0.0.1", b, port=server.port, user=NATS_USER, password=NATS_PASSWORD, **kw)
+
+
+def test_litestream_tiny_interleaved_chunks_read_right_in_one_fetch(
+        litestream_bucket: tuple[Any, str, dict[str, bytes]]) -> None:
+    """A snapshot of ~1,500 chunks of 1 to ~2,000 bytes, interleaved with a
+    compaction's: every range (the header, chunk boundaries, across hundreds of
+    chunks, the tail) equals the slice, all from one consumer delivering each
+    chunk once; past the end is the short read every backend reports."""
+    from servers import litestream_chunks
+
+    server, b, objects = litestream_bucket
+    st = _nats(server, b)
+    try:
+        files = {f.level: f for lvl in (0, 1, 9) for f in st.list_files(lvl)}
+        snap = files[9]
+        data = objects[f"ltx/9/{format_filename(1, 1)}"]
+        sizes = litestream_chunks("ltx/9/x", data)
+        bounds = [sum(sizes[:k]) for k in range(1, len(sizes), 37)]
+        for off, n in _boundary_ranges(snap.size, bounds) + [(100, 300_000), (snap.size - 5000, 5000)]:
+            assert st.read(snap, off, n) == data[off:off + n], (off, n)
+        assert st.fetched["object_gets"] == 1 and st.fetched["object_msgs"] == len(sizes)
+        assert st.fetched["chunk_gets"] == 0  # no probing of a layout that cannot be regular
+        for off, n in ((snap.size - 10, 20), (snap.size, 1)):
+            with pytest.raises(StorageError, match=r"short read .* wanted \d+ bytes"):
+                st.read(snap, off, n)
+        for lvl in (0, 1):
+            assert st.read_all(files[lvl]) == objects[f"ltx/{lvl}/{format_filename(1, 1)}"]
+        assert st.fetched["object_gets"] == 2  # L1 whole; L0's regular chunks by direct get
+    finally:
+        st.close()
+
+
+def test_a_big_tiny_chunked_object_is_read_by_its_chunk_map(
+        litestream_bucket: tuple[Any, str, dict[str, bytes]]) -> None:
+    """Too big to keep whole, a tiny-chunked object is fetched whole once, and
+    its chunk map (sequence and offset of each chunk) then lets a ranged read
+    fetch just the chunks covering it, in one batched direct get, where it was
+    refetched whole (~1,500 messages) for every read."""
+    server, b, objects = litestream_bucket
+    data = objects[f"ltx/9/{format_filename(1, 1)}"]
+    st = _nats(server, b, cache_bytes=len(data))  # keeps chunks, not the whole object
+    try:
+        (snap,) = st.list_files(9)
+        assert st.read(snap, 0, 100) == data[:100]
+        assert st.fetched["object_gets"] == 1
+        msgs = st.fetched["object_msgs"]
+        for off, n in ((snap.size - 4096, 4096), (150_000, 9000), (0, 200), (snap.size - 1, 1)):
+            assert st.read(snap, off, n) == data[off:off + n], (off, n)
+        assert st.fetched["object_gets"] == 1
+        # Three batches (the last read was kept); the tail is the page index, one chunk an entry.
+        assert st.fetched["batch_gets"] == 3 and st.fetched["chunk_gets"] < msgs // 3
+        before = dict(st.fetched)
+        assert st.read(snap, 150_000, 9000) == data[150_000:159_000]  # kept
+        assert st.fetched == before
+        with pytest.raises(StorageError, match=r"short read"):
+            st.read(snap, snap.size - 1, 2)
+    finally:
+        st.close()
+
+
+def test_tiny_chunks_that_do_not_add_up_are_an_error(bucket: tuple[Any, str]) -> None:
+    """Metadata whose digest or chunk count the chunks do not match: an error, never bytes."""
+    from nats.js import api
+
+    server, b = bucket
+    _litestream_bucket(server, b, (1,))
+    name = f"ltx/1/{format_filename(1, 1)}"
+
+    def lie(field: str, value: Any) -> None:
+        async def go(js: Any) -> None:
+            obs = await js.object_store(b)
+            info = await obs.get_info(name)
+            setattr(info, field, value)
+            meta = f"$O.{b}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+            await js.publish(meta, json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"})
+
+        server._run(go)
+
+    lie("digest", "SHA-256=" + base64.urlsafe_b64encode(bytes(32)).decode())
+    st = _nats(server, b)
+    try:
+        (f,) = st.list_files(1)
+        with pytest.raises(StorageError, match="SHA-256 digest"):
+            st.read(f, 0, 100)
+    finally:
+        st.close()
+    lie("chunks", 7)
+    st = _nats(server, b)
+    try:
+        (f,) = st.list_files(1)
+        with pytest.raises(StorageError, match="says 7 chunks"):
+            st.read(f, 0, 100)
     finally:
         st.close()
