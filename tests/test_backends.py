@@ -760,6 +760,46 @@ def test_webdavs_to_a_plain_http_server(replica_target: Any, monkeypatch: pytest
     _no_secret(str(exc.value), t.secrets)
 
 
+# ---- NATS chunk layout ----------------------------------------------------------------------------------
+
+def test_nats_chunks_are_as_litestream_writes_them(replicated_primary: Any) -> None:
+    """The chunk sizes of every object the real `litestream replicate` wrote to nats-server
+    are those `servers.litestream_chunks` gives (the layout the backend benchmark and
+    test_nats_ranged.py put), and lsvfs reads each right: the compactions and snapshots
+    (tiny chunks) whole by one consumer, chunk for chunk."""
+    from servers import litestream_chunks
+
+    from lsvfs.errors import MissingFileError
+
+    p: ReplicatedPrimary = replicated_primary("nats", **FAST_COMPACTION)
+    p.write_until_snapshot(rows=30, size=300)
+    st = p.open_storage()
+    files = _all_files(st)
+    try:
+        async def sizes(name: str) -> list[int]:
+            info = await st._obs.get_info(name)
+            sub = await st._js.subscribe(f"$O.{st.bucket}.C.{info.nuid}", ordered_consumer=True)
+            try:
+                return [len((await sub.next_msg(5)).data) for _ in range(info.chunks)]
+            finally:
+                await sub.unsubscribe()
+
+        checked = 0
+        for f in files:
+            name = st.object_name(f)
+            try:
+                data = st.read_all(f)
+                got = st._run(sizes(name), "chunks")
+            except MissingFileError:
+                continue  # Litestream's retention removed it since the listing
+            assert got == litestream_chunks(name, data), name
+            assert sum(got) == f.size
+            checked += f.level > 0
+        assert checked and st.fetched["object_msgs"] >= checked * 10
+    finally:
+        st.close()
+
+
 # ---- NATS credentials ----------------------------------------------------------------------------------
 
 def test_nats_token_replica_opens_and_queries(nats_token_server: Any, tmp_path: Path) -> None:
