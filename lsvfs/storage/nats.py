@@ -578,8 +578,9 @@ class NATSStorage:
 
     async def _whole(self, name: str, size: int, where: str) -> bytes:
         """The whole object, its chunks delivered by one ephemeral push consumer
-        on its chunk subject (no acks, no flow control: the consumer's
-        sequence numbers say whether one went missing), checked for count,
+        on its chunk subject (no acks; flow control, so a big object cannot
+        overrun the server's buffer for this client; the consumer's sequence
+        numbers say whether a chunk went missing), checked for count,
         order, length and SHA-256 digest. nats-py's own get appends each
         chunk to the result (quadratic in the chunk count) behind an ordered
         consumer's per-message bookkeeping: ~1 s for a 4 MB snapshot of 4,900
@@ -605,6 +606,10 @@ class NATSStorage:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg: Any) -> None:
+            if msg.headers and msg.headers.get("Status") == "100":  # flow control (answered) or heartbeat
+                if msg.reply:
+                    await self._nc.publish(msg.reply, b"")
+                return
             if done.done():
                 return
             try:
@@ -628,7 +633,8 @@ class NATSStorage:
             ci = await self._js.add_consumer(self._stream, api.ConsumerConfig(
                 deliver_subject=inbox, filter_subject=subject, ack_policy=api.AckPolicy.NONE,
                 deliver_policy=api.DeliverPolicy.ALL, replay_policy=api.ReplayPolicy.INSTANT,
-                mem_storage=True, num_replicas=1, inactive_threshold=CALL_TIMEOUT, max_deliver=1))
+                mem_storage=True, num_replicas=1, inactive_threshold=CALL_TIMEOUT, max_deliver=1,
+                flow_control=True, idle_heartbeat=5.0))
             consumer = ci.name
             if int(ci.num_pending or 0) + int(ci.delivered.consumer_seq or 0) != n:
                 raise StorageError(f"{where}: get failed: the object's metadata says {n} chunks, stream "
