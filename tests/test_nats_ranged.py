@@ -22,6 +22,7 @@ from servers import NATS_PASSWORD, NATS_USER
 from lsvfs.errors import StorageError
 from lsvfs.storage import open_storage
 from lsvfs.storage.base import FileInfo, format_filename
+from lsvfs.storage.nats import _delivery_sequences
 
 pytestmark = pytest.mark.backends
 
@@ -365,3 +366,17 @@ def test_tiny_chunks_that_do_not_add_up_are_an_error(bucket: tuple[Any, str]) ->
             st.read(f, 0, 100)
     finally:
         st.close()
+
+
+@pytest.mark.parametrize(("reply", "want"), [
+    ("$JS.ACK.OBJ_b.c1.1.4070.12.1700000000000000000.3", (4070, 12)),
+    ("$JS.ACK.hub.ACCHASH.OBJ_b.c1.1.4070.12.1700000000000000000.3", (4070, 12)),
+    ("$JS.ACK.hub.ACCHASH.OBJ_b.c1.1.4070.12.1700000000000000000.3.r4nd", (4070, 12)),
+    ("$JS.ACK.OBJ_b.c1.1.x.12.1700000000000000000.3", (0, -1)),
+    ("_INBOX.abc", (0, -1)),
+    (None, (0, -1)),
+])
+def test_delivery_sequences_from_both_ack_subject_forms(reply: str | None, want: tuple[int, int]) -> None:
+    """Both forms of a JetStream delivery's ack subject give its stream and consumer sequence;
+    anything else gives a consumer sequence no delivery has, which the reader reports as wrong."""
+    assert _delivery_sequences(reply) == want

@@ -612,11 +612,7 @@ class NATSStorage:
                 return
             if done.done():
                 return
-            try:
-                tokens = msg._get_metadata_fields(msg.reply)
-                sseq, dseq = int(tokens[5]), int(tokens[6])
-            except Exception:  # noqa: BLE001 - anything but a consumer's delivery is wrong here
-                sseq, dseq = 0, -1
+            sseq, dseq = _delivery_sequences(msg.reply)
             if msg.subject != subject or dseq != len(parts) + 1:
                 bad.append(f"delivery {len(parts) + 1} of {n} was {msg.subject} (consumer sequence {dseq})")
             else:
@@ -723,6 +719,20 @@ def _version(text: str) -> tuple[int, ...]:
             break
         out.append(int(part))
     return tuple(out)
+
+
+def _delivery_sequences(reply: str | None) -> tuple[int, int]:
+    """(stream sequence, consumer sequence) from a JetStream delivery's ack subject, in either
+    form: `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>`, or with
+    `<domain>.<account hash>` after `ACK` and a random token at the end; (0, -1) for anything else."""
+    tokens = (reply or "").split(".")
+    if tokens[:2] != ["$JS", "ACK"] or len(tokens) not in (9, 11, 12):  # 11: v2 without the token
+        return 0, -1
+    first = 5 if len(tokens) == 9 else 7
+    try:
+        return int(tokens[first]), int(tokens[first + 1])
+    except ValueError:
+        return 0, -1
 
 
 def _refusal(e: BaseException) -> bool:
