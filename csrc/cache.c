@@ -1,9 +1,27 @@
 /* cache.c - decoded pages keyed by frame location, bounded by bytes.
  *
- * Shards, each a mutex, a chained hash table and an LRU list, with an equal
- * share of the byte budget. A hit copies the page out under the shard's
- * mutex, so eviction can never free bytes a reader is copying; with up to
- * 16 shards, readers of different pages rarely meet on one mutex. */
+ * Shards, each a mutex, a chained hash table and a recency list, with an
+ * equal share of the byte budget. A hit copies the page out under the
+ * shard's mutex, so eviction can never free bytes a reader is copying; with
+ * up to 16 shards, readers of different pages rarely meet on one mutex.
+ *
+ * Scan resistance. Eviction takes the cold end of the list. A page a reader
+ * asked for one at a time goes to the hot end (plain LRU: a point lookup's
+ * pages stay while they are used). A sequential reader's pages are used
+ * once and then no more, so they must not push out the pages that are used
+ * again: the page a sequential miss asked for goes to the cold end, marked
+ * ONCE; the pages read ahead of it go to the hot end, marked AHEAD, so they
+ * stay until the reader gets to them; a hit on an AHEAD page marks it ONCE
+ * and moves it to the cold end; a hit on a ONCE page (its second use) makes
+ * it an ordinary page at the hot end. So a scan larger than the cache
+ * evicts the pages it has just read (the last one first) and at most about
+ * one read-ahead run of the others: the pages it keeps from one scan hit on
+ * the next, and a working set used meanwhile stays cached.
+ *
+ * Memory. Entries (key, links, state) are small structs carved from
+ * per-shard blocks, apart from the page bytes, so hash chains and the list
+ * are walked without touching page memory; a miss in a full shard takes
+ * over the coldest entry's buffer instead of a free() and a malloc(). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdlib.h>
@@ -13,21 +31,32 @@
 
 #define MAX_SHARDS 16
 #define MIN_SHARD_BYTES (4u << 20)
+#define BLOCK_ENTRIES 128
+
+enum { E_NORMAL, E_AHEAD, E_ONCE };
 
 typedef struct entry {
-    struct entry *next; /* hash chain */
+    struct entry *next; /* hash chain; the free list */
     struct entry *newer, *older;
+    uint8_t *data;
     uint64_t offset;
     uint32_t slot;
     uint32_t len;
-    uint8_t data[];
+    uint32_t state;
 } entry;
+
+typedef struct block {
+    struct block *next;
+    entry entries[BLOCK_ENTRIES];
+} block;
 
 typedef struct {
     pthread_mutex_t mu;
     entry **buckets;
     size_t nbuckets; /* power of two */
     entry *newest, *oldest;
+    entry *free_entries; /* unused structs, chained by next */
+    block *blocks;
     size_t bytes, budget, entries;
     uint64_t hits, misses, evictions;
 } shard;
@@ -76,17 +105,34 @@ lsvfs_cache *lsvfs_cache_new(size_t max_bytes)
     return c;
 }
 
+/* Free every page's bytes and put every entry back on the free list. */
+static void drop_all(shard *s)
+{
+    entry *e = s->newest;
+    while (e != NULL) {
+        entry *older = e->older;
+        free(e->data);
+        e->data = NULL;
+        e->next = s->free_entries;
+        s->free_entries = e;
+        e = older;
+    }
+    s->newest = s->oldest = NULL;
+    s->bytes = s->entries = 0;
+}
+
 void lsvfs_cache_free(lsvfs_cache *c)
 {
     if (c == NULL)
         return;
     for (unsigned i = 0; i < c->nshards; i++) {
         shard *s = &c->shards[i];
-        entry *e = s->newest;
-        while (e != NULL) {
-            entry *next = e->older;
-            free(e);
-            e = next;
+        drop_all(s);
+        block *b = s->blocks;
+        while (b != NULL) {
+            block *next = b->next;
+            free(b);
+            b = next;
         }
         free(s->buckets);
         pthread_mutex_destroy(&s->mu);
@@ -119,6 +165,7 @@ static void lru_unlink(shard *s, entry *e)
         s->oldest = e->newer;
 }
 
+/* At the hot end. */
 static void lru_push(shard *s, entry *e)
 {
     e->newer = NULL;
@@ -128,6 +175,36 @@ static void lru_push(shard *s, entry *e)
     s->newest = e;
     if (s->oldest == NULL)
         s->oldest = e;
+}
+
+/* At the cold end: the next page evicted. */
+static void lru_push_cold(shard *s, entry *e)
+{
+    e->older = NULL;
+    e->newer = s->oldest;
+    if (s->oldest != NULL)
+        s->oldest->older = e;
+    s->oldest = e;
+    if (s->newest == NULL)
+        s->newest = e;
+}
+
+/* A hit on e: its place and state after this use (see the top). */
+static void touch(shard *s, entry *e)
+{
+    if (e->state == E_AHEAD) {
+        e->state = E_ONCE;
+        if (s->oldest != e) {
+            lru_unlink(s, e);
+            lru_push_cold(s, e);
+        }
+        return;
+    }
+    e->state = E_NORMAL;
+    if (s->newest != e) {
+        lru_unlink(s, e);
+        lru_push(s, e);
+    }
 }
 
 int lsvfs_cache_get(lsvfs_cache *c, uint32_t slot, uint64_t offset,
@@ -140,10 +217,7 @@ int lsvfs_cache_get(lsvfs_cache *c, uint32_t slot, uint64_t offset,
     int hit = e != NULL && e->len == len;
     if (hit) {
         memcpy(out, e->data, len);
-        if (s->newest != e) {
-            lru_unlink(s, e);
-            lru_push(s, e);
-        }
+        touch(s, e);
     }
     if (count && hit)
         s->hits++;
@@ -185,58 +259,119 @@ static void grow(shard *s)
     s->nbuckets = n;
 }
 
-static void evict_oldest(shard *s)
+/* Take the coldest entry out of the table and the list (its bytes too). */
+static entry *unlink_oldest(shard *s)
 {
     entry *e = s->oldest;
-    uint64_t h = mix(e->slot, e->offset);
-    entry **p = find(s, h, e->slot, e->offset);
+    entry **p = find(s, mix(e->slot, e->offset), e->slot, e->offset);
     *p = e->next;
     lru_unlink(s, e);
     s->bytes -= e->len;
     s->entries--;
     s->evictions++;
-    free(e);
+    return e;
 }
 
-/* An entry for (slot, offset) with room for len bytes, or NULL when the
- * page could never be kept (larger than its shard's budget) or memory ran
- * out (*nomem set). Filled outside any lock, then handed to insert(). */
-static entry *entry_new(lsvfs_cache *c, uint32_t slot, uint64_t offset,
-                        size_t len, int *nomem)
+static void release_entry(shard *s, entry *e)
+{
+    free(e->data);
+    e->data = NULL;
+    e->next = s->free_entries;
+    s->free_entries = e;
+}
+
+static entry *alloc_struct(shard *s)
+{
+    if (s->free_entries == NULL) {
+        block *b = malloc(sizeof *b);
+        if (b == NULL)
+            return NULL;
+        b->next = s->blocks;
+        s->blocks = b;
+        for (size_t i = 0; i < BLOCK_ENTRIES; i++) {
+            b->entries[i].data = NULL;
+            b->entries[i].next = s->free_entries;
+            s->free_entries = &b->entries[i];
+        }
+    }
+    entry *e = s->free_entries;
+    s->free_entries = e->next;
+    return e;
+}
+
+/* An entry for (slot, offset) with room for len bytes, taken out of the
+ * shard, to be filled outside any lock and handed to insert() (or to
+ * discard()). The coldest entry's bytes are reused when the shard is full
+ * and they have the size wanted. NULL when the page could never be kept
+ * (larger than its shard's budget) or memory ran out (*nomem set). Called
+ * with the shard's mutex held. */
+static entry *reserve(shard *s, uint32_t slot, uint64_t offset, size_t len,
+                      int *nomem)
 {
     *nomem = 0;
-    if (len > shard_of(c, mix(slot, offset))->budget || len > UINT32_MAX)
+    if (len > s->budget || len > UINT32_MAX)
         return NULL;
-    entry *n = malloc(sizeof *n + len);
-    if (n == NULL) {
-        *nomem = 1;
-        return NULL;
+    entry *e;
+    if (s->bytes + len > s->budget && s->oldest != NULL && s->oldest->len == len) {
+        e = unlink_oldest(s);
+    } else {
+        e = alloc_struct(s);
+        if (e == NULL) {
+            *nomem = 1;
+            return NULL;
+        }
     }
-    n->slot = slot;
-    n->offset = offset;
-    n->len = (uint32_t)len;
-    return n;
+    e->slot = slot;
+    e->offset = offset;
+    e->len = (uint32_t)len;
+    return e;
 }
 
-/* Insert a filled entry; a racing insert of the same key (same bytes:
- * frames never change) wins and this one is freed. */
-static void insert(lsvfs_cache *c, entry *n)
+/* Give e page bytes if it has none (outside the lock). */
+static int ensure_data(lsvfs_cache *c, entry *e, uint64_t h)
 {
-    uint64_t h = mix(n->slot, n->offset);
+    if (e->data != NULL)
+        return 1;
+    e->data = malloc(e->len);
+    if (e->data != NULL)
+        return 1;
+    shard *s = shard_of(c, h);
+    pthread_mutex_lock(&s->mu);
+    release_entry(s, e);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void discard(lsvfs_cache *c, entry *e, uint64_t h)
+{
+    shard *s = shard_of(c, h);
+    pthread_mutex_lock(&s->mu);
+    release_entry(s, e);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Insert a filled entry with a state; a racing insert of the same key (same
+ * bytes: frames never change) wins and this one is dropped. */
+static void insert(lsvfs_cache *c, entry *n, uint64_t h, uint32_t state)
+{
     shard *s = shard_of(c, h);
     pthread_mutex_lock(&s->mu);
     entry **p = find(s, h, n->slot, n->offset);
     if (*p != NULL) {
+        release_entry(s, n);
         pthread_mutex_unlock(&s->mu);
-        free(n);
         return;
     }
     while (s->bytes + n->len > s->budget && s->oldest != NULL)
-        evict_oldest(s);
+        release_entry(s, unlink_oldest(s));
     p = find(s, h, n->slot, n->offset); /* eviction may have changed the chain */
     n->next = *p;
     *p = n;
-    lru_push(s, n);
+    n->state = state;
+    if (state == E_ONCE)
+        lru_push_cold(s, n);
+    else
+        lru_push(s, n);
     s->bytes += n->len;
     s->entries++;
     if (s->entries > s->nbuckets)
@@ -247,19 +382,26 @@ static void insert(lsvfs_cache *c, entry *n)
 int lsvfs_cache_put(lsvfs_cache *c, uint32_t slot, uint64_t offset,
                     const uint8_t *page, size_t len)
 {
+    uint64_t h = mix(slot, offset);
+    shard *s = shard_of(c, h);
     int nomem;
-    entry *n = entry_new(c, slot, offset, len, &nomem);
+    pthread_mutex_lock(&s->mu);
+    entry *n = reserve(s, slot, offset, len, &nomem);
+    pthread_mutex_unlock(&s->mu);
     if (n == NULL)
         return nomem ? LSVFS_ENOMEM : LSVFS_OK;
+    if (!ensure_data(c, n, h))
+        return LSVFS_ENOMEM;
     memcpy(n->data, page, len);
-    insert(c, n);
+    insert(c, n, h, E_NORMAL);
     return LSVFS_OK;
 }
 
 int lsvfs_cache_fill(lsvfs_cache *c, uint32_t slot, const uint8_t *buf,
                      size_t buf_len, uint64_t buf_offset,
                      const lsvfs_index_entry *entries, size_t n,
-                     uint32_t page_size, uint8_t *first, size_t *failed)
+                     uint32_t page_size, uint8_t *first, int asked,
+                     size_t *failed)
 {
     *failed = 0;
     if (buf == NULL || (n != 0 && (entries == NULL || first == NULL)))
@@ -267,15 +409,30 @@ int lsvfs_cache_fill(lsvfs_cache *c, uint32_t slot, const uint8_t *buf,
     for (size_t i = 0; i < n; i++) {
         const lsvfs_index_entry *e = &entries[i];
         *failed = i;
-        if (i > 0 && lsvfs_cache_contains(c, slot, e->offset))
-            continue;
         if (e->offset < buf_offset || e->offset - buf_offset > buf_len ||
             e->size > buf_len - (e->offset - buf_offset))
             return LSVFS_ERANGE;
         const uint8_t *frame = buf + (e->offset - buf_offset);
-        int nomem;
-        entry *ent = entry_new(c, slot, e->offset, page_size, &nomem);
-        if (nomem)
+        uint64_t h = mix(slot, e->offset);
+        shard *s = shard_of(c, h);
+        int nomem = 0;
+        entry *ent = NULL;
+        int skip = 0;
+        pthread_mutex_lock(&s->mu);
+        entry *have = *find(s, h, slot, e->offset);
+        if (have != NULL && (i > 0 || have->len == page_size)) {
+            skip = 1; /* cached already: not decoded again */
+            if (i == 0) { /* cached meanwhile by another reader */
+                memcpy(first, have->data, page_size);
+                touch(s, have);
+            }
+        } else if (have == NULL) {
+            ent = reserve(s, slot, e->offset, page_size, &nomem);
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (skip)
+            continue;
+        if (nomem || (ent != NULL && !ensure_data(c, ent, h)))
             return LSVFS_ENOMEM;
         /* A page too big to keep is still decoded when it is the one asked for. */
         uint8_t *dst = ent != NULL ? ent->data : (i == 0 ? first : NULL);
@@ -283,13 +440,22 @@ int lsvfs_cache_fill(lsvfs_cache *c, uint32_t slot, const uint8_t *buf,
             continue;
         int rc = lsvfs_frame_decode(frame, e->size, e->pgno, page_size, dst);
         if (rc != LSVFS_OK) {
-            free(ent);
+            if (ent != NULL)
+                discard(c, ent, h);
             return rc;
         }
         if (i == 0 && dst != first)
             memcpy(first, dst, page_size);
-        if (ent != NULL)
-            insert(c, ent);
+        if (ent != NULL) {
+            /* A sequential reader's page is used now and maybe never again;
+             * the ones read ahead of it wait for it at the hot end. */
+            uint32_t state = E_NORMAL;
+            if (!asked || i > 0)
+                state = E_AHEAD;
+            else if (n > 1)
+                state = E_ONCE;
+            insert(c, ent, h, state);
+        }
     }
     return LSVFS_OK;
 }
@@ -315,15 +481,8 @@ void lsvfs_cache_clear(lsvfs_cache *c)
     for (unsigned i = 0; i < c->nshards; i++) {
         shard *s = &c->shards[i];
         pthread_mutex_lock(&s->mu);
-        entry *e = s->newest;
-        while (e != NULL) {
-            entry *next = e->older;
-            free(e);
-            e = next;
-        }
+        drop_all(s);
         memset(s->buckets, 0, s->nbuckets * sizeof *s->buckets);
-        s->newest = s->oldest = NULL;
-        s->bytes = s->entries = 0;
         pthread_mutex_unlock(&s->mu);
     }
 }

@@ -669,7 +669,8 @@ class Replica:
             def read() -> bytes:
                 return self.storage.read(f, offset, length)
 
-        return self.retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name), f.name)
+        return self.retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name, asked=True),
+                          f.name)
 
     def retry(self, fn: Callable[[], T], what: str) -> T:
         """Run `fn`, retrying storage errors and bad bytes with bounded backoff.
