@@ -404,3 +404,19 @@ def test_scans_larger_than_the_cache_keep_hitting_and_leave_the_hot_pages(tmp_pa
         assert all(b <= first * 0.7 for b in later), (first, later)
         assert rep.stats()["cache"]["evictions"] > 0
         assert sum(misses_of("SELECT v FROM t WHERE id = ?", i) for i in hot) == 0, "the scans evicted hot pages"
+
+
+def test_closing_the_last_connection_frees_the_cached_pages_at_once(tmp_path: Path) -> None:
+    """The frame cache's pages go when the replica closes, not when the
+    garbage collector later finds the Replica (in the middle of whatever runs
+    then, with two caches' memory held meanwhile); the counters stay."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=4096)
+    table(p, rows=100, size=3000)
+    conn = lsvfs.connect(p.url, poll_interval=0)
+    rep = lsvfs.open_replicas()[p.url]
+    assert conn.execute("SELECT sum(length(v)) FROM t").fetchall() == p.rows("SELECT sum(length(v)) FROM t")
+    assert rep.cache.bytes >= 100 * 4096 and rep.cache.misses > 0
+    misses = rep.cache.misses
+    conn.close()
+    assert p.url not in lsvfs.open_replicas()
+    assert (rep.cache.bytes, len(rep.cache), rep.cache.misses) == (0, 0, misses)
