@@ -755,7 +755,45 @@ def test_cache_budget_reuse_and_clear_keep_the_stats_meanings(scan_file) -> None
     lib.lsvfs_cache_clear(cache)
     st = _stats(cache)
     assert (st["entries"], st["bytes"], st["misses"]) == (0, 0, 10)
+    odd = _cache(8)  # "pages" of any size, down to none: own buffers, never chained as spares
+    for i in range(64):
+        n = i % 9
+        assert lib.lsvfs_cache_put(odd, 3, i, bytes([i]) * n, n) == 0
+    for i in range(64):
+        out = ffi.new("uint8_t[]", 9)
+        assert lib.lsvfs_cache_get(odd, 3, i, out, i % 9, 0) == 1 and bytes(out)[:i % 9] == bytes([i]) * (i % 9)
+    lib.lsvfs_cache_clear(odd)
     tiny = _cache(0)
     big = _ltx_pages(random.Random(1), [1])
     assert core.fill_cache(tiny, 1, big[0], 0, big[1], PS, asked=True) == big[2][1]
     assert _stats(tiny)["entries"] == 0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(bool(os.environ.get("LSVFS_EXPECT_CORE_DIR")),
+                    reason="sanitizer build: a malloc per page, the allocator keeps freed memory")
+def test_cache_memory_stays_within_the_budget_and_clear_hands_it_back() -> None:
+    """Twice the budget put through a 32 MiB cache: the process grows by about
+    the budget (evicted pages' buffers are reused), and clear() gives the
+    memory back to the system at once (slabs, not a free() per page that the
+    allocator may keep)."""
+    mib = 1 << 20
+    cache = _cache(32 * mib // PS)
+    page = bytes(range(256)) * (PS // 256)
+    before = _rss()
+    for i in range(2 * 32 * mib // PS):
+        assert lib.lsvfs_cache_put(cache, 1, i * PS, page, PS) == 0
+    st = _stats(cache)
+    assert st["bytes"] <= 32 * mib and st["evictions"] >= 32 * mib // PS
+    grown = _rss() - before
+    assert 24 * mib < grown <= 32 * mib + 4 * mib, grown / mib
+    lib.lsvfs_cache_clear(cache)
+    assert _rss() - before < 4 * mib, (_rss() - before) / mib
+    assert lib.lsvfs_cache_get(cache, 1, 0, ffi.new("uint8_t[]", PS), PS, 0) == 0
+    for i in range(64):  # usable again after the clear
+        assert lib.lsvfs_cache_put(cache, 1, i * PS, page, PS) == 0
+    assert _stats(cache)["entries"] == 64
