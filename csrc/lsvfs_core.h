@@ -192,21 +192,29 @@ void lsvfs_cache_free(lsvfs_cache *c);
 int lsvfs_cache_get(lsvfs_cache *c, uint32_t slot, uint64_t offset,
                     uint8_t *out, size_t len, int count);
 int lsvfs_cache_contains(lsvfs_cache *c, uint32_t slot, uint64_t offset);
-/* Insert (or keep) a page, evicting least recently used ones to stay within
- * budget; a page larger than a shard's budget is not kept. */
+/* Insert (or keep) a page, evicting from the cold end to stay within
+ * budget; a page larger than a shard's budget is not kept. A page put
+ * (like a page asked for alone) goes to the hot end: plain LRU. */
 int lsvfs_cache_put(lsvfs_cache *c, uint32_t slot, uint64_t offset,
                     const uint8_t *page, size_t len);
 void lsvfs_cache_count_miss(lsvfs_cache *c, uint32_t slot, uint64_t offset);
 /* A miss's read, decoded straight into the cache: `buf` holds the file
  * bytes [buf_offset, buf_offset + buf_len) of slot `slot`, `entries` the
- * run's frames (lsvfs_ptable_run). The first page is always decoded and
- * copied to `first` (page_size bytes); a following page already cached is
- * not decoded again. On error `*failed` is the failing entry's index; the
- * pages before it stay cached (they passed their checks). */
+ * run's frames (lsvfs_ptable_run). The first page is always decoded (or
+ * copied from the cache) to `first` (page_size bytes); a page already
+ * cached is not decoded again. `asked` is 1 when a reader asked for the
+ * first page now (then a run of more than one page is a sequential read:
+ * that page is kept at the cold end, the others until they are read), 0
+ * when nobody did yet (read-ahead, prefetch): see cache.c on scans. On
+ * error `*failed` is the failing entry's index; the pages before it stay
+ * cached (they passed their checks). */
+#define LSVFS_FILL_AHEAD 0
+#define LSVFS_FILL_ASKED 1
 int lsvfs_cache_fill(lsvfs_cache *c, uint32_t slot, const uint8_t *buf,
                      size_t buf_len, uint64_t buf_offset,
                      const lsvfs_index_entry *entries, size_t n,
-                     uint32_t page_size, uint8_t *first, size_t *failed);
+                     uint32_t page_size, uint8_t *first, int asked,
+                     size_t *failed);
 void lsvfs_cache_get_stats(lsvfs_cache *c, lsvfs_cache_stats *out);
 /* Drop every page (stats other than bytes and entries stay). */
 void lsvfs_cache_clear(lsvfs_cache *c);

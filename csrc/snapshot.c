@@ -323,7 +323,7 @@ int lsvfs_replica_read_local(lsvfs_replica *r, const lsvfs_ptable *t,
         __atomic_fetch_add(&r->local_reads, 1, __ATOMIC_RELAXED);
         __atomic_fetch_add(&r->local_bytes, len64, __ATOMIC_RELAXED);
         rc = lsvfs_cache_fill(r->cache, slot, buf, (size_t)len64, start, run, n,
-                              page_size, out, &failed);
+                              page_size, out, LSVFS_FILL_ASKED, &failed);
     }
     free(buf);
     free(run);

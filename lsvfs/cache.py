@@ -71,9 +71,10 @@ class FrameCache:
         return page
 
     def fill(self, slot: int, buf: bytes, buf_offset: int, entries: core.IndexEntries, page_size: int,
-             file: str) -> bytes:
-        """Decode a run read from storage into the cache (core.fill_cache); its first page."""
-        return core.fill_cache(self._c, slot, buf, buf_offset, entries, page_size, file)
+             file: str, *, asked: bool = False) -> bytes:
+        """Decode a run read from storage into the cache (core.fill_cache); its first page,
+        which a reader asked for now if `asked` (else it is read ahead)."""
+        return core.fill_cache(self._c, slot, buf, buf_offset, entries, page_size, file, asked=asked)
 
     def clear(self) -> None:
         lib.lsvfs_cache_clear(self._c)

@@ -385,13 +385,17 @@ def _raise_run(rc: int, i: int, ents: IndexEntries, buf: Buffer, buf_offset: int
 
 
 def fill_cache(cache: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexEntries, page_size: int,
-               file: str | None = None) -> bytes:
-    """Decode a run read from storage straight into the C page cache; the first page."""
+               file: str | None = None, *, asked: bool = False) -> bytes:
+    """Decode a run read from storage straight into the C page cache; the first page.
+    `asked`: a reader asked for that first page now (a miss), rather than
+    nobody yet (read-ahead, prefetch); the cache keeps a sequential reader's
+    pages apart from the ones used again (csrc/cache.c)."""
     _check_page_size(page_size, file)
     first = _alloc(_U8ARR, page_size)
     failed = ffi.new("size_t *")
+    how = lib.LSVFS_FILL_ASKED if asked else lib.LSVFS_FILL_AHEAD
     rc = lib.lsvfs_cache_fill(cache, slot, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents),
-                              page_size, first, failed)
+                              page_size, first, how, failed)
     if rc:
         _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
     return bytes(_ffi_buffer(first, page_size))

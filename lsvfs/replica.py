@@ -194,6 +194,10 @@ class Replica:
         self._pool.shutdown(wait=not (self._poller is not None and self._poller.is_alive()),
                             cancel_futures=True)
         lib.lsvfs_replica_publish(self.c, ffi.NULL)  # open files keep the snapshots they hold
+        # The pages go now, not whenever the garbage collector gets to this
+        # object: a cache is often most of a process's memory, and freeing it
+        # later lands in whatever runs then (the next replica's first queries).
+        self.cache.clear()
         self.storage.close()
         self._verified.close()
 
@@ -669,7 +673,8 @@ class Replica:
             def read() -> bytes:
                 return self.storage.read(f, offset, length)
 
-        return self.retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name), f.name)
+        return self.retry(lambda: self.cache.fill(slot, read(), offset, run, snap.page_size, f.name, asked=True),
+                          f.name)
 
     def retry(self, fn: Callable[[], T], what: str) -> T:
         """Run `fn`, retrying storage errors and bad bytes with bounded backoff.

@@ -340,7 +340,9 @@ def test_s24_cache_miss_storm_is_single_flight(tmp_path: Path, request: pytest.F
     p = SyntheticPrimary(make_target(storage, tmp_path, request), page_size=1024)
     indexed_table(p, 400)
     slow = LatencyStorage(open_storage(p.url), delay=0.05, ops=("read",))
-    with open_replica(p.url, slow, poll_interval=0, cache_size="16MiB") as rep:
+    # No background prefetch: a prefetch read still in flight at the clear()
+    # would fill the page behind it, and the storm would then never miss.
+    with open_replica(p.url, slow, poll_interval=0, cache_size="16MiB", prefetch="off") as rep:
         snap = rep.current()
         pgno = snap.commit // 2
         rep.cache.clear()  # cold

@@ -619,3 +619,181 @@ def test_hydration_readers_and_a_writer_in_threads(tmp_path):
     for t in threads:
         t.join(timeout=60)
     assert not errors
+
+
+# ---------------------------------------------------------------------------
+# the page cache: scan resistance, budget, buffer reuse
+
+PS = 4096
+
+
+def _cache(pages: int):
+    """A cache of `pages` 4 KiB pages (one shard: below 8 MiB)."""
+    return ffi.gc(lib.lsvfs_cache_new(pages * PS), lib.lsvfs_cache_free)
+
+
+def _stats(cache) -> dict[str, int]:
+    out = ffi.new("lsvfs_cache_stats *")
+    lib.lsvfs_cache_get_stats(cache, out)
+    return {k: int(getattr(out, k)) for k in ("hits", "misses", "evictions", "bytes", "entries", "max_bytes")}
+
+
+def _scan(cache, data: bytes, ents: core.IndexEntries, pages: dict, run: int = 16, slot: int = 1) -> tuple[int, int]:
+    """Read every page in order as the VFS does for a sequential reader: a hit
+    is counted; a miss counts, then decodes the run starting at that page into
+    the cache (the page asked for and run - 1 read ahead). (hits, misses);
+    every page read is checked."""
+    out = ffi.new("uint8_t[]", PS)
+    hits = misses = 0
+    for i in range(len(ents)):
+        pgno, off, _ = ents[i]
+        if lib.lsvfs_cache_get(cache, slot, off, out, PS, 1):
+            hits += 1
+            assert bytes(out) == pages[pgno]
+            continue
+        lib.lsvfs_cache_count_miss(cache, slot, off)
+        misses += 1
+        assert core.fill_cache(cache, slot, data, 0, ents[i:i + run], PS, asked=True) == pages[pgno]
+        assert _stats(cache)["bytes"] <= _stats(cache)["max_bytes"]
+    return hits, misses
+
+
+def _lookup(cache, data: bytes, ents: core.IndexEntries, i: int, slot: int = 2) -> bool:
+    """A point lookup of entry i: a hit, or a miss that reads that page alone. True on a hit."""
+    out = ffi.new("uint8_t[]", PS)
+    off = ents[i][1]
+    if lib.lsvfs_cache_get(cache, slot, off, out, PS, 1):
+        return True
+    lib.lsvfs_cache_count_miss(cache, slot, off)
+    core.fill_cache(cache, slot, data, 0, ents[i:i + 1], PS, asked=True)
+    return False
+
+
+@pytest.fixture(scope="module")
+def scan_file() -> tuple[bytes, core.IndexEntries, dict]:
+    return _ltx_pages(random.Random(7), list(range(1, 385)))  # 384 pages: 1.5x a 256-page cache
+
+
+@pytest.fixture(scope="module")
+def hot_file() -> tuple[bytes, core.IndexEntries, dict]:
+    return _ltx_pages(random.Random(8), list(range(1, 193)))
+
+
+def test_cache_repeated_scan_larger_than_the_cache_keeps_most_of_it(scan_file) -> None:
+    """A sequential scan of 1.5x the cache, repeated: plain LRU would evict
+    each page just before the next scan wants it (every run of 16 a miss
+    again); the cache keeps what the first scan read until it filled up, so
+    later scans miss only on the rest, and read-ahead pages wait until they
+    are read (one miss per run of 16). Hits count read-ahead pages read."""
+    data, ents, pages = scan_file
+    cache = _cache(256)
+    hits, misses = _scan(cache, data, ents, pages)
+    assert (hits, misses) == (384 - 24, 24)
+    for _ in range(3):
+        hits, misses = _scan(cache, data, ents, pages)
+        assert misses <= (384 - 256) // 16 + 2, "a repeated scan misses on what the cache cannot hold"
+        assert hits + misses == 384
+    st = _stats(cache)
+    assert st["entries"] == 256 and st["bytes"] == 256 * PS and st["evictions"] > 0
+
+
+def test_cache_scan_does_not_evict_a_hot_working_set(scan_file, hot_file) -> None:
+    """Pages used again and again (point lookups) survive a sequential scan
+    larger than the whole cache, while the scan still gets its read-ahead."""
+    data, ents, pages = scan_file
+    hdata, hents, _ = hot_file
+    cache = _cache(256)
+    for _ in range(2):
+        for i in range(len(hents)):
+            _lookup(cache, hdata, hents, i)
+    assert _stats(cache)["entries"] == 192
+    for _ in range(2):
+        hits, misses = _scan(cache, data, ents, pages)
+        assert misses <= 384 // 16 + 2
+        assert all(lib.lsvfs_cache_contains(cache, 2, hents[i][1]) for i in range(len(hents))), \
+            "the scan evicted the hot set"
+    before = _stats(cache)
+    assert all(_lookup(cache, hdata, hents, i) for i in range(len(hents)))
+    assert _stats(cache)["misses"] == before["misses"]
+    assert before["evictions"] >= 384 - 64
+
+
+def test_cache_pages_read_ahead_of_any_reader_are_kept_then_scanned(scan_file) -> None:
+    """A fill nobody asked for yet (read-ahead, prefetch) keeps every page,
+    the first one too; a reader then finds them all; a page a reader asked
+    for alone goes to the hot end as in plain LRU."""
+    data, ents, pages = scan_file
+    cache = _cache(256)
+    core.fill_cache(cache, 1, data, 0, ents[0:64], PS)
+    assert all(lib.lsvfs_cache_contains(cache, 1, ents[i][1]) for i in range(64))
+    hits, misses = _scan(cache, data, ents[0:64], pages)
+    assert (hits, misses) == (64, 0)
+    # A page looked up alone twice is an ordinary page: a full scan leaves it.
+    assert not _lookup(cache, data, ents, 300, slot=1)
+    assert _lookup(cache, data, ents, 300, slot=1)
+    _scan(cache, data, ents[100:300], pages)
+    _scan(cache, data, ents[301:], pages)
+    assert lib.lsvfs_cache_contains(cache, 1, ents[300][1])
+
+
+def test_cache_budget_reuse_and_clear_keep_the_stats_meanings(scan_file) -> None:
+    """Pages of another size than the coldest one's, puts, fills and clear:
+    bytes never exceed the budget, every eviction is counted once, a page
+    too large for the cache is still returned but not kept."""
+    data, ents, pages = scan_file
+    cache = _cache(8)
+    for i in range(8):
+        assert lib.lsvfs_cache_put(cache, 9, i, b"x" * 1024, 1024) == 0
+    st = _stats(cache)
+    assert (st["entries"], st["bytes"], st["evictions"]) == (8, 8 * 1024, 0)
+    _scan(cache, data, ents[0:40], pages, run=4)
+    st = _stats(cache)
+    small = sum(lib.lsvfs_cache_contains(cache, 9, i) for i in range(8))
+    assert st["bytes"] == small * 1024 + (st["entries"] - small) * PS <= 8 * PS
+    assert st["evictions"] == 8 + 40 - st["entries"]
+    assert st["misses"] == 10
+    lib.lsvfs_cache_clear(cache)
+    st = _stats(cache)
+    assert (st["entries"], st["bytes"], st["misses"]) == (0, 0, 10)
+    odd = _cache(8)  # "pages" of any size, down to none: own buffers, never chained as spares
+    for i in range(64):
+        n = i % 9
+        assert lib.lsvfs_cache_put(odd, 3, i, bytes([i]) * n, n) == 0
+    for i in range(64):
+        out = ffi.new("uint8_t[]", 9)
+        assert lib.lsvfs_cache_get(odd, 3, i, out, i % 9, 0) == 1 and bytes(out)[:i % 9] == bytes([i]) * (i % 9)
+    lib.lsvfs_cache_clear(odd)
+    tiny = _cache(0)
+    big = _ltx_pages(random.Random(1), [1])
+    assert core.fill_cache(tiny, 1, big[0], 0, big[1], PS, asked=True) == big[2][1]
+    assert _stats(tiny)["entries"] == 0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(bool(os.environ.get("LSVFS_EXPECT_CORE_DIR")),
+                    reason="sanitizer build: a malloc per page, the allocator keeps freed memory")
+def test_cache_memory_stays_within_the_budget_and_clear_hands_it_back() -> None:
+    """Twice the budget put through a 32 MiB cache: the process grows by about
+    the budget (evicted pages' buffers are reused), and clear() gives the
+    memory back to the system at once (slabs, not a free() per page that the
+    allocator may keep)."""
+    mib = 1 << 20
+    cache = _cache(32 * mib // PS)
+    page = bytes(range(256)) * (PS // 256)
+    before = _rss()
+    for i in range(2 * 32 * mib // PS):
+        assert lib.lsvfs_cache_put(cache, 1, i * PS, page, PS) == 0
+    st = _stats(cache)
+    assert st["bytes"] <= 32 * mib and st["evictions"] >= 32 * mib // PS
+    grown = _rss() - before
+    assert 24 * mib < grown <= 32 * mib + 4 * mib, grown / mib
+    lib.lsvfs_cache_clear(cache)
+    assert _rss() - before < 4 * mib, (_rss() - before) / mib
+    assert lib.lsvfs_cache_get(cache, 1, 0, ffi.new("uint8_t[]", PS), PS, 0) == 0
+    for i in range(64):  # usable again after the clear
+        assert lib.lsvfs_cache_put(cache, 1, i * PS, page, PS) == 0
+    assert _stats(cache)["entries"] == 64
