@@ -102,7 +102,7 @@ def test_wheel_contents(built: Built) -> None:
     assert [n for n in names if n.startswith("lsvfs/_core") and n.endswith(".so")]
     assert {"lsvfs/py.typed", "lsvfs/cli.py", "lsvfs/__main__.py", "lsvfs/storage/s3.py"} <= names
     assert not [n for n in names if n.startswith("csrc/") or n.endswith((".c", ".h"))]
-    assert "lsvfs = lsvfs.cli:main" in entry_points
+    assert "lsvfs = lsvfs.cli:run" in entry_points
 
 
 def runtime_requirements(wheel: Path) -> list[str]:
