@@ -17,12 +17,13 @@ def table(path: str) -> str:
     data = json.load(open(path))
     med: dict[str, dict[str, float]] = defaultdict(dict)
     delay = None
+    rounds = max((b["stats"]["rounds"] for b in data["benchmarks"]), default=0)
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         med[info["backend"]][info["op"]] = b["stats"]["median"] * 1000
         delay = info.get("one_way_delay_ms", delay)
     s3 = med.get("s3", {})
-    lines = [f"one-way added latency {delay:g} ms; median of 3 rounds, ms (ratio to S3)", "",
+    lines = [f"one-way added latency {delay:g} ms; median of {rounds} rounds, ms (ratio to S3)", "",
              "| backend | " + " | ".join(OPS) + " |", "|---|" + "---|" * len(OPS)]
     for backend in sorted(med, key=lambda k: (k != "s3", k)):
         cells = []

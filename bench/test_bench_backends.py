@@ -47,6 +47,8 @@ OPS = ("open", "cold_full_scan", "cold_point_lookups")
 DELAY = float(os.environ.get("LSVFS_BENCH_LATENCY_MS", "2")) / 1000
 CACHE_SIZE = 64 << 20
 LOOKUPS = 200
+ROUNDS = 7
+"""Rounds per figure: a round takes well under a second, and the median of 3 moved by 1.5x between runs."""
 SCAN_SQL = "SELECT count(*), sum(length(payload)), max(grp) FROM items"
 LOOKUP_SQL = "SELECT id, name, grp, payload FROM items WHERE id = ?"
 
@@ -192,7 +194,7 @@ def test_backend(benchmark: Any, served: dict[str, Served], expected: dict[str, 
             return conn.execute(SCAN_SQL).fetchall()
         return [conn.execute(LOOKUP_SQL, (i,)).fetchall() for i in expected["ids"]]
 
-    rounds = 3 if benchmarks_enabled(pytestconfig) else 1
+    rounds = ROUNDS if benchmarks_enabled(pytestconfig) else 1
     try:
         got = benchmark.pedantic(run, setup=fresh, rounds=rounds, iterations=1)
     finally:
