@@ -3,7 +3,8 @@ wheel that installs and runs in a fresh venv with no compiler at all.
 
 The build runs with `--no-isolation` (the test venv already has setuptools,
 wheel and cffi), so only the fresh venv's runtime dependencies come from the
-package index.
+package index. Marked `install`, outside the default run: `python -m pytest -m
+install` (CI runs it, next to .ci/wheel).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.install
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "corpus"
