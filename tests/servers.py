@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -506,7 +507,7 @@ def litestream_chunks(name: str, data: bytes) -> list[int]:
 class ShortReads(io.RawIOBase):
     """`data`, read in pieces of `sizes` (then as much as asked): the chunk sizes of a put."""
 
-    def __init__(self, data: bytes, sizes: list[int] | tuple[int, ...] = ()) -> None:
+    def __init__(self, data: bytes, sizes: Sequence[int] = ()) -> None:
         self.data, self.sizes, self.pos = data, list(sizes), 0
 
     def readable(self) -> bool:

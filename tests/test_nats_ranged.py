@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from servers import NATS_PASSWORD, NATS_USER
+from servers import NATS_PASSWORD, NATS_USER, ShortReads
 
 from lsvfs.errors import StorageError
 from lsvfs.storage import open_storage
@@ -28,22 +27,6 @@ pytestmark = pytest.mark.backends
 
 CS = 1000
 """The max chunk size of most objects here (nats-py's default is 128 KiB)."""
-
-
-class Scripted(io.RawIOBase):
-    """`data`, read in pieces of `sizes` (then as much as asked): the chunk sizes of a put."""
-
-    def __init__(self, data: bytes, sizes: Sequence[int] = ()) -> None:
-        self.data, self.sizes, self.pos = data, list(sizes), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), len(self.data) - self.pos, self.sizes.pop(0) if self.sizes else len(b))
-        b[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
 
 
 def _name(lo: int) -> str:
@@ -57,7 +40,7 @@ def _put(server: Any, bucket: str, objects: dict[int, tuple[bytes, Sequence[int]
     async def put(js: Any) -> None:
         obs = await js.object_store(bucket)
         await asyncio.gather(*(
-            obs.put(_name(lo), Scripted(data, sizes),
+            obs.put(_name(lo), ShortReads(data, sizes),
                     meta=api.ObjectMeta(name=_name(lo), options=api.ObjectMetaOptions(max_chunk_size=cs)))
             for lo, (data, sizes, cs) in objects.items()))
 
