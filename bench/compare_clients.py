@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import random
 import statistics
@@ -53,7 +52,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +61,7 @@ for _p in (str(HERE), str(ROOT / "tests"), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from latency_proxy import LatencyProxy  # noqa: E402
+from latency_proxy import ProxyProcess  # noqa: E402
 
 from lsvfs.storage.base import FileInfo, Layout, format_filename, level_dir  # noqa: E402
 
@@ -250,35 +248,6 @@ class OSS2(Client):
 
 # -- servers, each in its own process, behind a proxy in another -----------------------------------
 
-def _proxy_main(upstream: int, delay: float, conn: Connection) -> None:
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # connections cut at stop are expected
-    proxy = LatencyProxy(upstream, delay)
-    conn.send(proxy.port)
-    with contextlib.suppress(EOFError):
-        conn.recv()  # until the parent says stop (or goes away)
-    proxy.close()
-
-
-class ProxyProcess:
-    """A LatencyProxy in a process of its own, so its CPU is not the client's."""
-
-    def __init__(self, upstream: int, delay: float) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_proxy_main, args=(upstream, delay, child), daemon=True)
-        self._proc.start()
-        if not self._conn.poll(30):
-            raise RuntimeError("latency proxy did not start within 30 s")
-        self.port = int(self._conn.recv())
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send("stop")
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-
-
 @dataclass
 class Served:
     clients: list[Callable[[], Client]]
@@ -300,7 +269,7 @@ def serve_webdav(data: Data, base: Path, delay: float) -> Served:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(blob)
     proxy = ProxyProcess(sp.port, delay)
-    served.stops.append(proxy.stop)
+    served.stops.append(proxy.close)
 
     def shipped() -> Client:
         from lsvfs.storage.webdav import WebDAVStorage
@@ -329,7 +298,7 @@ def serve_oss(data: Data, base: Path, delay: float) -> Served:
     for name, blob in data.named("hex"):
         s3.put_object(Bucket=bucket, Key="db/" + name, Body=blob)
     proxy = ProxyProcess(sp.port, delay)
-    served.stops.append(proxy.stop)
+    served.stops.append(proxy.close)
     endpoint = f"http://127.0.0.1:{proxy.port}"
 
     def shipped() -> Client:

@@ -9,7 +9,8 @@ loop on a daemon thread; `close()` stops it.
 `tap`, if given, is called once per accepted connection and returns a
 function that sees that connection's client->server bytes in order, as they
 arrive (before the delay): `request_count.RequestCounts.parser` counts HTTP
-requests that way.
+requests that way. `ProxyProcess` runs a proxy in a process of its own, so
+that its CPU and its share of the GIL are not the measured client's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -106,3 +109,39 @@ class LatencyProxy:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+class ProxyProcess:
+    """A LatencyProxy in a process of its own (this file run as a script), so
+    its CPU is not the client's."""
+
+    def __init__(self, upstream_port: int, delay: float) -> None:
+        self._proc = subprocess.Popen([sys.executable, __file__, str(upstream_port), repr(delay)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"latency proxy process exited with {self._proc.wait(10)}")
+        self.port = int(line)
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+
+
+def _serve(upstream_port: int, delay: float) -> None:
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # connections cut at stop are expected
+    proxy = LatencyProxy(upstream_port, delay)
+    print(proxy.port, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    proxy.close()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), float(sys.argv[2]))

@@ -6,8 +6,9 @@ uploaded, file for file, into each backend's layout on its test server
 nats-server), each in its own process so this one runs only the client. NATS
 objects get the chunk layout the real `litestream replicate` leaves
 (`servers.litestream_chunks`: a snapshot is thousands of tiny chunks). Each
-server sits behind its own `LatencyProxy` adding the same one-way delay, and
-lsvfs opens the replica through the proxy. Measured per backend, on a fresh
+server sits behind its own latency proxy adding the same one-way delay (in a
+process of its own too: its CPU would otherwise be charged to the client, and
+more to chatty protocols), and lsvfs opens the replica through the proxy. Measured per backend, on a fresh
 Replica each round (so nothing is cached):
 
 - open: `lsvfs.connect()` plus the first query (schema read);
@@ -32,7 +33,7 @@ from typing import Any
 
 import apsw
 import pytest
-from latency_proxy import LatencyProxy
+from latency_proxy import ProxyProcess
 from replicas import BenchReplica, bench_dir, benchmarks_enabled, small_replica  # noqa: F401
 
 import lsvfs
@@ -90,7 +91,7 @@ def _serve(kind: str, rep: BenchReplica, scratch_dir: Path) -> Served:
             container = a.create_container()
             for n, data in names("db"):
                 a.put(container, n, data)
-            proxy = LatencyProxy(a.port, DELAY)
+            proxy = ProxyProcess(a.port, DELAY)
             key = servers.AZURITE_KEY.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
             url = (f"abs://{servers.AZURITE_ACCOUNT}@{container}/db?endpoint=http://127.0.0.1:{proxy.port}/"
                    f"{servers.AZURITE_ACCOUNT}&account-key={key}")
@@ -100,12 +101,12 @@ def _serve(kind: str, rep: BenchReplica, scratch_dir: Path) -> Served:
         # Chunked as `litestream replicate` (nats.go) writes: L0 files in 128 KiB chunks, compactions
         # and snapshots in thousands of chunks of a few bytes, interleaved (servers.litestream_chunks).
         nt.put_as_litestream(bucket, dict(names("")))
-        proxy = LatencyProxy(nt.port, DELAY)
+        proxy = ProxyProcess(nt.port, DELAY)
         url = f"nats://{servers.NATS_USER}:{servers.NATS_PASSWORD}@127.0.0.1:{proxy.port}/{bucket}"
         return Served(url, lambda: (proxy.close(), nt.stop()))
 
     sp = servers.ServerProcess(kind, scratch_dir / kind)
-    proxy = LatencyProxy(sp.port, DELAY)
+    proxy = ProxyProcess(sp.port, DELAY)
 
     def stop() -> None:
         proxy.close()

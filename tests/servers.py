@@ -210,10 +210,14 @@ class SFTPServer:
 
     Accepts SFTP_USER with SFTP_PASSWORD or with the key in `client_key_path`.
     `known_hosts` is a file naming this server's host key at [127.0.0.1]:port.
+    `max_read`, if given, answers every read with at most that many bytes, as
+    servers with a read limit do; `largest_read` is the most any read asked for.
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, max_read: int | None = None) -> None:
         self.base = base
+        self.max_read = max_read
+        self.largest_read = 0
         self.root = base / "root"
         self.port = 0
         self.known_hosts = base / "known_hosts"
@@ -253,6 +257,13 @@ class SFTPServer:
             def validate_public_key(self, username: str, key: Any) -> bool:
                 return username == SFTP_USER and authorized.validate(key, "127.0.0.1", "127.0.0.1") is not None
 
+        outer = self
+
+        class Files(asyncssh.SFTPServer):  # type: ignore[misc]
+            def read(self, file_obj: object, offset: int, size: int) -> Any:
+                outer.largest_read = max(outer.largest_read, size)
+                return super().read(file_obj, offset, min(size, outer.max_read or size))
+
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -261,7 +272,7 @@ class SFTPServer:
             try:
                 self._acceptor = await asyncssh.listen(
                     "127.0.0.1", self.port, server_host_keys=[host_key], server_factory=Server,
-                    sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root),
+                    sftp_factory=lambda chan: Files(chan, chroot=root),
                     allow_scp=False, login_timeout=20,
                 )
             except BaseException as e:  # noqa: BLE001 - reported to start()

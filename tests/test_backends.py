@@ -398,6 +398,39 @@ def test_sftp_key_file_auth(replica_target: Any, sftp_server: Any) -> None:
         st.close()
 
 
+def test_sftp_reads_in_large_requests_and_takes_short_answers(tmp_path: Path) -> None:
+    """Reads go out as READ_SIZE requests on a TCP_NODELAY socket (Nagle's
+    algorithm would hold back a request behind an unacknowledged one); a server
+    answering each read with fewer bytes than asked still yields exact bytes."""
+    import socket
+
+    from servers import SFTP_PASSWORD, SFTP_USER, SFTPServer
+
+    from lsvfs.storage import sftp
+
+    server = SFTPServer(tmp_path, max_read=20_000).start()
+    try:
+        d = server.new_dir()
+        data = random.Random(5).randbytes(300_000)
+        name = format_filename(1, 1)
+        (server.root / d.lstrip("/") / "ltx" / "0").mkdir(parents=True)
+        (server.root / d.lstrip("/") / "ltx" / "0" / name).write_bytes(data)
+        st = open_storage(f"sftp://{SFTP_USER}:{SFTP_PASSWORD}@127.0.0.1:{server.port}{d}"
+                          f"?known_hosts={server.known_hosts}")
+        try:
+            [f] = st.list_files(0)
+            assert st.read_all(f) == data
+            for off, n in ((0, 300_000), (1, 150_000), (65_535, 65_538), (299_000, 1000)):
+                assert st.read(f, off, n) == data[off:off + n], (off, n)
+            assert server.largest_read == sftp.READ_SIZE
+            sock = st._transport.sock  # type: ignore[attr-defined]
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            st.close()
+    finally:
+        server.stop()
+
+
 def test_azure_credentials_from_environment(replica_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """LITESTREAM_AZURE_ACCOUNT_KEY is used when the URL has no key; with neither a key, a SAS
     token nor azure-identity, the error says what to set."""
