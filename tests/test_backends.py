@@ -431,6 +431,39 @@ def test_sftp_reads_in_large_requests_and_takes_short_answers(tmp_path: Path) ->
         server.stop()
 
 
+@pytest.mark.parametrize("max_read", [None, 20_000])
+def test_sftp_kept_handles_never_wait_for_answers_not_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 max_read: int | None) -> None:
+    """Many ranged reads of one file reuse one kept handle. paramiko's readv left stray
+    answers on it (a race with its request thread, or answers shorter than asked), and
+    a later read starting inside one waited out READ_TIMEOUT: each read here must be
+    exact and none may time out (READ_TIMEOUT cut to 3 s, so a stall fails fast)."""
+    from servers import SFTP_PASSWORD, SFTP_USER, SFTPServer
+
+    from lsvfs.storage import sftp
+
+    monkeypatch.setattr(sftp, "READ_TIMEOUT", 3.0)
+    server = SFTPServer(tmp_path, max_read=max_read).start()
+    try:
+        d = server.new_dir()
+        data = random.Random(7).randbytes(400_000)
+        (server.root / d.lstrip("/") / "ltx" / "0").mkdir(parents=True)
+        (server.root / d.lstrip("/") / "ltx" / "0" / format_filename(1, 1)).write_bytes(data)
+        st = open_storage(f"sftp://{SFTP_USER}:{SFTP_PASSWORD}@127.0.0.1:{server.port}{d}"
+                          f"?known_hosts={server.known_hosts}")
+        try:
+            [f] = st.list_files(0)
+            rnd = random.Random(8)
+            for _ in range(1500):  # the stall came within ~150-400 reads
+                off = rnd.randrange(len(data))
+                n = rnd.randrange(1, min(len(data) - off, 200_000) + 1)
+                assert st.read(f, off, n) == data[off:off + n], (off, n)
+        finally:
+            st.close()
+    finally:
+        server.stop()
+
+
 def test_azure_reads_bodies_in_large_chunks(replica_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A blob's body is read BODY_CHUNK bytes at a time, not azure-core's 4 KiB:
     per-chunk Python overhead was half the client's CPU on a cold scan."""

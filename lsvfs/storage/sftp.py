@@ -14,6 +14,7 @@ skips the check and says so at WARNING on every connect.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -230,6 +231,10 @@ class SFTPStorage:
         the name. Only the thread holding `c` touches its handles."""
         files = self._files.setdefault(id(c), OrderedDict())
         f = files.get(path)
+        if f is not None and f._prefetch_extents:  # an earlier read's answers still owed: start afresh
+            del files[path]
+            f.close()
+            f = None
         if f is not None:
             files.move_to_end(path)
             return f
@@ -337,8 +342,7 @@ class SFTPStorage:
                 with _open(c, p) as f:
                     f.prefetch()
                     return bytes(f.read())
-            # readv sends the request(s) at once; its reads come back in order.
-            return b"".join(self._open_file(c, p).readv([(offset, length)]))
+            return _read_range(self._open_file(c, p), offset, length)
 
         try:
             return bytes(self._call("get", self._where(info), run))
@@ -355,7 +359,31 @@ class SFTPStorage:
         self._drop(t)
 
 
+# paramiko's readv (and prefetch) send their read requests from a helper thread while
+# the caller reads the answers. An answer handled before the next request is recorded
+# marks the read done early, and the answers still to come stay on the handle as stray
+# buffers; so do answers shorter than asked (servers with a read limit), once paramiko
+# falls back to plain reads. A later readv on that kept handle skips asking for any range
+# that starts inside a stray buffer, then waits for answers nobody asked for: a stall
+# until READ_TIMEOUT (seen in CI). Below, requests are all sent and recorded before any
+# answer is read, and a kept handle's strays are dropped before each read.
+
+
 def _open(c: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
     f = c.open(path, "rb")
     f.MAX_REQUEST_SIZE = READ_SIZE  # what readv and prefetch split reads into
+    f._start_prefetch = functools.partial(_send_reads, f)
     return f
+
+
+def _send_reads(f: paramiko.SFTPFile, chunks: list[tuple[int, int]], max_concurrent_requests: Any = None) -> None:
+    """paramiko's `_start_prefetch` without its thread: all requests sent (a few dozen
+    bytes each, far inside the channel's window) and recorded before the caller reads."""
+    f._prefetching = True
+    f._prefetch_done = not chunks
+    f._prefetch_thread(chunks, max_concurrent_requests)
+
+
+def _read_range(f: paramiko.SFTPFile, offset: int, length: int) -> bytes:
+    f._prefetch_data.clear()
+    return b"".join(f.readv([(offset, length)]))
