@@ -170,7 +170,7 @@ def _local_cost(b: Bench, local: Bench | None) -> float | None:
     e = b["extra_info"]
     key = "paired_local_min_s" if STAT == "min" else "paired_local_median_s"
     if STAT != "mean" and key in e:
-        return float(e[key]) / e.get("queries", 1)
+        return float(e[key]) / float(e.get("queries", 1))
     return _cost(local) if local else None
 
 
@@ -201,7 +201,8 @@ def threads_table(benches: list[Bench], markdown: bool) -> Table:
 
 def issue7_table(benches: list[Bench], markdown: bool) -> Table:
     by = _issue7(benches)
-    t = Table(f"Warm lookups and full scans ({STAT}; ratio = system time / local time, same driver)",
+    t = Table(f"Warm lookups and full scans ({STAT}; ratio = system time / local time, same driver, "
+              "lsvfs's against local rounds run alternately with its own)",
               ["benchmark", "system", "driver", "ms", "local ms", "ratio", "target", "q/s", "misses/round"],
               markdown)
     for op in ("warm_lookups", "warm_scan", "cold_scan"):
@@ -209,11 +210,11 @@ def issue7_table(benches: list[Bench], markdown: bool) -> Table:
         for (system, driver) in sorted(s, key=lambda k: (SYSTEM_ORDER.index(k[0]), k[1])):
             b = s[(system, driver)]
             e = b["extra_info"]
-            local = s.get(("local", driver))
+            local = _local_cost(b, s.get(("local", driver)))
             n = e.get("queries", 1)
-            ratio = _cost(b) / _cost(local) if local else None
+            ratio = _cost(b) / local if local else None
             misses = e.get("vfs_misses_per_query")
-            t.add(op, system, driver, _ms(_cost(b) * n), _ms(_cost(local) * n) if local else "-",
+            t.add(op, system, driver, _ms(_cost(b) * n), _ms(local * n) if local else "-",
                   "-" if ratio is None or system == "local" else f"{ratio:.2f}",
                   f"{_verdict(ratio, op)} (<= {TARGETS[op]})" if ratio is not None and system.startswith("lsvfs")
                   else "", f"{1 / _cost(b):,.0f}" if "queries" in e else "",
