@@ -61,7 +61,7 @@ for _p in (str(HERE), str(ROOT / "tests"), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from latency_proxy import ProxyProcess  # noqa: E402
+from latency_proxy import proxy_process  # noqa: E402
 
 from lsvfs.storage.base import FileInfo, Layout, format_filename, level_dir  # noqa: E402
 
@@ -268,8 +268,8 @@ def serve_webdav(data: Data, base: Path, delay: float) -> Served:
     for name, blob in data.named("ltx"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(blob)
-    proxy = ProxyProcess(sp.port, delay)
-    served.stops.append(proxy.close)
+    proxy = proxy_process(sp.port, delay)
+    served.stops.append(proxy.stop)
 
     def shipped() -> Client:
         from lsvfs.storage.webdav import WebDAVStorage
@@ -297,8 +297,8 @@ def serve_oss(data: Data, base: Path, delay: float) -> Served:
     s3 = moto.client()
     for name, blob in data.named("hex"):
         s3.put_object(Bucket=bucket, Key="db/" + name, Body=blob)
-    proxy = ProxyProcess(sp.port, delay)
-    served.stops.append(proxy.close)
+    proxy = proxy_process(sp.port, delay)
+    served.stops.append(proxy.stop)
     endpoint = f"http://127.0.0.1:{proxy.port}"
 
     def shipped() -> Client:

@@ -9,7 +9,7 @@ loop on a daemon thread; `close()` stops it.
 `tap`, if given, is called once per accepted connection and returns a
 function that sees that connection's client->server bytes in order, as they
 arrive (before the delay): `request_count.RequestCounts.parser` counts HTTP
-requests that way. `ProxyProcess` runs a proxy in a process of its own, so
+requests that way. `proxy_process` runs a proxy in a process of its own, so
 that its CPU and its share of the GIL are not the measured client's.
 """
 
@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import subprocess
+import json
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("lsvfs.bench.proxy")
 
@@ -111,34 +113,21 @@ class LatencyProxy:
             self._loop.close()
 
 
-class ProxyProcess:
-    """A LatencyProxy in a process of its own (this file run as a script), so
-    its CPU is not the client's."""
+def proxy_process(upstream_port: int, delay: float) -> Any:
+    """A LatencyProxy in a process of its own (this file run as a script), so its
+    CPU is not the client's; `.port`, `.stop()` (a tests/servers.ChildProcess)."""
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from servers import ChildProcess
 
-    def __init__(self, upstream_port: int, delay: float) -> None:
-        self._proc = subprocess.Popen([sys.executable, __file__, str(upstream_port), repr(delay)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"latency proxy process exited with {self._proc.wait(10)}")
-        self.port = int(line)
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
-        try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(10)
+    return ChildProcess([sys.executable, __file__, str(upstream_port), repr(delay)], "latency proxy")
 
 
 def _serve(upstream_port: int, delay: float) -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # connections cut at stop are expected
     proxy = LatencyProxy(upstream_port, delay)
-    print(proxy.port, flush=True)
+    print(json.dumps({"port": proxy.port}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)
     proxy.close()
 

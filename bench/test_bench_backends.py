@@ -33,7 +33,7 @@ from typing import Any
 
 import apsw
 import pytest
-from latency_proxy import ProxyProcess
+from latency_proxy import proxy_process
 from replicas import BenchReplica, bench_dir, benchmarks_enabled, small_replica  # noqa: F401
 
 import lsvfs
@@ -91,25 +91,25 @@ def _serve(kind: str, rep: BenchReplica, scratch_dir: Path) -> Served:
             container = a.create_container()
             for n, data in names("db"):
                 a.put(container, n, data)
-            proxy = ProxyProcess(a.port, DELAY)
+            proxy = proxy_process(a.port, DELAY)
             key = servers.AZURITE_KEY.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
             url = (f"abs://{servers.AZURITE_ACCOUNT}@{container}/db?endpoint=http://127.0.0.1:{proxy.port}/"
                    f"{servers.AZURITE_ACCOUNT}&account-key={key}")
-            return Served(url, lambda: (proxy.close(), a.stop()))
+            return Served(url, lambda: (proxy.stop(), a.stop()))
         nt = servers.NATSServer(scratch_dir / "nats").start()
         bucket = nt.create_bucket()
         # Chunked as `litestream replicate` (nats.go) writes: L0 files in 128 KiB chunks, compactions
         # and snapshots in thousands of chunks of a few bytes, interleaved (servers.litestream_chunks).
         nt.put_as_litestream(bucket, dict(names("")))
-        proxy = ProxyProcess(nt.port, DELAY)
+        proxy = proxy_process(nt.port, DELAY)
         url = f"nats://{servers.NATS_USER}:{servers.NATS_PASSWORD}@127.0.0.1:{proxy.port}/{bucket}"
-        return Served(url, lambda: (proxy.close(), nt.stop()))
+        return Served(url, lambda: (proxy.stop(), nt.stop()))
 
     sp = servers.ServerProcess(kind, scratch_dir / kind)
-    proxy = ProxyProcess(sp.port, DELAY)
+    proxy = proxy_process(sp.port, DELAY)
 
     def stop() -> None:
-        proxy.close()
+        proxy.stop()
         sp.stop()
 
     if kind in ("s3", "oss"):

@@ -751,20 +751,20 @@ def _serve_main(argv: list[str]) -> None:
     server.stop()
 
 
-class ServerProcess:
-    """One of the in-process servers above, run by `_serve_main` in a child process."""
+class ChildProcess:
+    """A child process that prints one JSON line of facts (at least "port") when
+    it is ready, and serves until its stdin closes."""
 
-    def __init__(self, kind: str, base: Path) -> None:
+    def __init__(self, argv: list[str], what: str) -> None:
         import json
 
-        base.mkdir(parents=True, exist_ok=True)
-        self._proc = subprocess.Popen([sys.executable, __file__, kind, str(base)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
         _live_processes.add(self._proc)  # type: ignore[arg-type]
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"{kind} server process exited with {self._proc.wait(10)}")
+            raise RuntimeError(f"{what} process exited with {self._proc.wait(10)}")
         self.facts: dict[str, Any] = json.loads(line)
         self.port = int(self.facts["port"])
 
@@ -777,6 +777,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             _terminate(self._proc, 5)  # type: ignore[arg-type]
         _live_processes.discard(self._proc)  # type: ignore[arg-type]
+
+
+class ServerProcess(ChildProcess):
+    """One of the in-process servers above, run by `_serve_main` in a child process."""
+
+    def __init__(self, kind: str, base: Path) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        super().__init__([sys.executable, __file__, kind, str(base)], f"{kind} server")
 
 
 if __name__ == "__main__":
