@@ -38,8 +38,12 @@ def test_demo_shows_the_replica_advancing_and_cleans_up() -> None:
 
 def test_demo_cleans_up_on_ctrl_c() -> None:
     before = demo_dirs()
+    # As from a terminal: a suite started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "lsvfs", "demo", "--seconds", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            start_new_session=True)  # its own group: a failed run takes litestream with it
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
@@ -51,7 +55,7 @@ def test_demo_cleans_up_on_ctrl_c() -> None:
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in out
