@@ -95,7 +95,7 @@ def run_demo(seconds: float = 20.0, out=sys.stdout) -> int:  # type: ignore[no-u
             time.sleep(1.0)
         print("done: the replica followed the primary with no restore.", file=out)
         return 0
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, apsw.InterruptError):  # the latter: Ctrl-C inside a query's page fetch
         print("\ninterrupted; cleaning up", file=out)
         return 130
     finally:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_OK = 0
 SQLITE_ERROR = 1
+SQLITE_INTERRUPT = 9
 SQLITE_CORRUPT = 11
 SQLITE_NOTFOUND = 12
 SQLITE_CANTOPEN = 14
@@ -148,7 +149,20 @@ def _unexpected(exc_type: type[BaseException], exc: BaseException, tb: Traceback
     log.error("lsvfs callback failed unexpectedly", exc_info=(exc_type, exc, tb))
 
 
-@ffi.def_extern(error=SQLITE_CANTOPEN, onerror=_unexpected)
+def _interrupted_or_unexpected(exc_type: type[BaseException], exc: BaseException,
+                               tb: TracebackType | None) -> int | None:
+    """A Ctrl-C that lands while SQLite waits in a callback (a fetch from S3, an open's
+    listing) fails the statement with SQLite's own "interrupted", as `interrupt()` does,
+    rather than vanishing into an I/O error and a logged traceback. Anything else is a bug:
+    logged, and the callback's `error` value stands."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        log.debug("interrupted inside an lsvfs callback")
+        return SQLITE_INTERRUPT
+    _unexpected(exc_type, exc, tb)
+    return None
+
+
+@ffi.def_extern(error=SQLITE_CANTOPEN, onerror=_interrupted_or_unexpected)
 def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
     vfs: Registration = ffi.from_handle(ctx)
     p = _params(ffi.buffer(params, params_len)[:])
@@ -169,7 +183,7 @@ def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
     return SQLITE_OK
 
 
-@ffi.def_extern(error=SQLITE_IOERR_READ, onerror=_unexpected)
+@ffi.def_extern(error=SQLITE_IOERR_READ, onerror=_interrupted_or_unexpected)
 def lsvfs_py_fetch(handle: Any, file: Any, snap: Any, pgno: int, readahead: int, out: Any, size: int) -> int:
     f: OpenFile = ffi.from_handle(handle)
     try:
@@ -184,7 +198,7 @@ def lsvfs_py_fetch(handle: Any, file: Any, snap: Any, pgno: int, readahead: int,
     return SQLITE_OK
 
 
-@ffi.def_extern(error=SQLITE_ERROR, onerror=_unexpected)
+@ffi.def_extern(error=SQLITE_ERROR, onerror=_interrupted_or_unexpected)
 def lsvfs_py_pragma(handle: Any, file: Any, name: Any, value: Any) -> int:
     f: OpenFile = ffi.from_handle(handle)
     pragma = ffi.string(name).decode().lower()

@@ -259,6 +259,39 @@ def test_a_frame_that_fails_its_checks_is_corruption(tmp_path: Path, driver: str
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_ctrl_c_inside_a_fetch_interrupts_the_statement(tmp_path: Path, driver: str, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A KeyboardInterrupt while SQLite waits in a Python callback (a page fetch from
+    remote storage) fails the statement with SQLite's "interrupted", as interrupt()
+    does: not a disk I/O error with a logged traceback. The connection goes on working."""
+    from wrappers import WrappedStorage
+
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=4096)
+    table(p, rows=300, size=400)
+    remote = WrappedStorage(lsvfs.storage.open_storage(p.url))  # not `local`: misses go through Python
+    keep = lsvfs.connect(p.url, storage=remote, poll_interval=0, cache_size=0)  # the Replica both drivers share
+    conn = drivers.connect(driver, p.url, poll_interval=0, cache_size=0)
+    try:
+        drivers.script(conn, "PRAGMA cache_size = 0")
+        want = conn.execute("SELECT sum(length(v)) FROM t").fetchall()
+        real = lsvfs.replica.Replica.read_page
+
+        def ctrl_c(self: Any, *args: Any, **kwargs: Any) -> bytes:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(lsvfs.replica.Replica, "read_page", ctrl_c)
+        with caplog.at_level(logging.DEBUG, logger="lsvfs"):
+            with pytest.raises((apsw.InterruptError, sqlite3.OperationalError), match="interrupted"):
+                conn.execute("SELECT sum(length(v)) FROM t").fetchall()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        monkeypatch.setattr(lsvfs.replica.Replica, "read_page", real)
+        assert conn.execute("SELECT sum(length(v)) FROM t").fetchall() == want
+    finally:
+        conn.close()
+        keep.close()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_threads_on_their_own_connections_see_whole_transactions(tmp_path: Path, driver: str) -> None:
     """Many threads, each its own connection, reading while the replica
     advances: every read transaction sees one TXID's rows, exactly."""
