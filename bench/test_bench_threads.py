@@ -338,8 +338,9 @@ def test_cold_scan(benchmark: Any, bench: Bench, case: Case) -> None:
             rows = conn.execute(SCAN_SQL).fetchall()
         finally:
             conn.close()
+        took = time.perf_counter() - start
         sums.append(checksum(rows))
-        return time.perf_counter() - start
+        return took
 
     open_conn = bench.opener(case, bench.cold_url)
     paired = Paired(bench, case, lambda: scan(bench.opener(Case("local", case.driver))))
