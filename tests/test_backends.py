@@ -14,7 +14,8 @@ import re
 import sys
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -398,37 +399,42 @@ def test_sftp_key_file_auth(replica_target: Any, sftp_server: Any) -> None:
         st.close()
 
 
+@contextmanager
+def _sftp_file(base: Path, data: bytes, max_read: int | None) -> Iterator[tuple[Any, Any, Any]]:
+    """An SFTP server of its own (`max_read` caps its answers) holding one LTX-named
+    file of `data`: (server, storage, the file's FileInfo)."""
+    from servers import SFTPServer
+
+    server = SFTPServer(base, max_read=max_read).start()
+    try:
+        t = make_target("sftp", server)
+        t.put("ltx/0/" + format_filename(1, 1), data)
+        st = open_storage(t.lsvfs_url)
+        try:
+            [f] = st.list_files(0)
+            yield server, st, f
+        finally:
+            st.close()
+    finally:
+        server.stop()
+
+
 def test_sftp_reads_in_large_requests_and_takes_short_answers(tmp_path: Path) -> None:
     """Reads go out as READ_SIZE requests on a TCP_NODELAY socket (Nagle's
     algorithm would hold back a request behind an unacknowledged one); a server
     answering each read with fewer bytes than asked still yields exact bytes."""
     import socket
 
-    from servers import SFTP_PASSWORD, SFTP_USER, SFTPServer
-
     from lsvfs.storage import sftp
 
-    server = SFTPServer(tmp_path, max_read=20_000).start()
-    try:
-        d = server.new_dir()
-        data = random.Random(5).randbytes(300_000)
-        name = format_filename(1, 1)
-        (server.root / d.lstrip("/") / "ltx" / "0").mkdir(parents=True)
-        (server.root / d.lstrip("/") / "ltx" / "0" / name).write_bytes(data)
-        st = open_storage(f"sftp://{SFTP_USER}:{SFTP_PASSWORD}@127.0.0.1:{server.port}{d}"
-                          f"?known_hosts={server.known_hosts}")
-        try:
-            [f] = st.list_files(0)
-            assert st.read_all(f) == data
-            for off, n in ((0, 300_000), (1, 150_000), (65_535, 65_538), (299_000, 1000)):
-                assert st.read(f, off, n) == data[off:off + n], (off, n)
-            assert server.largest_read == sftp.READ_SIZE
-            sock = st._transport.sock  # type: ignore[attr-defined]
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        finally:
-            st.close()
-    finally:
-        server.stop()
+    data = random.Random(5).randbytes(300_000)
+    with _sftp_file(tmp_path, data, max_read=20_000) as (server, st, f):
+        assert st.read_all(f) == data
+        for off, n in ((0, 300_000), (1, 150_000), (65_535, 65_538), (299_000, 1000)):
+            assert st.read(f, off, n) == data[off:off + n], (off, n)
+        assert server.largest_read == sftp.READ_SIZE
+        sock = st._transport.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 @pytest.mark.parametrize("max_read", [None, 20_000])
@@ -438,30 +444,16 @@ def test_sftp_kept_handles_never_wait_for_answers_not_asked_for(tmp_path: Path, 
     answers on it (a race with its request thread, or answers shorter than asked), and
     a later read starting inside one waited out READ_TIMEOUT: each read here must be
     exact and none may time out (READ_TIMEOUT cut to 3 s, so a stall fails fast)."""
-    from servers import SFTP_PASSWORD, SFTP_USER, SFTPServer
-
     from lsvfs.storage import sftp
 
     monkeypatch.setattr(sftp, "READ_TIMEOUT", 3.0)
-    server = SFTPServer(tmp_path, max_read=max_read).start()
-    try:
-        d = server.new_dir()
-        data = random.Random(7).randbytes(400_000)
-        (server.root / d.lstrip("/") / "ltx" / "0").mkdir(parents=True)
-        (server.root / d.lstrip("/") / "ltx" / "0" / format_filename(1, 1)).write_bytes(data)
-        st = open_storage(f"sftp://{SFTP_USER}:{SFTP_PASSWORD}@127.0.0.1:{server.port}{d}"
-                          f"?known_hosts={server.known_hosts}")
-        try:
-            [f] = st.list_files(0)
-            rnd = random.Random(8)
-            for _ in range(1500):  # the stall came within ~150-400 reads
-                off = rnd.randrange(len(data))
-                n = rnd.randrange(1, min(len(data) - off, 200_000) + 1)
-                assert st.read(f, off, n) == data[off:off + n], (off, n)
-        finally:
-            st.close()
-    finally:
-        server.stop()
+    data = random.Random(7).randbytes(400_000)
+    with _sftp_file(tmp_path, data, max_read) as (_, st, f):
+        rnd = random.Random(8)
+        for _ in range(1500):  # the stall came within ~150-400 reads
+            off = rnd.randrange(len(data))
+            n = rnd.randrange(1, min(len(data) - off, 200_000) + 1)
+            assert st.read(f, off, n) == data[off:off + n], (off, n)
 
 
 def test_azure_reads_bodies_in_large_chunks(replica_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -333,22 +333,16 @@ def test_tiny_chunks_that_do_not_add_up_are_an_error(bucket: tuple[Any, str]) ->
 
         server._run(go)
 
-    lie("digest", "SHA-256=" + base64.urlsafe_b64encode(bytes(32)).decode())
-    st = _nats(server, b)
-    try:
-        (f,) = st.list_files(1)
-        with pytest.raises(StorageError, match="SHA-256 digest"):
-            st.read(f, 0, 100)
-    finally:
-        st.close()
-    lie("chunks", 7)
-    st = _nats(server, b)
-    try:
-        (f,) = st.list_files(1)
-        with pytest.raises(StorageError, match="says 7 chunks"):
-            st.read(f, 0, 100)
-    finally:
-        st.close()
+    for field, value, error in (("digest", "SHA-256=" + base64.urlsafe_b64encode(bytes(32)).decode(), "SHA-256 digest"),
+                                ("chunks", 7, "says 7 chunks")):
+        lie(field, value)
+        st = _nats(server, b)
+        try:
+            (f,) = st.list_files(1)
+            with pytest.raises(StorageError, match=error):
+                st.read(f, 0, 100)
+        finally:
+            st.close()
 
 
 @pytest.mark.parametrize(("reply", "want"), [
