@@ -236,6 +236,7 @@ typedef struct {
     int64_t timestamp_ms;
     uint32_t commit; /* database size in pages */
     uint32_t page_size;
+    uint32_t lineage; /* the replica's lineage the TXID belongs to */
 } lsvfs_snapshot_info;
 
 /* One reference, the owner's; readahead = most pages asked per miss. */
@@ -259,6 +260,12 @@ lsvfs_snapshot *lsvfs_replica_current(lsvfs_replica *r);
  * point into it any more, so no read is in flight on its descriptor. */
 int lsvfs_replica_set_local(lsvfs_replica *r, uint32_t slot, const char *path);
 void lsvfs_replica_forget_local(lsvfs_replica *r, uint32_t slot);
+/* The replica was replaced by another lineage (numbered from 0, as Python
+ * numbers them): from now on a snapshot of an earlier lineage is served
+ * only from the cache or by Python, never by its file's copy of page 1,
+ * the hydration file or a local path (which may hold the new lineage). */
+void lsvfs_replica_new_lineage(lsvfs_replica *r);
+uint32_t lsvfs_replica_lineage(lsvfs_replica *r);
 /* Reads C made itself, and their bytes. */
 void lsvfs_replica_local_reads(lsvfs_replica *r, uint64_t *reads, uint64_t *bytes);
 /* A miss served in C from a local file: the run of `pgno` (as

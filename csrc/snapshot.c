@@ -28,6 +28,7 @@ struct lsvfs_replica {
     size_t nlocal, local_cap;
     int any_local; /* atomic: set once, read without the mutex */
     uint64_t local_reads, local_bytes; /* atomic */
+    uint32_t lineage; /* atomic */
     lsvfs_hydration *hydration; /* atomic: set once */
 };
 
@@ -257,6 +258,16 @@ void lsvfs_replica_forget_local(lsvfs_replica *r, uint32_t slot)
         break;
     }
     pthread_mutex_unlock(&r->mu);
+}
+
+void lsvfs_replica_new_lineage(lsvfs_replica *r)
+{
+    __atomic_fetch_add(&r->lineage, 1, __ATOMIC_ACQ_REL);
+}
+
+uint32_t lsvfs_replica_lineage(lsvfs_replica *r)
+{
+    return __atomic_load_n(&r->lineage, __ATOMIC_ACQUIRE);
 }
 
 void lsvfs_replica_local_reads(lsvfs_replica *r, uint64_t *reads, uint64_t *bytes)

@@ -143,12 +143,13 @@ static void put_be32(uint8_t *p, uint32_t v)
 }
 
 /* Page 1 as served: a rollback-journal database (SQLite never looks for
- * -wal or -shm) whose change counter is the TXID, so SQLite keeps its page
- * cache exactly as long as nothing changed, and whose in-header size is
- * the snapshot's. */
+ * -wal or -shm) whose change counter is the TXID (mixed with the lineage,
+ * since a replaced replica reaches the same TXIDs with other pages), so
+ * SQLite keeps its page cache exactly as long as nothing changed, and whose
+ * in-header size is the snapshot's. */
 static void shim_page1(uint8_t *page, const lsvfs_snapshot_info *info)
 {
-    uint32_t counter = (uint32_t)info->txid;
+    uint32_t counter = (uint32_t)info->txid + info->lineage * 0x9E3779B9u;
     page[18] = 1;
     page[19] = 1;
     put_be32(page + 24, counter);
@@ -182,16 +183,19 @@ static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
                     "page %u of TXID %016llx is in no LTX file", pgno,
                     info->txid);
     }
+    /* A snapshot of a replaced lineage: Python decides what may still be read. */
+    int stale = info->lineage != lsvfs_replica_lineage(f->rep);
     lsvfs_hydration *h = lsvfs_replica_hydration(f->rep);
-    if (h != NULL && lsvfs_hydration_read(h, pgno, loc.slot, loc.offset, out) == 1)
+    if (h != NULL && !stale &&
+        lsvfs_hydration_read(h, pgno, loc.slot, loc.offset, out) == 1)
         return SQLITE_OK;
     lsvfs_cache *cache = lsvfs_replica_cache(f->rep);
     if (lsvfs_cache_get(cache, loc.slot, loc.offset, out, info->page_size, 1))
         return SQLITE_OK;
     /* A directory replica's miss is read here, without the GIL; anything
      * unusual (not local, a failed read or frame) goes to Python below. */
-    if (lsvfs_replica_read_local(f->rep, lsvfs_snapshot_table(s), pgno, readahead,
-                                 info->page_size, out) == LSVFS_OK) {
+    if (!stale && lsvfs_replica_read_local(f->rep, lsvfs_snapshot_table(s), pgno,
+                                           readahead, info->page_size, out) == LSVFS_OK) {
         lsvfs_cache_count_miss(cache, loc.slot, loc.offset);
         return SQLITE_OK;
     }
@@ -209,7 +213,8 @@ static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
 static int get_page1(lsvfs_file *f, lsvfs_snapshot *s, uint8_t *out)
 {
     const lsvfs_snapshot_info *info = lsvfs_snapshot_info_of(s);
-    if (f->page1 != NULL && f->page1_id == info->id) {
+    if (f->page1 != NULL && f->page1_id == info->id &&
+        info->lineage == lsvfs_replica_lineage(f->rep)) {
         memcpy(out, f->page1, info->page_size);
         return SQLITE_OK;
     }

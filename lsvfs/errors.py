@@ -35,6 +35,10 @@ class GapError(ReplicaError):
         super().__init__(msg + (f" ({detail})" if detail else ""))
 
 
+class LineageError(ReplicaError):
+    """The replica was replaced by another lineage, and what was asked belongs to the old one."""
+
+
 class StorageError(LsvfsError):
     """Talking to storage failed (unreachable, denied, missing object, short read)."""
 

@@ -35,6 +35,7 @@ from .errors import LsvfsError, ReplicaError
 from .fetcher import HYDRATE, Job
 from .plan import extend, list_all
 from .ranges import plan
+from .storage.base import SNAPSHOT_LEVEL, FileInfo
 
 if TYPE_CHECKING:
     from .replica import Replica, Snapshot
@@ -86,6 +87,7 @@ class Hydrator:
         self._count_lock = threading.Lock()
         self.rebuilds = 0
         self.error: str | None = None
+        self._lineage = snap.lineage  # the replica's lineage the file's pages come from
         self._thread = threading.Thread(target=self._main, name=f"lsvfs-hydrate {rep.name}", daemon=True)
 
     def start(self) -> None:
@@ -181,6 +183,9 @@ class Hydrator:
             self._wake.clear()
             try:
                 snap = self._rep.current()
+                if snap.lineage != self._lineage:
+                    self._lineage = snap.lineage
+                    self._rebuild("the replica was replaced by another lineage")
                 if self._fill(snap):
                     continue  # check again: nothing missing, or a newer snapshot
                 if snap.txid != self.synced_txid:
@@ -266,6 +271,7 @@ class Hydrator:
             self.synced_txid = snap.txid
             self._record({"version": META_VERSION, "replica": self._rep.name, "txid": snap.txid,
                           "commit": snap.commit, "page_size": snap.page_size, "checksum": int(checksum[0]),
+                          "timestamp": snap.timestamp_ms, "snapshot_file": _is_snapshot(snap.tip),
                           "complete": True})
         log.info("%s: hydrated at TXID %016x (%s)", self._rep.name, snap.txid, self.path)
 
@@ -308,18 +314,13 @@ class Hydrator:
         if txid > cur.txid:
             self._rebuild(f"the replica went back from TXID {txid:016x} to {cur.txid:016x}")
             return
+        files = list_all(self._rep.storage)
+        why = self._other_lineage(files, meta, want)
+        if why is not None:
+            self._rebuild(why)
+            return
         changed = None
         if txid < cur.txid:
-            files = list_all(self._rep.storage)
-            ending = [f for f in files if f.max_txid == txid]
-            if ending:
-                f = ending[0]
-                header = ltx.Header.decode(self._rep.storage.read(f, 0, ltx.HEADER_SIZE), f.name)
-                trailer = ltx.Trailer.decode(self._rep.storage.read(f, f.size - ltx.TRAILER_SIZE, ltx.TRAILER_SIZE),
-                                             header, f.name)
-                if header.has_checksums and trailer.post_apply_checksum != want:
-                    self._rebuild(f"the replica's TXID {txid:016x} is not the one the file holds")
-                    return
             chain = [f for f in extend([f for f in files if f.min_txid > txid], txid) if f.max_txid <= cur.txid]
             if not chain or chain[-1].max_txid != cur.txid:
                 self._rebuild(f"the replica no longer has the files after TXID {txid:016x}")
@@ -331,6 +332,26 @@ class Hydrator:
             raise MemoryError("hydration: out of memory")
         self._meta = meta
         log.info("%s: hydration file %s resumed at TXID %016x", self._rep.name, self.path, txid)
+
+    def _other_lineage(self, files: list[FileInfo], meta: dict[str, Any], checksum: int) -> str | None:
+        """Why the file's TXID in `files` is not the state the file holds, if a
+        file ending there says so: its header time (compactions keep the time
+        of the file they end with; snapshots have their own) or its checksum."""
+        txid = int(meta["txid"])
+        snapshot_file = bool(meta.get("snapshot_file"))
+        ending = [f for f in files if f.max_txid == txid and _is_snapshot(f) == snapshot_file]
+        if not ending:
+            return None
+        f = max(ending, key=lambda f: f.level)
+        storage = self._rep.storage
+        header = ltx.Header.decode(storage.read(f, 0, ltx.HEADER_SIZE), f.name)
+        if "timestamp" in meta and header.timestamp != int(meta["timestamp"]):
+            return f"the replica's TXID {txid:016x} was written at another time: another lineage"
+        if header.has_checksums:
+            trailer = ltx.Trailer.decode(storage.read(f, f.size - ltx.TRAILER_SIZE, ltx.TRAILER_SIZE), header, f.name)
+            if trailer.post_apply_checksum != checksum:
+                return f"the replica's TXID {txid:016x} is not the one the file holds"
+        return None
 
     def _read_meta(self) -> dict[str, Any] | None:
         if not self.persistent:
@@ -351,6 +372,8 @@ class Hydrator:
         self._reset()
 
     def _reset(self) -> None:
+        self.synced_txid = None
+        self._meta = None
         with self._writing() as ours:
             if not ours:
                 return
@@ -358,3 +381,7 @@ class Hydrator:
                 os.unlink(self._meta_path)
             if lib.lsvfs_hydration_reset(self._h):
                 raise OSError(f"hydration file {self.path}: cannot truncate")
+
+
+def _is_snapshot(f: FileInfo | None) -> bool:
+    return f is not None and f.level == SNAPSHOT_LEVEL

@@ -24,17 +24,17 @@ from typing import Any, TypeVar
 from . import core, ltx, pagetable, slots, verified
 from ._core import ffi, lib
 from .cache import FrameCache
-from .errors import GapError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
+from .errors import GapError, LineageError, LsvfsError, LTXError, MissingFileError, ReplicaError, StorageError
 from .fetcher import AHEAD, PREFETCH, URGENT, Fetcher, Job
 from .futures import Task, claim
 from .hydration import Hydrator
 from .options import Options
-from .plan import Target, extend, list_all, plan_for
+from .plan import Target, build, extend, list_all, plan_for
 from .ranges import Range, plan
 from .slots import FileSlots
 from .stats import CountingStorage, cache_stats, local_reads
 from .storage import open_storage
-from .storage.base import PARALLEL_REQUESTS, FileInfo, StorageClient
+from .storage.base import PARALLEL_REQUESTS, SNAPSHOT_LEVEL, FileInfo, StorageClient
 from .storage.file import FileStorage
 from .storage.redact import redact_url
 from .timeutil import format_time
@@ -88,6 +88,10 @@ class Snapshot:
     table: pagetable.PageTable
     live: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
     """slot -> how many of this snapshot's pages live in that file."""
+    lineage: int = 0
+    """Which lineage of the replica (counted from 0 at open) the TXID belongs to."""
+    tip: FileInfo | None = field(default=None, compare=False)
+    """The file the snapshot's TXID was read from (the last of its chain)."""
 
     @property
     def size(self) -> int:
@@ -143,8 +147,14 @@ class Replica:
         self.poll_errors = 0
         self.retries = 0
         self._since_full_scan = 0
-        self._l0_anchor: int | None = None  # min_txid of the L0 file ending at the current TXID
+        self._l0_anchor: FileInfo | None = None  # the L0 file ending at the current TXID, as listed
         self._last_gap: tuple[int, int] | None = None
+        self._last_poll_error: str | None = None
+        self.lineage = 0
+        self.lineage_changes = 0
+        self._tip: tuple[FileInfo, int] | None = None  # a file ending at the current TXID, its header time
+        self._survivors: frozenset[FileInfo] = frozenset()  # old-lineage files still listed as they were
+        self._listing: list[FileInfo] = []  # the listing that found the current lineage
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -164,6 +174,7 @@ class Replica:
         self._publish(snap)
         self._set_anchor(files, snap.txid)
         self.last_poll_ok = time.monotonic()
+        self._listing = files
         log.info("opened %s at TXID %016x (%d pages of %d bytes, %d files)", self.name,
                  snap.txid, snap.commit, snap.page_size, len(chain))
 
@@ -232,6 +243,8 @@ class Replica:
         """Make `snap` the newest, in Python and for the C read path."""
         with self._lock:
             self._current = snap
+            if snap.tip is not None:
+                self._tip = (snap.tip, snap.timestamp_ms)
         lib.lsvfs_replica_publish(self.c, self.c_snapshot(snap))
         if self.hydrator is not None:
             self.hydrator.wake()
@@ -245,7 +258,8 @@ class Replica:
             sid = self._c_next_id
             self._c_snapshots[sid] = snap
         info = ffi.new("lsvfs_snapshot_info *", {"id": sid, "txid": snap.txid, "timestamp_ms": snap.timestamp_ms,
-                                                 "commit": snap.commit, "page_size": snap.page_size})
+                                                 "commit": snap.commit, "page_size": snap.page_size,
+                                                 "lineage": snap.lineage})
         c = lib.lsvfs_snapshot_new(self.c, snap.table.cdata, info)
         if c == ffi.NULL:
             with self._lock:
@@ -341,7 +355,8 @@ class Replica:
                                    f.name)
                 slots.apply(table, live, slot, idx.entries, idx.header.commit)
             last = indexes[-1].header
-            snap = Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table, live)
+            snap = Snapshot(last.max_txid, last.commit, page_size, last.timestamp, table, live,
+                            base.lineage if base is not None else self.lineage, chain[-1])
             self._slots.track(snap, tuple(live))
             return snap
         finally:
@@ -446,46 +461,75 @@ class Replica:
             self._slots.reclaim()
             advanced = self._poll()
         except LsvfsError as exc:
-            self.poll_errors += 1
-            log.warning("poll of %s failed (staying at TXID %016x): %s", self.name, self.current().txid, exc)
+            self._poll_failed(str(exc))
             return False
-        except Exception:  # a custom storage client's own errors must not kill the poller
-            self.poll_errors += 1
-            log.exception("poll of %s failed unexpectedly (staying at TXID %016x)", self.name, self.current().txid)
+        except Exception as exc:  # noqa: BLE001 - a custom client's own errors must not kill the poller; logged in full
+            self._poll_failed(repr(exc), unexpected=True)
             return False
+        if self._last_poll_error is not None:
+            log.info("poll of %s works again (TXID %016x)", self.name, self.current().txid)
+            self._last_poll_error = None
         self.last_poll_ok = time.monotonic()
         return advanced
 
+    def _poll_failed(self, why: str, unexpected: bool = False) -> None:
+        """Count a failed poll; one WARNING per kind of failure, not one per poll."""
+        self.poll_errors += 1
+        if unexpected:
+            log.exception("poll of %s failed unexpectedly (staying at TXID %016x)", self.name, self.current().txid)
+        elif why != self._last_poll_error:
+            log.warning("poll of %s failed (staying at TXID %016x): %s", self.name, self.current().txid, why)
+        else:
+            log.debug("poll of %s failed again: %s", self.name, why)
+        self._last_poll_error = why
+
     def _poll(self) -> bool:
         """One LIST of L0 in the steady state. It starts at the L0 file that
-        ends at our TXID when we know one: while that file is still listed,
-        retention cannot have deleted anything newer, so nothing can hide in
-        higher levels and they need no listing."""
+        ends at our TXID when we know one: while that file is still listed as
+        it was, retention cannot have deleted anything newer, so nothing can
+        hide in higher levels and they need no listing. When it is gone or
+        changed, every level is listed at once: retention compacted it, or
+        the replica was removed or replaced."""
         cur = self.current()
         anchor = self._l0_anchor
-        listed = self.storage.list_files(0, anchor if anchor is not None else cur.txid + 1)
-        held = anchor is not None and any(f.max_txid == cur.txid for f in listed)
+        if cur.lineage != self.lineage:  # the move to a new lineage failed half way: try again
+            return self._poll_every_level(cur)
+        listed = self.storage.list_files(0, anchor.min_txid if anchor is not None else cur.txid + 1)
+        if anchor is not None and anchor not in listed:
+            return self._poll_every_level(cur)
         l0 = [f for f in listed if f.min_txid > cur.txid]
         chain = extend(l0, cur.txid)
         self._since_full_scan += 1
         reached = chain[-1].max_txid if chain else cur.txid
         if any(f.min_txid > reached + 1 for f in l0) or (
-                not chain and not held and self._since_full_scan >= FULL_SCAN_EVERY):
+                not chain and anchor is None and self._since_full_scan >= FULL_SCAN_EVERY):
             # L0 has a gap (retention deleted files a compaction covers) or we
             # have not looked higher in a while: plan across every level.
-            self._since_full_scan = 0
-            files = list_all(self.storage, pool=self._pool)
-            listed = files
-            chain = extend(files, cur.txid)
-            self._set_anchor(files, chain[-1].max_txid if chain else cur.txid)
-            reached = chain[-1].max_txid if chain else cur.txid
-            beyond = [f.min_txid for f in files if f.min_txid > reached + 1]
-            if beyond:
-                gap = (reached, min(beyond))
-                if gap != self._last_gap:
-                    log.warning("%s: %s; serving TXID %016x until it is filled", self.name,
-                                GapError(*gap), reached if chain else cur.txid)
-                self._last_gap = gap
+            return self._poll_every_level(cur)
+        return self._advance(cur, chain, listed)
+
+    def _poll_every_level(self, cur: Snapshot) -> bool:
+        self._since_full_scan = 0
+        files = list_all(self.storage, pool=self._pool)
+        if not files:
+            # A missing directory or prefix lists as nothing: never a good poll.
+            raise ReplicaError(f"replica {self.name} lists no LTX files (removed, or being replaced?)")
+        replaced = "as found before" if cur.lineage != self.lineage else self._replaced_by(cur, files)
+        if replaced is not None:
+            return self._follow_new_lineage(cur, files, replaced)
+        chain = extend(files, cur.txid)
+        reached = chain[-1].max_txid if chain else cur.txid
+        beyond = [f.min_txid for f in files if f.min_txid > reached + 1]
+        if beyond:
+            gap = (reached, min(beyond))
+            if gap != self._last_gap:
+                log.warning("%s: %s; serving TXID %016x until it is filled", self.name, GapError(*gap), reached)
+            self._last_gap = gap
+        self._set_anchor(files, reached)
+        return self._advance(cur, chain, files)
+
+    def _advance(self, cur: Snapshot, chain: list[FileInfo], listed: list[FileInfo]) -> bool:
+        """Publish `cur` plus `chain`, if the chain holds anything."""
         if not chain:
             return False
         new = self._build(cur, chain)
@@ -499,8 +543,93 @@ class Replica:
 
     def _set_anchor(self, files: list[FileInfo], txid: int) -> None:
         """Remember the L0 file among `files` that ends at `txid`, if any."""
-        ends = [f.min_txid for f in files if f.level == 0 and f.max_txid == txid]
+        ends = [f for f in files if f.level == 0 and f.max_txid == txid]
         self._l0_anchor = ends[0] if ends else None
+
+    # ---- lineages ---------------------------------------------------------
+
+    def _replaced_by(self, cur: Snapshot, files: list[FileInfo]) -> str | None:
+        """Why `files` are another lineage than `cur`'s, or None if nothing says so.
+
+        LTX names repeat across lineages (TXIDs start again at 1), so names
+        alone prove nothing: the newest TXID going back does, a file of ours
+        listed with another size or time does, and so does the file that
+        ends at our TXID carrying another header time (compactions keep the
+        time of the last file they take in; snapshots have their own).
+        A replacement whose files match ours in name, size and listed time
+        (S3 lists times to the second) shows only once those signals do.
+        """
+        newest = max(f.max_txid for f in files)
+        if newest < cur.txid:
+            return f"its newest TXID went back from {cur.txid:016x} to {newest:016x}"
+        listed = {_name_key(f): f for f in files}
+        tip = self._tip
+        ours = [self._slots.file(slot) for slot in cur.live]
+        for f in ours + ([tip[0]] if tip is not None else []):
+            g = listed.get(_name_key(f))
+            if g is not None and g != f:
+                return f"{f.name} was rewritten ({g.size} bytes, was {f.size})"
+        if tip is None or _name_key(tip[0]) in listed or tip[0].max_txid != cur.txid:
+            return None
+        snapshots = tip[0].level == SNAPSHOT_LEVEL
+        ends = [f for f in files if f.max_txid == cur.txid and (f.level == SNAPSHOT_LEVEL) == snapshots]
+        if not ends:
+            # Only a compaction straddling our TXID covers it. Retention leaves
+            # that shape when we fell behind it, but then some file we read from
+            # is still there; a replaced replica leaves none of them.
+            if any(listed.get(_name_key(f)) == f for f in ours):
+                return None
+            return f"no file TXID {cur.txid:016x} was read from is listed any more, and none ends at it"
+        other = max(ends, key=lambda f: f.level)
+        stamp = ltx.Header.decode(self.storage.read(other, 0, ltx.HEADER_SIZE), other.name).timestamp
+        if stamp != tip[1]:
+            return (f"{other.name}, which ends at TXID {cur.txid:016x}, was written at {format_time(stamp)}, "
+                    f"not {format_time(tip[1])}")
+        self._tip = (other, stamp)  # the same lineage: the next listing need not read it again
+        return None
+
+    def _follow_new_lineage(self, cur: Snapshot, files: list[FileInfo], why: str) -> bool:
+        """Read the replica's new lineage from scratch, sharing nothing with the old one.
+
+        The old lineage ends here, before the new one is built: from now on
+        its snapshots read only what is cached or still listed as it was, and
+        no file of the new lineage gets an old slot."""
+        if cur.lineage == self.lineage:
+            with self._historic_lock:
+                self.lineage += 1
+                self._survivors = frozenset(files)
+                self._historic.clear()
+                self._rebased_done.clear()
+            self._slots.new_lineage()
+            lib.lsvfs_replica_new_lineage(self.c)
+            with self._lock:
+                self._ahead.clear()
+            self.cache.clear()
+        self._listing = files
+        new = self._build(None, build(files))
+        if self._stop.is_set():
+            return False
+        self.lineage_changes += 1
+        log.warning("%s was replaced by another lineage (%s): new read transactions read TXID %016x of "
+                    "the new one, not TXID %016x of the old", self.name, why, new.txid, cur.txid)
+        self._publish(new)
+        self._set_anchor(files, new.txid)
+        self._last_gap = None
+        return True
+
+    def _check_lineage(self, snap: Snapshot, slot: int) -> None:
+        """A snapshot of an old lineage reads only files still listed as they were."""
+        if snap.lineage != self.lineage and self.file(slot) not in self._survivors:
+            raise LineageError(self._lineage_gone(snap))
+
+    def _lineage_gone(self, snap: Snapshot) -> str:
+        try:
+            build(self._listing, Target(snap.txid))
+            there = "exists in the new lineage too (a pinned connection sets PRAGMA litestream_txid again to read it)"
+        except LsvfsError:
+            there = "does not exist in the new lineage"
+        return (f"replica {self.name} was replaced by another lineage: TXID {snap.txid:016x} of the old one "
+                f"can no longer be read; that TXID {there}")
 
     def stats(self) -> dict[str, Any]:
         """What this replica is doing, as plain data (JSON-ready)."""
@@ -514,6 +643,7 @@ class Replica:
             "lag_seconds": round(self.lag(), 3),
             "polls": self.poll_count,
             "poll_errors": self.poll_errors,
+            "lineage_changes": self.lineage_changes,
             "retries": self.retries,
             "connections": self.connections,
             "snapshots_alive": self.c_snapshots(),
@@ -544,6 +674,7 @@ class Replica:
                 return bytes(snap.page_size)
             raise LTXError(f"page {pgno} of TXID {snap.txid:016x} is in no LTX file (commit {snap.commit})")
         slot, offset, _ = loc
+        self._check_lineage(snap, slot)
 
         def load() -> bytes:
             if self._reads_ahead():
@@ -557,7 +688,9 @@ class Replica:
 
         try:
             return self.cache.get_or_load((slot, offset), snap.page_size, load)
-        except MissingFileError:
+        except MissingFileError as exc:
+            if snap.lineage != self.lineage:
+                raise LineageError(self._lineage_gone(snap)) from exc
             # Retention removed a file this snapshot points at; the same TXID
             # rebuilt from the files that compacted it has the same bytes. The
             # rebuilt snapshot is kept, so a pinned transaction re-plans once,
@@ -700,6 +833,8 @@ class Replica:
     def _rebased_snapshot(self, old: Snapshot) -> Snapshot:
         """`old`'s TXID rebuilt from the files the replica has now (one build, shared)."""
         txid = old.txid
+        if old.lineage != self.lineage:
+            return old  # rebuilt from today's files, it would be the new lineage's TXID
         with self._historic_lock:
             done = self._rebased_done.get(txid)
             if done is not None and done is not old:
@@ -723,6 +858,10 @@ class Replica:
                 with self._lock:
                     self._rebased.pop(txid, None)
         return fut.result()
+
+
+def _name_key(f: FileInfo) -> tuple[int, int, int]:
+    return f.level, f.min_txid, f.max_txid
 
 
 def _frame_bound(page_size: int) -> int:

@@ -4,6 +4,9 @@ A slot is held by every live snapshot with pages in its file and by builds
 in progress; the last holder frees it, so a replica polled forever keeps
 only the files its live snapshots use. Slot numbers are never reused (0
 means "no entry"), so a cache key naming a freed slot is merely stale.
+A file is known by its listing (name, size, time) and the replica's lineage:
+after the replica is replaced, a file listed the same way gets a new slot,
+so nothing cached or hydrated from the old lineage is found under it.
 """
 
 from __future__ import annotations
@@ -24,23 +27,32 @@ class FileSlots:
     def __init__(self, on_free: Callable[[list[int]], None] | None = None,
                  on_new: Callable[[int, FileInfo], None] | None = None) -> None:
         self._files: dict[int, FileInfo] = {}
-        self._slots: dict[FileInfo, int] = {}
+        self._slots: dict[tuple[int, FileInfo], int] = {}  # (lineage, file) -> slot
+        self._keys: dict[int, tuple[int, FileInfo]] = {}
         self._refs: dict[int, int] = {}
         self._next = 1
         self._dead: deque[tuple[int, ...]] = deque()  # slots of snapshots garbage-collected since
         self._lock = threading.Lock()
         self._on_free = on_free
         self._on_new = on_new
+        self._lineage = 0
+
+    def new_lineage(self) -> None:
+        """From now on every file gets a slot of its own, apart from the old lineage's."""
+        with self._lock:
+            self._lineage += 1
 
     def hold(self, f: FileInfo) -> int:
         """The slot of `f`, with one more hold on it (pair with release)."""
         with self._lock:
-            slot = self._slots.get(f)
+            key = (self._lineage, f)
+            slot = self._slots.get(key)
             new = slot is None
             if slot is None:
-                slot = self._slots[f] = self._next
+                slot = self._slots[key] = self._next
                 self._next += 1
                 self._files[slot] = f
+                self._keys[slot] = key
             self._refs[slot] = self._refs.get(slot, 0) + 1
         if new and self._on_new is not None:
             self._on_new(slot, f)
@@ -55,7 +67,8 @@ class FileSlots:
                     self._refs[slot] = n
                     continue
                 del self._refs[slot]
-                del self._slots[self._files.pop(slot)]
+                del self._files[slot]
+                del self._slots[self._keys.pop(slot)]
                 freed.append(slot)
         if freed and self._on_free is not None:
             self._on_free(freed)

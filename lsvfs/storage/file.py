@@ -48,7 +48,7 @@ class FileStorage:
         self.url = self.root.as_uri()
         self._max_open = max_open
         self._lock = threading.Lock()
-        self._handles: OrderedDict[tuple[int, int, int], _Handle] = OrderedDict()
+        self._handles: OrderedDict[FileInfo, _Handle] = OrderedDict()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -150,7 +150,7 @@ class FileStorage:
     # -- descriptor cache -------------------------------------------------
 
     def _acquire(self, info: FileInfo) -> _Handle:
-        key = (info.level, info.min_txid, info.max_txid)
+        key = info  # by size and time too: a replaced replica reuses names for other files
         with self._lock:
             if self._closed:
                 raise StorageError(f"{info.name}: storage {self.url} is closed")
