@@ -25,6 +25,7 @@ import pytest
 import lsvfs
 from lsvfs.storage.redact import redact_url
 from replication import ReplicatedPrimary, wait_until
+from test_prefetch_and_hydration import assert_same_db, hydrated_at, restored
 
 STORAGES = ["file", "s3"]
 POLL = 0.1
@@ -221,3 +222,42 @@ def test_the_new_lineage_at_the_same_txid_is_not_mistaken_for_the_old(
             rep.poll()
         assert rep.stats()["lineage_changes"] == 1
         assert _who(r) == b.execute("SELECT name, count(*) FROM who GROUP BY name ORDER BY name")
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_hydration_file_is_rebuilt_for_the_new_lineage(
+        replicated_primary: Any, tmp_path: Path, storage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A persistent hydration file of A, then the replica replaced by B
+    while the reader is open, and again across a restart: before, pages
+    tagged by A's file names could pass for B's and a restart adopted A's
+    file. Now the file is rebuilt (WARNING, rebuilds counted) and equals
+    `litestream restore` of B's TXID byte for byte, live and after restart."""
+    caplog.set_level(logging.INFO, logger="lsvfs")
+    a, _ = _primary_with_rows(replicated_primary, storage, "a", 4)
+    url, hp = a.replica_url, tmp_path / "h.db"
+    with closing(lsvfs.connect(url, poll_interval=POLL, hydration_path=str(hp))) as r:
+        rep = lsvfs.open_replicas()[url]
+        wait_until(lambda: hydrated_at(rep, a.wait_replicated()), 20, what="hydrated on A")
+        _wipe(a)
+        b = _second_primary(replicated_primary, a)
+        b.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
+        b_txid = _commit_rows(b, "b" * 30, 6)
+        wait_until(lambda: _reads(r, [("b" * 30, 6)]) and hydrated_at(rep, b_txid), 30, what="hydrated on B")
+        assert rep.stats()["hydration"]["rebuilds"] >= 1
+        assert any("rebuilding hydration file" in w and "lineage" in w for w in _warnings(caplog))
+        assert_same_db(hp.read_bytes(), restored(b, tmp_path, b_txid), b.page_size, "hydrated across the change")
+
+    # A restart of a reader whose file holds B's TXID while C replaced B.
+    b.stop()
+    _wipe(b)
+    c = _second_primary(replicated_primary, b)
+    c.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
+    c_txid = _commit_rows(c, "c" * 50, b_txid + 1)
+    caplog.clear()
+    with closing(lsvfs.connect(url, poll_interval=POLL, hydration_path=str(hp))) as r:
+        rep = lsvfs.open_replicas()[url]
+        wait_until(lambda: hydrated_at(rep, c_txid), 30, what="hydrated on C")
+        assert _who(r) == [("c" * 50, b_txid + 1)]
+        assert rep.stats()["hydration"]["rebuilds"] == 1
+        assert any("rebuilding hydration file" in w for w in _warnings(caplog))
+        assert_same_db(hp.read_bytes(), restored(c, tmp_path, c_txid), c.page_size, "resumed across the change")
