@@ -517,6 +517,19 @@ class Replica:
         replaced = "as found before" if cur.lineage != self.lineage else self._replaced_by(cur, files)
         if replaced is not None:
             return self._follow_new_lineage(cur, files, replaced)
+        if not any(f.max_txid == cur.txid for f in files):
+            # Only a compaction straddling our TXID covers it (we fell behind
+            # retention, or the replica was replaced): nothing proves the files
+            # after it continue what we hold, so the newest state is built afresh.
+            new = self._build(None, build(files))
+            if self._stop.is_set():
+                return False
+            log.info("%s: no file ends at TXID %016x any more; read TXID %016x afresh", self.name, cur.txid,
+                     new.txid)
+            self._publish(new)
+            self._set_anchor(files, new.txid)
+            self._last_gap = None
+            return new.txid != cur.txid
         chain = extend(files, cur.txid)
         reached = chain[-1].max_txid if chain else cur.txid
         beyond = [f.min_txid for f in files if f.min_txid > reached + 1]
@@ -574,12 +587,7 @@ class Replica:
         snapshots = tip[0].level == SNAPSHOT_LEVEL
         ends = [f for f in files if f.max_txid == cur.txid and (f.level == SNAPSHOT_LEVEL) == snapshots]
         if not ends:
-            # Only a compaction straddling our TXID covers it. Retention leaves
-            # that shape when we fell behind it, but then some file we read from
-            # is still there; a replaced replica leaves none of them.
-            if any(listed.get(_name_key(f)) == f for f in ours):
-                return None
-            return f"no file TXID {cur.txid:016x} was read from is listed any more, and none ends at it"
+            return None  # nothing tells; _poll_every_level builds afresh rather than extend
         other = max(ends, key=lambda f: f.level)
         stamp = ltx.Header.decode(self.storage.read(other, 0, ltx.HEADER_SIZE), other.name).timestamp
         if stamp != tip[1]:

@@ -206,7 +206,8 @@ class EventuallyConsistentStorage(WrappedStorage):
 
     Like S3 (or R2) right after an upload: reads of a file find it, listings
     do not yet. `select(info)` picks the files that are late (default: all
-    files of `levels`). `hidden` counts how often a file was left out.
+    files of `levels`); files listed while it is not `enabled` are old, never
+    late. `hidden` counts how often a file was left out.
     """
 
     def __init__(self, inner: StorageClient, hide_listings: int = 2, *, levels: Sequence[int] = (0,),
@@ -220,7 +221,12 @@ class EventuallyConsistentStorage(WrappedStorage):
 
     def list_files(self, level: int, min_txid: int = 0) -> list[FileInfo]:
         files = super().list_files(level, min_txid)
-        if not self.enabled or level not in self.levels:
+        if level not in self.levels:
+            return files
+        if not self.enabled:  # files listed before are old by the time it is enabled, not just uploaded
+            with self._lock:
+                for f in files:
+                    self.hidden[f] = max(self.hidden[f], self.hide_listings)
             return files
         out = []
         with self._lock:
