@@ -1,11 +1,13 @@
 /* extension.c - what lsvfs is to SQLite as an extension: the entry point
  * `load_extension` calls (apsw's SQLite exports no symbols, so its api
- * routines come from there), and the Go VFS's SQL functions, added by an
- * auto-extension to every connection whose main database is a replica. */
+ * routines come from there), the one table of our PRAGMA and SQL function
+ * names, and the Go VFS's SQL functions, added by an auto-extension to every
+ * connection whose main database is a replica. */
 #include <sqlite3ext.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lsvfs_core.h"
 #include "internal.h"
@@ -20,7 +22,7 @@ static const lsvfs_name names[] = {
     {"litestream_error", LSVFS_PRAGMA, 0, 0, NULL, NULL, "why this connection's last read failed"},
     {"litestream_stats", LSVFS_PRAGMA, 0, 0, NULL, NULL, "the replica's counters, as JSON"},
     {"litestream_hydration_progress", LSVFS_PRAGMA, 0, 0, NULL, NULL,
-     "share of pages in the hydration file, 0 to 1"},
+     "how much of the snapshot the hydration file holds, 0-100"},
     {"litestream_hydration_file", LSVFS_PRAGMA, 0, 0, NULL, NULL, "the hydration file's path"},
     {"litestream_txid", LSVFS_SQL_FUNCTION, 0, 0, "litestream_txid", NULL, "the TXID read"},
     {"litestream_lag", LSVFS_SQL_FUNCTION, 0, 1, "litestream_lag", NULL, "seconds since the last poll"},
@@ -34,6 +36,15 @@ size_t lsvfs_names(const lsvfs_name **out)
 {
     *out = names;
     return NNAMES;
+}
+
+int lsvfs_is_pragma(const char *name)
+{
+    for (size_t i = 0; i < NNAMES; i++) {
+        if (names[i].kind != LSVFS_SQL_FUNCTION && strcasecmp(names[i].name, name) == 0)
+            return 1;
+    }
+    return 0;
 }
 
 /* ---- the Go VFS's SQL functions ----------------------------------------- */

@@ -40,6 +40,9 @@ void lsvfs_locals_counts(lsvfs_locals *l, uint64_t *reads, uint64_t *bytes);
 int lsvfs_locals_read(lsvfs_locals *l, lsvfs_cache *cache, const lsvfs_ptable *t,
                       uint32_t pgno, uint32_t readahead, uint32_t page_size, uint8_t *out);
 
+/* extension.c: 1 if `name` is one of our PRAGMAs (any case), from the name table. */
+int lsvfs_is_pragma(const char *name);
+
 /* vfs.c: the file behind an sqlite3_file if it is one of ours, else NULL.
  * extension.c: the auto-extension adding the SQL functions. (SQLite's types
  * by their struct tags, so only the files that talk to SQLite include it.) */

@@ -12,12 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "lsvfs_core.h"
 #include "internal.h"
-
-#define PRAGMA_PREFIX "litestream_"
 
 typedef struct {
     sqlite3_vfs *(*vfs_find)(const char *);
@@ -363,8 +360,7 @@ int lsvfs_file_pragma(lsvfs_file *f, const char *name, const char *value,
                       char **result)
 {
     *result = NULL;
-    if (name == NULL ||
-        strncasecmp(name, PRAGMA_PREFIX, sizeof PRAGMA_PREFIX - 1) != 0)
+    if (name == NULL || !lsvfs_is_pragma(name))
         return SQLITE_NOTFOUND;
     if (f->handle == NULL || !in_python())
         return SQLITE_NOTFOUND;

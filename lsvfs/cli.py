@@ -27,6 +27,7 @@ from .ltx import parse_txid
 from .options import NAMES, Options, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
+from .pragmas import named
 from .progress import ProgressBar
 from .restore import restore, verify
 from .storage import open_storage, parse_url
@@ -125,12 +126,12 @@ def open_replica(args: argparse.Namespace) -> apsw.Connection:
     conn = connect(args.url, **options)
     try:
         if args.txid is not None:
-            pragma(conn, "litestream_txid", f"{args.txid:016x}")
+            pragma(conn, named("txid"), f"{args.txid:016x}")
         elif args.timestamp is not None:
-            pragma(conn, "litestream_time", format_time(args.timestamp))
+            pragma(conn, named("time"), format_time(args.timestamp))
         if log.isEnabledFor(logging.INFO):
-            log.info("%s: reading TXID %s, committed %s", args.url, pragma(conn, "litestream_txid"),
-                     pragma(conn, "litestream_time"))
+            log.info("%s: reading TXID %s, committed %s", args.url, pragma(conn, named("txid")),
+                     pragma(conn, named("time")))
     except BaseException:
         conn.close()
         raise
@@ -173,8 +174,8 @@ def add_shell(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: 
     p = _sub(sub, common, "shell", "interactive SQL shell on a replica",
              "An interactive SQLite shell (apsw's) on the replica, read-only. Besides the usual\n"
              "dot-commands, .txid [HEX|LATEST] pins a TXID, .time [TIME|LATEST] travels in time and\n"
-             ".lag shows seconds since the last poll (the litestream_txid, litestream_time and\n"
-             "litestream_lag PRAGMAs). Reads SQL from stdin when it is not a terminal; then any\n"
+             f".lag shows seconds since the last poll (the {named('txid')}, {named('time')} and\n"
+             f"{named('lag')} PRAGMAs). Reads SQL from stdin when it is not a terminal; then any\n"
              "error makes the exit status 1.",
              "  lsvfs shell file:///var/backups/app\n"
              "  echo 'SELECT count(*) FROM orders;' | lsvfs shell ./replica --timestamp '1 hour ago'")

@@ -31,6 +31,7 @@ from ._core import ffi, lib
 from .errors import LsvfsError, LTXError, ReplicaError
 from .ltx import parse_txid
 from .options import from_params, replica_url, resolve
+from .pragmas import PRAGMAS, READ_ONLY
 from .replica import Replica, Snapshot
 from .storage import parse_url
 from .storage.base import StorageClient
@@ -113,11 +114,6 @@ class OpenFile:
         if snap is None:
             return "LATEST"
         return f"{snap.txid:016x}" if pragma == "litestream_txid" else format_time(snap.timestamp_ms)
-
-
-READ_ONLY = ("litestream_error", "litestream_stats", "litestream_lag", "litestream_hydration_progress",
-             "litestream_hydration_file")
-PRAGMAS = ("litestream_txid", "litestream_time", *READ_ONLY)
 
 
 def pinned_txid(value: str) -> int | None:
