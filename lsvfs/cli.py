@@ -27,7 +27,7 @@ from .ltx import parse_txid
 from .options import NAMES, Options, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
-from .pragmas import named
+from .pragmas import named, pragma
 from .progress import ProgressBar
 from .restore import restore, verify
 from .storage import open_storage, parse_url
@@ -107,16 +107,6 @@ def replica_options(url: str, options: dict[str, str]) -> Options:
     if not resolved.open_timeout:
         require_replica(url)
     return resolved
-
-
-def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
-    """Read one replica PRAGMA (litestream_txid, _time, _lag), or set it to `value`; its text."""
-    if value is not None:
-        quoted = value.replace("'", "''")
-        conn.execute(f"PRAGMA {name} = '{quoted}'").fetchall()
-        return ""
-    rows = conn.execute(f"PRAGMA {name}").fetchall()
-    return str(rows[0][0]) if rows else ""
 
 
 def open_replica(args: argparse.Namespace) -> apsw.Connection:

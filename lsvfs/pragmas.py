@@ -8,8 +8,12 @@ read it from here, so a name is written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._core import ffi, lib
+
+if TYPE_CHECKING:
+    import apsw
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,13 @@ def usage(short: str) -> tuple[str, str, str]:
     n = PRAGMAS["litestream_" + short]
     return (f"PRAGMA {n.name}" + (f" [= {n.value}]" if n.value else ""),
             f".{short}" + (f" [{n.value}]" if n.value else ""), n.help)
+
+
+def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
+    """Read one replica PRAGMA on an apsw connection, or set it to `value`; its text."""
+    if value is not None:
+        quoted = value.replace("'", "''")
+        conn.execute(f"PRAGMA {name} = '{quoted}'").fetchall()
+        return ""
+    rows = conn.execute(f"PRAGMA {name}").fetchall()
+    return str(rows[0][0]) if rows else ""

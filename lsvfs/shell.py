@@ -14,8 +14,7 @@ from typing import Any, TextIO
 import apsw
 import apsw.shell
 
-from .cli import pragma
-from .pragmas import named, usage
+from .pragmas import named, pragma, usage
 
 DOT_COMMANDS = ("txid", "time", "lag")
 """The replica PRAGMAs the shell has a dot-command for."""
