@@ -45,10 +45,10 @@ def _load() -> tuple[Name, ...]:
                  for e in (out[0][i] for i in range(n)))
 
 
-NAMES = _load()
-PRAGMAS: dict[str, Name] = {n.name: n for n in NAMES if n.kind in (lib.LSVFS_PRAGMA, lib.LSVFS_PRAGMA_SETTABLE)}
+ENTRIES = _load()
+PRAGMAS: dict[str, Name] = {n.name: n for n in ENTRIES if n.kind in (lib.LSVFS_PRAGMA, lib.LSVFS_PRAGMA_SETTABLE)}
 """The litestream_* PRAGMAs by name."""
-SQL_FUNCTIONS: dict[str, Name] = {n.name: n for n in NAMES if n.kind == lib.LSVFS_SQL_FUNCTION}
+SQL_FUNCTIONS: dict[str, Name] = {n.name: n for n in ENTRIES if n.kind == lib.LSVFS_SQL_FUNCTION}
 """The Go VFS's SQL functions by name (each answers like its `pragma`)."""
 READ_ONLY = frozenset(name for name, n in PRAGMAS.items() if not n.settable)
 

@@ -21,13 +21,13 @@ import queue
 import socket
 import stat
 import threading
-from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import paramiko
 
 from ..errors import MissingFileError, StorageError
+from ..lru import LRU
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .redact import scrub
 
@@ -77,7 +77,7 @@ class SFTPStorage:
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
         self._idle: queue.LifoQueue[paramiko.SFTPClient] = queue.LifoQueue()
-        self._files: dict[int, OrderedDict[str, paramiko.SFTPFile]] = {}
+        self._files: dict[int, LRU[str, paramiko.SFTPFile]] = {}
         self._slots = threading.BoundedSemaphore(channels)
         self._closed = False
 
@@ -229,24 +229,22 @@ class SFTPStorage:
         Open and close cost two round trips, as much as the read itself; LTX files
         never change, and a handle stays readable even after retention deletes
         the name. Only the thread holding `c` touches its handles."""
-        files = self._files.setdefault(id(c), OrderedDict())
+        files = self._files.setdefault(id(c), LRU(OPEN_FILES))
         f = files.get(path)
         if f is not None and f._prefetch_extents:  # an earlier read's answers still owed: start afresh
-            del files[path]
+            files.pop(path)
             f.close()
             f = None
         if f is not None:
-            files.move_to_end(path)
             return f
         f = _open(c, path)
-        files[path] = f
-        while len(files) > OPEN_FILES:
-            _, old = files.popitem(last=False)
+        for _, old in files.put(path, f):
             old.close()
         return f
 
     def _forget_files(self, c: paramiko.SFTPClient) -> None:
-        for f in self._files.pop(id(c), {}).values():
+        files = self._files.pop(id(c), None)
+        for f in files.values() if files is not None else ():
             with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 f.close()
 

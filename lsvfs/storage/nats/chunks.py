@@ -38,7 +38,7 @@ LAYOUTS = 4096
 """Object layouts remembered (a few hundred bytes each)."""
 MAPS = 64
 """Chunk maps of irregular objects too big to keep whole (~100 bytes a chunk)."""
-BATCH = 1024
+BATCH_CHUNKS = 1024
 """Chunk messages one batched direct get asks for."""
 
 
@@ -284,7 +284,7 @@ class Chunks:
                 missing.append(k)
         runs: list[list[int]] = []
         for k in missing:
-            if runs and runs[-1][-1] == k - 1 and len(runs[-1]) < BATCH:
+            if runs and runs[-1][-1] == k - 1 and len(runs[-1]) < BATCH_CHUNKS:
                 runs[-1].append(k)
             else:
                 runs.append([k])
