@@ -38,7 +38,7 @@ from .vfs import connect
 log = logging.getLogger(__name__)
 
 URL_HELP = ("replica URL: a directory path, file://, s3://, gs://, abs://, sftp://, webdav[s]://, nats:// "
-            "or oss:// (see the README)")
+            "or oss:// (see the README and docs/reference.md)")
 Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None]
 
 
@@ -87,7 +87,7 @@ def _time_travel(p: argparse.ArgumentParser, what: str) -> None:
 
 def _replica_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="NAME=VALUE",
-                   help=f"replica option for connect(), repeatable: {', '.join(NAMES)} (see the README)")
+                   help=f"replica option for connect(), repeatable: {', '.join(NAMES)} (see docs/reference.md)")
 
 
 # ---- shared steps ----------------------------------------------------------------
@@ -398,9 +398,9 @@ def _one_line(exc: BaseException) -> str:
 def run() -> None:
     """The console script: `main`, then exit without the interpreter's final garbage collections.
 
-    Once botocore has loaded its S3 model, those collections take ~0.2 s, a third of a
-    one-query command. The command has closed what it opened by now and no user code runs
-    in this process, so nothing needs collecting; atexit handlers still run."""
+    Once botocore has loaded its S3 model, those collections cost a large share of a
+    one-query command (bench/README.md). The command has closed what it opened by now and
+    no user code runs in this process, so nothing needs collecting; atexit handlers still run."""
     code = main()
     gc.freeze()
     sys.exit(code)

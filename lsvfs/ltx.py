@@ -1,4 +1,6 @@
-"""LTX version 3: header and trailer types and whole-file decode (the writer is tests' ltx_writer.py).
+"""LTX version 3: header and trailer types, and whole-file decode.
+
+lsvfs only reads LTX; the writer tests use is tests/ltx_writer.py.
 
 The C core does the byte-level work (LZ4, CRC-64, index varints); this module
 holds the format's rules and the one place where a whole file is proven by

@@ -271,7 +271,7 @@ def test_header_name_mismatch(frozen: Frozen, tmp_path: Path) -> None:
 
 def test_large_file_literal_flip_caught_with_verify_files(frozen: Frozen, tmp_path: Path) -> None:
     """A flipped byte inside a page's LZ4 literals of a file > 64 KiB: restore and `verify=files`
-    catch it by the file CRC-64 (`verify=frames` can not: see README, Verification)."""
+    catch it by the file CRC-64 (`verify=frames` can not: see docs/reference.md, Verification)."""
     rep = tmp_path / "rep"
     shutil.copytree(frozen.replica, rep)
     path = path_of(rep, frozen.big)

@@ -47,13 +47,13 @@ OPEN_FILES = 16
 """Open file handles kept per channel (see `_open_file`)."""
 MAX_PACKET = 256 << 10
 """SSH flow-control window and packet size per channel. paramiko's defaults
-(2 MiB, 32 KiB) halve the throughput of a 256 KiB ranged read at 4 ms RTT
-(measured: 5.5 vs 12 MB/s per channel against asyncssh through the bench proxy)."""
+(2 MiB, 32 KiB) cut the throughput of a 256 KiB ranged read at a few ms of RTT
+(bench/README.md)."""
 READ_SIZE = 64 << 10
 """Bytes asked for per SFTP read request (paramiko: 32 KiB). Half the requests
-cut client and server CPU per MB by a quarter and a third (asyncssh server,
-bench proxy); larger ones were slower there. Servers may answer short (OpenSSH
-caps reads at 255 KiB, some servers at 32 KiB): paramiko asks again for the rest."""
+cut client and server CPU per MB (bench/README.md); larger ones were slower.
+Servers may answer short (OpenSSH caps reads at 255 KiB, some servers at
+32 KiB): paramiko asks again for the rest."""
 
 
 class SFTPStorage:
