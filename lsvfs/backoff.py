@@ -59,12 +59,12 @@ def retry(fn: Callable[[], T], *, attempts: int, retry_on: tuple[type[BaseExcept
 
 
 def log_failure(log: logging.Logger, exc: BaseException, *, expected: tuple[type[BaseException], ...],
-                failed: str, unexpectedly: str) -> str:
+                failed: str, unexpectedly: str, then: str = "") -> str:
     """Log a failed background step and return what to show for it: an
-    `expected` error as a WARNING, `failed` followed by its text; anything else
+    `expected` error as a WARNING, `failed: <its text><then>`; anything else
     with its traceback under `unexpectedly` (and its repr, which names the type)."""
     if isinstance(exc, expected):
-        log.warning("%s: %s", failed, exc)
+        log.warning("%s: %s%s", failed, exc, then)
         return str(exc)
     log.error("%s", unexpectedly, exc_info=exc)
     return repr(exc)

@@ -56,10 +56,10 @@ def test_retry_never_retries_what_cannot_heal_nor_once_stopped() -> None:
 def test_failures_are_one_line_when_expected_and_a_traceback_otherwise(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="lsvfs.test"):
         shown = log_failure(log, StorageError("503"), expected=(StorageError,), failed="poll of r failed",
-                            unexpectedly="poll of r failed unexpectedly")
+                            unexpectedly="poll of r failed unexpectedly", then="; retrying in 0.1s")
         odd = log_failure(log, KeyError("x"), expected=(StorageError,), failed="poll of r failed",
                           unexpectedly="poll of r failed unexpectedly")
     assert shown == "503" and odd == "KeyError('x')"
     first, second = caplog.records
-    assert first.levelno == logging.WARNING and first.getMessage() == "poll of r failed: 503" and not first.exc_info
+    assert first.levelno == logging.WARNING and first.getMessage() == "poll of r failed: 503; retrying in 0.1s" and not first.exc_info
     assert second.levelno == logging.ERROR and second.exc_info is not None
