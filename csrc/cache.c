@@ -24,11 +24,11 @@
  * (for the first page size the shard sees; another size gets its own
  * malloc): a miss in a full shard takes over the coldest entry's buffer, a
  * buffer freed otherwise is kept for the next page, and clear() and free()
- * hand back a few slabs, not one free() per page (a tenth of a cold scan's
- * time, spent in close()). A shard of 4 MiB or more maps 2 MiB slabs asking
- * for huge pages: filling 64 MiB then takes 32 page faults, not 16384 (with
- * 4 KiB pages the faults of fresh memory cost a cold scan more than its
- * decoding). Pages being filled count against the budget like cached ones,
+ * hand back a few slabs, not one free() per page (per-page frees showed up
+ * in a cold scan's close(): bench/README.md). A shard of 4 MiB or more maps
+ * 2 MiB slabs asking for huge pages: filling 64 MiB then takes 32 page
+ * faults, not 16384 (the faults of fresh 4 KiB pages cost a cold scan more
+ * than its decoding). Pages being filled count against the budget like cached ones,
  * so the slabs hold at most the budget rounded up to a page, plus a page
  * per allocation that could not take over an evicted one. */
 #define _GNU_SOURCE

@@ -89,21 +89,6 @@ static uint64_t page_sum(uint32_t pgno, const uint8_t *page, uint32_t page_size)
     return lsvfs_page_checksum(pgno, page, page_size) & ~LSVFS_CHECKSUM_FLAG;
 }
 
-static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t offset)
-{
-    while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)offset);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return LSVFS_ESIZE;
-        buf += n;
-        len -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return LSVFS_OK;
-}
-
 int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
                          size_t buf_len, uint64_t buf_offset,
                          const lsvfs_index_entry *entries, size_t n,
@@ -156,7 +141,7 @@ int lsvfs_hydration_fill(lsvfs_hydration *h, uint32_t slot, const uint8_t *buf,
             h->held--;
         }
         t->slot = 0; /* untagged until its bytes are all there */
-        rc = pwrite_full(h->fd, page, ps, (uint64_t)(e->pgno - 1) * ps);
+        rc = lsvfs_pwrite_full(h->fd, page, ps, (uint64_t)(e->pgno - 1) * ps);
         if (rc == LSVFS_OK) {
             t->slot = slot;
             t->offset = e->offset;

@@ -363,9 +363,8 @@ typedef struct lsvfs_file lsvfs_file;
  * point (sqlite3_lsvfs_init) by its last load: 1 if it was loaded. */
 int lsvfs_extension_fns(void *fns[]);
 /* Register a VFS named `name` in the SQLite that `fns` belong to, and the
- * Go VFS's SQL functions (litestream_txid(), litestream_lag(),
- * litestream_time(), litestream_set_time(x)) on every connection of that
- * SQLite whose main database is a replica (an auto-extension that leaves
+ * Go VFS's SQL functions (LSVFS_SQL_FUNCTION in lsvfs_names) on every
+ * connection of that SQLite whose main database is a replica (an auto-extension that leaves
  * other connections alone). `ctx` is handed back to lsvfs_py_open. On
  * failure: NULL, reason in err. */
 lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[],
@@ -389,6 +388,26 @@ int lsvfs_file_set_result(lsvfs_file *f, const char *text);
 /* The last error of this file: set by C or by Python callbacks. */
 void lsvfs_file_set_error(lsvfs_file *f, const char *text);
 const char *lsvfs_file_error(lsvfs_file *f);
+
+/* The replica's PRAGMAs and the Go VFS's SQL functions: the one list of
+ * their names. C adds the functions from it; Python checks and answers the
+ * PRAGMAs by it, and the shell and the CLI describe them from it. A function
+ * answers exactly like its PRAGMA: litestream_txid() is PRAGMA
+ * litestream_txid, litestream_set_time(x) is PRAGMA litestream_time = x. */
+#define LSVFS_PRAGMA 1          /* read-only: `PRAGMA name` */
+#define LSVFS_PRAGMA_SETTABLE 2 /* also `PRAGMA name = value` */
+#define LSVFS_SQL_FUNCTION 3
+typedef struct {
+    const char *name;
+    int kind;            /* LSVFS_PRAGMA, LSVFS_PRAGMA_SETTABLE or LSVFS_SQL_FUNCTION */
+    int nargs;           /* a function's argument count (0 or 1: the value set) */
+    int integer;         /* a function's result is an integer, not text */
+    const char *pragma;  /* a function: the PRAGMA it answers as */
+    const char *value;   /* a settable PRAGMA: what it takes; else NULL */
+    const char *help;    /* what it does, in a few words */
+} lsvfs_name;
+/* The table and its length (static: never freed). */
+size_t lsvfs_names(const lsvfs_name **out);
 
 /* Direct access to a main-database file's methods, bypassing SQLite: the
  * same code SQLite calls (for tests and fuzzing). `params` holds URI

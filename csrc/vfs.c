@@ -12,12 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "lsvfs_core.h"
 #include "internal.h"
-
-#define PRAGMA_PREFIX "litestream_"
 
 typedef struct {
     sqlite3_vfs *(*vfs_find)(const char *);
@@ -368,8 +365,7 @@ int lsvfs_file_pragma(lsvfs_file *f, const char *name, const char *value,
                       char **result)
 {
     *result = NULL;
-    if (name == NULL ||
-        strncasecmp(name, PRAGMA_PREFIX, sizeof PRAGMA_PREFIX - 1) != 0)
+    if (name == NULL || !lsvfs_is_pragma(name))
         return SQLITE_NOTFOUND;
     if (f->handle == NULL || !in_python())
         return SQLITE_NOTFOUND;
@@ -511,6 +507,11 @@ static const sqlite3_io_methods io_methods = {
     .xSectorSize = io_sector_size,
     .xDeviceCharacteristics = io_device_characteristics,
 };
+
+lsvfs_file *lsvfs_file_of(struct sqlite3_file *p)
+{
+    return p != NULL && p->pMethods == &io_methods ? F(p) : NULL;
+}
 
 /* ---- opening ------------------------------------------------------------ */
 
@@ -703,160 +704,7 @@ static int vfs_current_time64(sqlite3_vfs *pv, sqlite3_int64 *out)
     return rc;
 }
 
-/* ---- the Go VFS's SQL functions ----------------------------------------- */
-/* Each answers like its PRAGMA, through the same code: litestream_txid()
- * is PRAGMA litestream_txid, litestream_set_time(x) is PRAGMA
- * litestream_time = x. The api routines of the SQLite running the
- * function are its user data. */
-
-static lsvfs_file *replica_file_of(const sqlite3_api_routines *api, sqlite3 *db)
-{
-    sqlite3_file *fp = NULL;
-    if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &fp) != SQLITE_OK ||
-        fp == NULL || fp->pMethods != &io_methods)
-        return NULL;
-    return F(fp);
-}
-
-/* A function cannot name the library it runs in without calling into that
- * library, so each library that runs the auto-extension gets a slot, and
- * each slot its own copies of the functions (they differ only in the slot
- * they read the api routines from). */
-#define API_SLOTS 4
-static const sqlite3_api_routines *api_slots[API_SLOTS];
-
-static void sql_answer(int slot, sqlite3_context *ctx, const char *pragma,
-                       sqlite3_value *arg, int integer)
-{
-    const sqlite3_api_routines *api = api_slots[slot];
-    lsvfs_file *f = replica_file_of(api, api->context_db_handle(ctx));
-    if (f == NULL) {
-        api->result_error(ctx, "not a litestream replica connection", -1);
-        return;
-    }
-    const char *value = arg != NULL ? (const char *)api->value_text(arg) : NULL;
-    if (arg != NULL && value == NULL) {
-        api->result_error(ctx, "litestream_set_time: NULL is not a time", -1);
-        return;
-    }
-    char *result = NULL;
-    int rc = lsvfs_file_pragma(f, pragma, value, &result);
-    if (rc != SQLITE_OK)
-        api->result_error(ctx, result != NULL ? result : "litestream: not available", -1);
-    else if (result == NULL)
-        api->result_null(ctx);
-    else if (integer)
-        api->result_int64(ctx, strtoll(result, NULL, 10));
-    else
-        api->result_text(ctx, result, -1, SQLITE_TRANSIENT);
-    free(result);
-}
-
-#define SLOT_FUNCTIONS(n)                                                      \
-    static void txid_##n(sqlite3_context *c, int argc, sqlite3_value **argv)   \
-    {                                                                          \
-        (void)argc, (void)argv;                                                \
-        sql_answer(n, c, "litestream_txid", NULL, 0);                          \
-    }                                                                          \
-    static void lag_##n(sqlite3_context *c, int argc, sqlite3_value **argv)    \
-    {                                                                          \
-        (void)argc, (void)argv;                                                \
-        sql_answer(n, c, "litestream_lag", NULL, 1);                           \
-    }                                                                          \
-    static void time_##n(sqlite3_context *c, int argc, sqlite3_value **argv)   \
-    {                                                                          \
-        (void)argc, (void)argv;                                                \
-        sql_answer(n, c, "litestream_time", NULL, 0);                          \
-    }                                                                          \
-    static void set_time_##n(sqlite3_context *c, int argc,                     \
-                             sqlite3_value **argv)                             \
-    {                                                                          \
-        (void)argc;                                                            \
-        sql_answer(n, c, "litestream_time", argv[0], 0);                       \
-    }
-SLOT_FUNCTIONS(0)
-SLOT_FUNCTIONS(1)
-SLOT_FUNCTIONS(2)
-SLOT_FUNCTIONS(3)
-
-typedef void (*sql_fn)(sqlite3_context *, int, sqlite3_value **);
-static const struct {
-    const char *name;
-    int nargs;
-    sql_fn fn[API_SLOTS];
-} sql_functions[] = {
-    {"litestream_txid", 0, {txid_0, txid_1, txid_2, txid_3}},
-    {"litestream_lag", 0, {lag_0, lag_1, lag_2, lag_3}},
-    {"litestream_time", 0, {time_0, time_1, time_2, time_3}},
-    {"litestream_set_time", 1, {set_time_0, set_time_1, set_time_2, set_time_3}},
-};
-
-static int api_slot(const sqlite3_api_routines *api)
-{
-    for (int i = 0; i < API_SLOTS; i++) {
-        const sqlite3_api_routines *seen = NULL;
-        if (__atomic_compare_exchange_n(&api_slots[i], &seen, api, 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
-            seen == api)
-            return i;
-    }
-    return -1;
-}
-
-/* The auto-extension: runs on every new connection of a SQLite we are
- * registered in, and adds the functions only where the main database is a
- * replica. */
-static int sql_functions_init(sqlite3 *db, char **err,
-                              const sqlite3_api_routines *api)
-{
-    (void)err;
-    if (replica_file_of(api, db) == NULL)
-        return SQLITE_OK;
-    int slot = api_slot(api);
-    if (slot < 0)
-        return SQLITE_OK; /* more SQLite libraries than slots: no functions */
-    for (size_t i = 0; i < sizeof sql_functions / sizeof sql_functions[0]; i++)
-        api->create_function_v2(db, sql_functions[i].name, sql_functions[i].nargs,
-                                SQLITE_UTF8, NULL, sql_functions[i].fn[slot],
-                                NULL, NULL, NULL);
-    return SQLITE_OK;
-}
-
 /* ---- registration ------------------------------------------------------- */
-
-static sqlite_fns ext_fns;
-static int ext_loaded;
-
-/* The entry point `load_extension` calls: it only keeps the api routines of
- * the SQLite that loaded it, for lsvfs_vfs_register to use. */
-int sqlite3_lsvfs_init(sqlite3 *db, char **err,
-                       const sqlite3_api_routines *api)
-{
-    (void)db, (void)err;
-    ext_fns.vfs_find = api->vfs_find;
-    ext_fns.vfs_register = api->vfs_register;
-    ext_fns.uri_key = api->uri_key;
-    ext_fns.uri_parameter = api->uri_parameter;
-    ext_fns.mprintf = api->mprintf;
-    ext_fns.free = api->free;
-    ext_fns.auto_extension = api->auto_extension;
-    __atomic_store_n(&ext_loaded, 1, __ATOMIC_RELEASE);
-    return SQLITE_OK_LOAD_PERMANENTLY;
-}
-
-int lsvfs_extension_fns(void *fns[])
-{
-    if (!__atomic_load_n(&ext_loaded, __ATOMIC_ACQUIRE))
-        return 0;
-    fns[LSVFS_FN_VFS_FIND] = (void *)ext_fns.vfs_find;
-    fns[LSVFS_FN_VFS_REGISTER] = (void *)ext_fns.vfs_register;
-    fns[LSVFS_FN_URI_KEY] = (void *)ext_fns.uri_key;
-    fns[LSVFS_FN_URI_PARAMETER] = (void *)ext_fns.uri_parameter;
-    fns[LSVFS_FN_MPRINTF] = (void *)ext_fns.mprintf;
-    fns[LSVFS_FN_FREE] = (void *)ext_fns.free;
-    fns[LSVFS_FN_AUTO_EXTENSION] = (void *)ext_fns.auto_extension;
-    return 1;
-}
 
 lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[], void *ctx,
                               char *err, size_t errcap)
@@ -925,7 +773,7 @@ lsvfs_vfs *lsvfs_vfs_register(const char *name, void *const fns[], void *ctx,
         return NULL;
     }
     /* Adding the same entry point twice is a no-op in SQLite. */
-    rc = v->fns.auto_extension((void (*)(void))sql_functions_init);
+    rc = v->fns.auto_extension((void (*)(void))lsvfs_sql_functions_init);
     if (rc != SQLITE_OK) {
         snprintf(err, errcap, "sqlite3_auto_extension failed (%d)", rc);
         return NULL; /* the VFS stays registered: SQLite cannot take it back safely */

@@ -27,6 +27,7 @@ from .ltx import parse_txid
 from .options import NAMES, Options, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
+from .pragmas import named, pragma
 from .progress import ProgressBar
 from .restore import restore, verify
 from .storage import open_storage, parse_url
@@ -37,7 +38,7 @@ from .vfs import connect
 log = logging.getLogger(__name__)
 
 URL_HELP = ("replica URL: a directory path, file://, s3://, gs://, abs://, sftp://, webdav[s]://, nats:// "
-            "or oss:// (see the README)")
+            "or oss:// (see the README and docs/reference.md)")
 Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None]
 
 
@@ -86,7 +87,7 @@ def _time_travel(p: argparse.ArgumentParser, what: str) -> None:
 
 def _replica_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="NAME=VALUE",
-                   help=f"replica option for connect(), repeatable: {', '.join(NAMES)} (see the README)")
+                   help=f"replica option for connect(), repeatable: {', '.join(NAMES)} (see docs/reference.md)")
 
 
 # ---- shared steps ----------------------------------------------------------------
@@ -108,16 +109,6 @@ def replica_options(url: str, options: dict[str, str]) -> Options:
     return resolved
 
 
-def pragma(conn: apsw.Connection, name: str, value: str | None = None) -> str:
-    """Read one replica PRAGMA (litestream_txid, _time, _lag), or set it to `value`; its text."""
-    if value is not None:
-        quoted = value.replace("'", "''")
-        conn.execute(f"PRAGMA {name} = '{quoted}'").fetchall()
-        return ""
-    rows = conn.execute(f"PRAGMA {name}").fetchall()
-    return str(rows[0][0]) if rows else ""
-
-
 def open_replica(args: argparse.Namespace) -> apsw.Connection:
     """A read-only connection on args.url with args' options, pinned per --txid/--timestamp."""
     options = dict(args.option)
@@ -125,12 +116,12 @@ def open_replica(args: argparse.Namespace) -> apsw.Connection:
     conn = connect(args.url, **options)
     try:
         if args.txid is not None:
-            pragma(conn, "litestream_txid", f"{args.txid:016x}")
+            pragma(conn, named("txid"), f"{args.txid:016x}")
         elif args.timestamp is not None:
-            pragma(conn, "litestream_time", format_time(args.timestamp))
+            pragma(conn, named("time"), format_time(args.timestamp))
         if log.isEnabledFor(logging.INFO):
-            log.info("%s: reading TXID %s, committed %s", args.url, pragma(conn, "litestream_txid"),
-                     pragma(conn, "litestream_time"))
+            log.info("%s: reading TXID %s, committed %s", args.url, pragma(conn, named("txid")),
+                     pragma(conn, named("time")))
     except BaseException:
         conn.close()
         raise
@@ -173,8 +164,8 @@ def add_shell(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: 
     p = _sub(sub, common, "shell", "interactive SQL shell on a replica",
              "An interactive SQLite shell (apsw's) on the replica, read-only. Besides the usual\n"
              "dot-commands, .txid [HEX|LATEST] pins a TXID, .time [TIME|LATEST] travels in time and\n"
-             ".lag shows seconds since the last poll (the litestream_txid, litestream_time and\n"
-             "litestream_lag PRAGMAs). Reads SQL from stdin when it is not a terminal; then any\n"
+             f".lag shows seconds since the last poll (the {named('txid')}, {named('time')} and\n"
+             f"{named('lag')} PRAGMAs). Reads SQL from stdin when it is not a terminal; then any\n"
              "error makes the exit status 1.",
              "  lsvfs shell file:///var/backups/app\n"
              "  echo 'SELECT count(*) FROM orders;' | lsvfs shell ./replica --timestamp '1 hour ago'")
@@ -407,9 +398,9 @@ def _one_line(exc: BaseException) -> str:
 def run() -> None:
     """The console script: `main`, then exit without the interpreter's final garbage collections.
 
-    Once botocore has loaded its S3 model, those collections take ~0.2 s, a third of a
-    one-query command. The command has closed what it opened by now and no user code runs
-    in this process, so nothing needs collecting; atexit handlers still run."""
+    Once botocore has loaded its S3 model, those collections cost a large share of a
+    one-query command (bench/README.md). The command has closed what it opened by now and
+    no user code runs in this process, so nothing needs collecting; atexit handlers still run."""
     code = main()
     gc.freeze()
     sys.exit(code)

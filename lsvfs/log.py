@@ -18,7 +18,7 @@ from .storage.redact import RedactingFilter
 LOGGER = logging.getLogger("lsvfs")
 ENV = "LITESTREAM_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "WARNING": logging.WARNING,
+LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "WARNING": logging.WARNING,
           "ERROR": logging.ERROR}
 
 
@@ -45,7 +45,7 @@ _handler: _Stderr | None = None
 
 def parse_level(text: str) -> int | None:
     """The logging level a `LITESTREAM_LOG_LEVEL` value names, or None."""
-    return LEVELS.get(text.strip().upper())
+    return LOG_LEVELS.get(text.strip().upper())
 
 
 def env_level() -> int | None:
@@ -70,7 +70,7 @@ def _apply_env() -> None:
     level = parse_level(raw)
     to_stderr(logging.WARNING if level is None else level)
     if level is None:
-        LOGGER.warning("%s=%r is not a log level (one of %s); ignored", ENV, raw, ", ".join(LEVELS))
+        LOGGER.warning("%s=%r is not a log level (one of %s); ignored", ENV, raw, ", ".join(LOG_LEVELS))
 
 
 LOGGER.addHandler(logging.NullHandler())

@@ -1,4 +1,6 @@
-"""LTX version 3: header and trailer types, whole-file decode, and an encoder.
+"""LTX version 3: header and trailer types, and whole-file decode.
+
+lsvfs only reads LTX; the writer tests use is tests/ltx_writer.py.
 
 The C core does the byte-level work (LZ4, CRC-64, index varints); this module
 holds the format's rules and the one place where a whole file is proven by
@@ -10,7 +12,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-import lz4.block
 import lz4.frame
 
 from . import core
@@ -27,11 +28,9 @@ CHECKSUM_FLAG = core.CHECKSUM_FLAG
 
 _HEADER = struct.Struct(">4sIIIQQqQqqIIQ20x")
 _TRAILER = struct.Struct(">QQ")
-_U64 = struct.Struct(">Q")
-_FRAME_HDR = struct.Struct(">IH")
 
 __all__ = [
-    "Header", "Trailer", "DecodedFile", "decode", "encode", "lock_pgno",
+    "Header", "Trailer", "DecodedFile", "decode", "lock_pgno",
     "format_filename", "parse_filename", "HEADER_SIZE", "TRAILER_SIZE",
 ]
 
@@ -151,11 +150,6 @@ class DecodedFile:
         return [(pgno, self.page(i)) for i, (pgno, _, _) in enumerate(self.entries)]
 
 
-def index_bounds(data_tail: bytes, file_size: int, file: str | None = None) -> tuple[int, int]:
-    """(offset, length) of the page index, from the tail of a file."""
-    return core.locate_index(data_tail, file_size, file=file)
-
-
 def decode(data: bytes, file: str | None = None, *, want_pages: bool = True) -> DecodedFile:
     """Decode a whole file, proving it with the file CRC-64; LTXError otherwise."""
     header = Header.decode(data, file)
@@ -212,65 +206,3 @@ def frame_page(frame: bytes, pgno: int, page_size: int, file: str | None = None)
     if len(page) != page_size:
         raise LTXError(f"page {pgno}: decoded {len(page)} bytes, want {page_size}", file)
     return page
-
-
-def encode(header: Header, pages: list[tuple[int, bytes]], *, post_apply_checksum: int = 0,
-           legacy_frames: bool = False) -> bytes:
-    """Write a valid version-3 file; `pages` are (pgno, page) in any order.
-
-    The lock page is never stored. Used to make replicas lsvfs and the Go VFS
-    both read, and to craft precise fixtures in tests.
-    """
-    header.validate()
-    ps = header.page_size
-    lock = lock_pgno(ps)
-    out = bytearray(header.encode())
-    crc = core.crc64(out)
-    index: list[tuple[int, int, int]] = []
-    last = 0
-    for pgno, page in sorted(pages, key=lambda p: p[0]):
-        if pgno <= last or pgno == lock:
-            raise LTXError(f"page {pgno}: duplicate, unsorted or the lock page")
-        if len(page) != ps:
-            raise LTXError(f"page {pgno}: {len(page)} bytes, want {ps}")
-        last = pgno
-        offset = len(out)
-        if legacy_frames:
-            fhdr = _FRAME_HDR.pack(pgno, 0)
-            payload = lz4.frame.compress(bytes(page))
-        else:
-            payload = lz4.block.compress(bytes(page), store_size=False)
-            fhdr = _FRAME_HDR.pack(pgno, FRAME_FLAG_LZ4_BLOCK) + struct.pack(">I", len(payload))
-        crc = core.crc64(page, core.crc64(fhdr, crc))
-        out += fhdr
-        out += payload
-        index.append((pgno, offset, len(out) - offset))
-    tail = bytearray(FRAME_HEADER_SIZE)
-    varints = bytearray()
-    for triple in index:
-        for v in triple:
-            varints += uvarint(v)
-    varints += b"\x00"
-    tail += varints
-    tail += _U64.pack(len(varints))
-    tail += _U64.pack(post_apply_checksum)
-    crc = core.crc64(tail, crc) | CHECKSUM_FLAG
-    out += tail
-    out += _U64.pack(crc)
-    return bytes(out)
-
-
-def uvarint(v: int) -> bytes:
-    """Unsigned LEB128, as the page index stores pgnos, offsets and sizes."""
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def database_checksum(pages: bytes | memoryview, page_size: int) -> int:
-    """Rolling checksum of a whole database image (pgno 1 first)."""
-    n = len(pages) // page_size
-    return core.pages_checksum_xor(1, pages, page_size) | CHECKSUM_FLAG if n else CHECKSUM_FLAG

@@ -8,6 +8,7 @@ Replica, so the first connection to a URL sets them for all.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,8 +16,35 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import quote
 
-VERIFY_MODES = ("frames", "files")
-PREFETCH_MODES = ("auto", "on", "off")
+
+class Verify(str, enum.Enum):
+    """How much of what storage returns is proven before SQLite sees it. A str,
+    so code comparing with "frames" / "files" keeps working."""
+
+    FRAMES = "frames"
+    """Structural checks on every frame served (pgno, flags, size, LZ4 block)."""
+    FILES = "files"
+    """Every LTX file read whole and its CRC-64 checked before any page of it is served."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Prefetch(str, enum.Enum):
+    """Whether a replica fetches its whole snapshot into the cache in the background."""
+
+    AUTO = "auto"
+    """On remote storage, when the snapshot fits the cache."""
+    ON = "on"
+    """Also for larger databases, up to the cache budget."""
+    OFF = "off"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+VERIFY_MODES = tuple(m.value for m in Verify)
+PREFETCH_MODES = tuple(m.value for m in Prefetch)
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -48,19 +76,19 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def parse_verify(text: str) -> str:
+def parse_verify(text: str) -> Verify:
     mode = str(text).strip().lower()
     if mode not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {text!r}")
-    return mode
+    return Verify(mode)
 
 
-def parse_prefetch(text: str | bool) -> str:
+def parse_prefetch(text: str | bool) -> Prefetch:
     mode = str(text).strip().lower()
     mode = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(mode, mode)
     if mode not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {text!r}")
-    return mode
+    return Prefetch(mode)
 
 
 def parse_bool(text: str | bool | int) -> bool:
@@ -89,13 +117,13 @@ class Options:
     """Bytes of decoded pages kept per replica."""
     open_timeout: float = 0.0
     """Seconds an empty replica is waited on at open before failing."""
-    verify: str = "frames"
+    verify: Verify = Verify.FRAMES
     """'frames': structural checks on every frame; 'files': whole-file CRC-64 before serving."""
     read_retries: int = 4
     """Retries of a failed storage read before the query fails."""
     readahead: int = 64
     """Pages a sequential reader's request grows to before parallel read-ahead windows take over."""
-    prefetch: str = "auto"
+    prefetch: Prefetch = Prefetch.AUTO
     """'auto': fetch the whole snapshot into the cache right after open when it fits
     (remote storage only); 'on': also for larger databases, up to the cache budget; 'off'."""
     hydration: bool = False

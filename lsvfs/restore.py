@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """Called with (bytes fetched so far, bytes in the plan)."""
 
-PREFETCH = 8
+FILES_AHEAD = 8
+"""LTX files fetched in parallel ahead of the one being applied or checked."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,12 @@ def _fetch_in_order(storage: StorageClient, files: list[FileInfo]) -> Iterator[t
     def fetch(f: FileInfo) -> ltx.DecodedFile:
         return ltx.decode(storage.read_all(f), f.name)
 
-    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
+    with ThreadPoolExecutor(max_workers=FILES_AHEAD) as pool:
         pending: list[tuple[FileInfo, Future[ltx.DecodedFile]]] = []
         it = iter(files)
         for f in it:
             pending.append((f, pool.submit(fetch, f)))
-            if len(pending) >= PREFETCH:
+            if len(pending) >= FILES_AHEAD:
                 break
         while pending:
             f, fut = pending.pop(0)
@@ -217,7 +218,7 @@ def verify(url: str | StorageClient, progress: Progress | None = None) -> Verify
                 return f, getattr(exc, "reason", str(exc))
             return f, None
 
-        with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
+        with ThreadPoolExecutor(max_workers=FILES_AHEAD) as pool:
             for f, err in pool.map(check, files):
                 report.files_checked += 1
                 report.bytes_checked += f.size

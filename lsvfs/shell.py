@@ -14,16 +14,18 @@ from typing import Any, TextIO
 import apsw
 import apsw.shell
 
-from .cli import pragma
+from .pragmas import named, pragma, usage
+
+DOT_COMMANDS = ("txid", "time", "lag")
+"""The replica PRAGMAs the shell has a dot-command for."""
 
 
 def banner(url: str, conn: apsw.Connection) -> str:
     """What an interactive session starts with: where it is, and how to move in time."""
+    lines = "".join(f"  {p:<39}  {dot:<19}  {what}\n" for p, dot, what in map(usage, DOT_COMMANDS))
     return (f"lsvfs shell on {url} (read-only), SQLite {apsw.sqlite_lib_version()}\n"
-            f"at TXID {pragma(conn, 'litestream_txid')}, committed {pragma(conn, 'litestream_time')}\n"
-            "  PRAGMA litestream_txid [= HEX|LATEST]    .txid [HEX|LATEST]   pin a TXID\n"
-            "  PRAGMA litestream_time [= TIME|LATEST]   .time [TIME|LATEST]  time travel (RFC 3339, '5 minutes ago')\n"
-            "  PRAGMA litestream_lag                    .lag                 seconds since the last poll\n"
+            f"at TXID {pragma(conn, named('txid'))}, committed {pragma(conn, named('time'))}\n"
+            f"{lines}"
             'Enter ".help" for all commands.\n')
 
 
@@ -54,20 +56,20 @@ class ReplicaShell(apsw.shell.Shell):
 
         With an argument, later reads see exactly that TXID until `.txid LATEST`.
         """
-        self._show_or_set("litestream_txid", cmd)
+        self._show_or_set(named("txid"), cmd)
 
     def command_time(self, cmd: list[str]) -> None:
         """time ?TIME|LATEST?: Show the commit time read, or travel to TIME (PRAGMA litestream_time)
 
         TIME is RFC 3339 (2024-01-02T03:04:05Z) or relative ('5 minutes ago'); `.time LATEST` returns.
         """
-        self._show_or_set("litestream_time", cmd)
+        self._show_or_set(named("time"), cmd)
 
     def command_lag(self, cmd: list[str]) -> None:
         """lag: Seconds since the replica was last polled (PRAGMA litestream_lag)"""
         if cmd:
             raise self.Error(".lag takes no arguments")
-        self.write(self.stdout, pragma(self.db, "litestream_lag") + "\n")
+        self.write(self.stdout, pragma(self.db, named("lag")) + "\n")
 
 
 def run_shell(url: str, conn: apsw.Connection, *, stdin: TextIO | None = None, stdout: TextIO | None = None,

@@ -497,7 +497,7 @@ def litestream_chunks(name: str, data: bytes) -> list[int]:
     three varints); the index's terminating 0; its 8-byte length; the 16-byte
     trailer. So a 3.9 MB snapshot of ~950 pages is ~4,900 chunks."""
     from lsvfs import core
-    from lsvfs.ltx import uvarint
+    from ltx_writer import uvarint
 
     if name.startswith("ltx/0/") or len(data) <= 100:
         rest = len(data) - min(100, len(data))

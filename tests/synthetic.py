@@ -1,4 +1,4 @@
-"""Synthetic replicas: LTX files written with `lsvfs.ltx.encode`, ground truth kept.
+"""Synthetic replicas: LTX files written with `ltx_writer.encode`, ground truth kept.
 
 A `SyntheticPrimary` is an in-memory SQLite database (or raw pages) whose
 every commit becomes one L0 file, exactly as Litestream lays them out, in a
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import apsw
 
+import ltx_writer
 from lsvfs import ltx
 from lsvfs.storage.base import FileInfo, format_filename
 
@@ -189,7 +190,7 @@ class SyntheticPrimary:
         lock = ltx.lock_pgno(self.page_size)
         items = [(p, pg) for p, pg in pages.items() if p <= commit and p != lock]
         hdr = ltx.Header(NO_CHECKSUM, self.page_size, commit, min_txid, max_txid, self.timestamps[max_txid])
-        return ltx.encode(hdr, items)
+        return ltx_writer.encode(hdr, items)
 
     def write(self, level: int, min_txid: int, max_txid: int) -> None:
         self.target.put(level, min_txid, max_txid, self.encode(min_txid, max_txid))
@@ -274,7 +275,7 @@ class RawPrimary:
                 self._versions.setdefault(p, []).append(t)
             if publish:
                 hdr = ltx.Header(NO_CHECKSUM, self.page_size, self.commit, t, t, int(time.time() * 1000))
-                self.target.put(level, t, t, ltx.encode(hdr, [(p, self.content(p, t)) for p in want]))
+                self.target.put(level, t, t, ltx_writer.encode(hdr, [(p, self.content(p, t)) for p in want]))
             return t
 
     def expected(self, pgno: int, txid: int) -> bytes | None:
@@ -314,7 +315,7 @@ def file_infos(target: DirTarget | S3Target) -> list[FileInfo]:
 def fast_zero_snapshot(n_pages: int, page_size: int = 512, txid: int = 1) -> bytes:
     """A valid snapshot LTX file of `n_pages` all-zero pages, built in seconds, not minutes.
 
-    Same bytes `ltx.encode` would write for these pages (a test checks it on a
+    Same bytes `ltx_writer.encode` would write for these pages (a test checks it on a
     small size), but every frame shares one compressed payload and the CRC-64
     runs over big chunks, so 1M pages take ~2 s instead of ~10 s.
     """
@@ -340,12 +341,12 @@ def fast_zero_snapshot(n_pages: int, page_size: int = 512, txid: int = 1) -> byt
         out.append(b"".join(h + payload for h in heads))
         crc = core.crc64(b"".join(h + page for h in heads), crc)
 
-    size_v = ltx.uvarint(flen)
+    size_v = ltx_writer.uvarint(flen)
     varints = bytearray()
     off = 100
     for p in range(1, n_pages + 1):
-        varints += ltx.uvarint(p)
-        varints += ltx.uvarint(off)
+        varints += ltx_writer.uvarint(p)
+        varints += ltx_writer.uvarint(off)
         varints += size_v
         off += flen
     varints += b"\x00"

@@ -862,8 +862,8 @@ def test_nats_chunks_are_as_litestream_writes_them(replicated_primary: Any) -> N
     files = _all_files(st)
     try:
         async def sizes(name: str) -> list[int]:
-            info = await st._obs.get_info(name)
-            sub = await st._js.subscribe(f"$O.{st.bucket}.C.{info.nuid}", ordered_consumer=True)
+            info = await st._conn.obs.get_info(name)
+            sub = await st._conn.js.subscribe(f"$O.{st.bucket}.C.{info.nuid}", ordered_consumer=True)
             try:
                 return [len((await sub.next_msg(5)).data) for _ in range(info.chunks)]
             finally:
@@ -874,7 +874,7 @@ def test_nats_chunks_are_as_litestream_writes_them(replicated_primary: Any) -> N
             name = st.object_name(f)
             try:
                 data = st.read_all(f)
-                got = st._run(sizes(name), "chunks")
+                got = st._conn.run(sizes(name), "chunks")
             except MissingFileError:
                 continue  # Litestream's retention removed it since the listing
             assert got == litestream_chunks(name, data), name

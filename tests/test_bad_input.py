@@ -24,6 +24,7 @@ from typing import Any
 
 import apsw
 import pytest
+import ltx_writer
 from cli_support import one_error_line
 from replication import ReplicatedPrimary, free_port
 
@@ -151,7 +152,7 @@ def put_u32(offset: int, value: int) -> Mutation:
 
 
 def index_middle(data: bytes) -> int:
-    off, length = ltx.index_bounds(data, len(data))
+    off, length = ltx_writer.index_bounds(data, len(data))
     return off + length // 2
 
 
@@ -219,7 +220,7 @@ def test_every_single_bit_flip_is_caught(frozen: Frozen, tmp_path: Path) -> None
     target = frozen.plan[-1]
     path = path_of(rep, target)
     original = path.read_bytes()
-    idx_off, _ = ltx.index_bounds(original, len(original))
+    idx_off, _ = ltx_writer.index_bounds(original, len(original))
     n = len(original)
     offsets = set(range(0, 100)) | set(range(idx_off, n)) | set(range(100, idx_off, max(1, (idx_off - 100) // 300)))
     storage = FileStorage(rep)
@@ -270,12 +271,12 @@ def test_header_name_mismatch(frozen: Frozen, tmp_path: Path) -> None:
 
 def test_large_file_literal_flip_caught_with_verify_files(frozen: Frozen, tmp_path: Path) -> None:
     """A flipped byte inside a page's LZ4 literals of a file > 64 KiB: restore and `verify=files`
-    catch it by the file CRC-64 (`verify=frames` can not: see README, Verification)."""
+    catch it by the file CRC-64 (`verify=frames` can not: see docs/reference.md, Verification)."""
     rep = tmp_path / "rep"
     shutil.copytree(frozen.replica, rep)
     path = path_of(rep, frozen.big)
     data = bytearray(path.read_bytes())
-    idx_off, idx_len = ltx.index_bounds(bytes(data), len(data))
+    idx_off, idx_len = ltx_writer.index_bounds(bytes(data), len(data))
     entries = lsvfs.ltx.core.decode_index(bytes(data[idx_off:idx_off + idx_len]), idx_off)
     # The largest frame is mostly incompressible row data: its middle is a literal run.
     _, off, size = max(entries, key=lambda e: e[2])

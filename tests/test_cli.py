@@ -21,6 +21,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+import ltx_writer
 from cli_support import one_error_line
 from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 
@@ -119,12 +120,12 @@ def checksummed_replica(root: Path, *, corrupt_post_apply: bool = False) -> byte
                 out.append((i + 1, page))
         return out
 
-    c1 = ltx.database_checksum(img1, ps)
-    c2 = ltx.database_checksum(img2, ps)
+    c1 = ltx_writer.database_checksum(img1, ps)
+    c2 = ltx_writer.database_checksum(img2, ps)
     now = int(time.time() * 1000)
-    f1 = ltx.encode(ltx.Header(0, ps, len(img1) // ps, 1, 1, now - 1000), pages(img1), post_apply_checksum=c1)
+    f1 = ltx_writer.encode(ltx.Header(0, ps, len(img1) // ps, 1, 1, now - 1000), pages(img1), post_apply_checksum=c1)
     bad = (c2 ^ 0x1234) | ltx.CHECKSUM_FLAG
-    f2 = ltx.encode(ltx.Header(0, ps, len(img2) // ps, 2, 2, now, pre_apply_checksum=c1),
+    f2 = ltx_writer.encode(ltx.Header(0, ps, len(img2) // ps, 2, 2, now, pre_apply_checksum=c1),
                     pages(img2, img1), post_apply_checksum=bad if corrupt_post_apply else c2)
     d = root / "ltx" / "0"
     d.mkdir(parents=True)
@@ -266,7 +267,7 @@ def test_restore_verifies_database_checksum_before_rename(tmp_path: Path) -> Non
     good = tmp_path / "good"
     img = checksummed_replica(good)
     res = lsvfs.restore(str(good), tmp_path / "good.db")
-    assert res.checksum_verified and res.checksum == ltx.database_checksum(img, 4096)
+    assert res.checksum_verified and res.checksum == ltx_writer.database_checksum(img, 4096)
     assert (tmp_path / "good.db").read_bytes() == img
     r = cli("restore", str(good), str(tmp_path / "good-cli.db"))
     assert r.returncode == 0, r.stderr

@@ -19,6 +19,7 @@ from typing import Any
 
 import apsw
 import pytest
+from replica_file import ReplicaFile
 from faults import (
     LatencyStorage,
 )
@@ -37,7 +38,7 @@ from wrappers import WrappedStorage
 
 import lsvfs
 from lsvfs.storage import open_storage
-from lsvfs.vfs import ReplicaFile, register
+from lsvfs.vfs import register
 
 
 def replica_file(rep: Any) -> ReplicaFile:

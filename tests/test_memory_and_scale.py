@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ltx_writer
 from faults import (
     LatencyStorage,
 )
@@ -64,7 +65,7 @@ def test_s04_page_table_memory_bounded_and_flat_under_rewrites(million_page_repl
     def l0(txid: int) -> None:
         hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, ps, 1_000_000, txid, txid, 1_700_000_000_000 + txid)
         page = txid.to_bytes(8, "big") * (ps // 8)
-        target.put(0, txid, txid, ltx.encode(hdr, [(n, page) for n in pgnos]))
+        target.put(0, txid, txid, ltx_writer.encode(hdr, [(n, page) for n in pgnos]))
         if txid > 4:
             target.delete(0, txid - 3, txid - 3)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import apsw
 import pytest
+from replica_file import ReplicaFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synthetic import FUZZ_EXAMPLES, DirTarget, SyntheticPrimary, make_target, open_replica
@@ -30,7 +31,7 @@ import lsvfs.timeutil
 from drivers import CORRUPT, DRIVERS, IO_ERROR
 from lsvfs import vfs as vfs_module
 from lsvfs.errors import LsvfsError
-from lsvfs.vfs import ReplicaFile, register
+from lsvfs.vfs import register
 
 
 def shimmed(image: bytes, txid: int, page_size: int) -> bytes:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+import ltx_writer
 from servers import NATS_PASSWORD, NATS_USER, ShortReads
 
 from lsvfs.errors import StorageError
@@ -225,7 +226,7 @@ def _snapshot(lo: int, pages: int, seed: int) -> bytes:
 
     rnd = random.Random(seed)
     body = [(p, rnd.randbytes(2048) + bytes([p % 251]) * 2048) for p in range(1, pages + 1)]
-    return ltx.encode(ltx.Header(flags=0, page_size=4096, commit=pages, min_txid=lo, max_txid=lo,
+    return ltx_writer.encode(ltx.Header(flags=0, page_size=4096, commit=pages, min_txid=lo, max_txid=lo,
                                  timestamp=1_700_000_000_000), body)
 
 

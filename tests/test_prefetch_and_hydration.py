@@ -35,6 +35,7 @@ from typing import Any
 import apsw
 import drivers
 import pytest
+from replica_file import ReplicaFile
 from drivers import DRIVERS
 from faults import BlockingStorage, chaos
 from replication import MotoS3, ReplicatedPrimary, wait_until
@@ -50,7 +51,7 @@ from lsvfs.registry import acquire, release
 from lsvfs.storage import open_storage
 from lsvfs.storage.base import FileInfo, StorageClient
 from lsvfs.storage.redact import redact_url
-from lsvfs.vfs import ReplicaFile, register
+from lsvfs.vfs import register
 
 MiB = 1 << 20
 ROWS = "SELECT id, k, v FROM t ORDER BY id"

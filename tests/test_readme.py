@@ -1,4 +1,4 @@
-"""Every code block of README.md runs, against a live replica, or says why not.
+"""Every code block of README.md and docs/*.md runs, against a live replica, or says why not.
 
 The blocks are written for a reader: their replica is `s3://my-bucket/app.db?region=eu-west-1`
 (Python) or `./replica` (shell). Here they run in a directory whose `./replica` is a real
@@ -22,7 +22,10 @@ from replication import ReplicatedPrimary
 
 import lsvfs
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+INTERNALS = ROOT / "docs" / "internals.md"
 EXAMPLE_URL = "s3://my-bucket/app.db?region=eu-west-1"
 EXAMPLE_TXID = "00000000000004d2"
 EXAMPLE_TIMES = ("2024-01-02T03:04:05Z", "10 minutes ago")  # older than any test replica
@@ -57,10 +60,21 @@ def blocks(text: str) -> list[Block]:
 
 
 BLOCKS = blocks(README.read_text())
+ALL_BLOCKS = [(README, b) for b in BLOCKS] + [(doc, b) for doc in DOCS for b in blocks(doc.read_text())]
+"""Every block with the file it is in: the README's, then each page of docs/."""
 
 
 def block_id(b: Block) -> str:
     return f"L{b.line}-{b.lang or 'text'}"
+
+
+def located_id(located: tuple[Path, Block]) -> str:
+    doc, b = located
+    return block_id(b) if doc == README else f"{doc.stem}-{block_id(b)}"
+
+
+def runnable(lang: str) -> list[tuple[Path, Block]]:
+    return [(doc, b) for doc, b in ALL_BLOCKS if b.not_run is None and b.lang == lang]
 
 
 def test_every_block_runs_or_says_why_not() -> None:
@@ -72,6 +86,34 @@ def test_every_block_runs_or_says_why_not() -> None:
     assert first.lang == "sh" and README.read_text().index("```") == README.read_text().index("```sh\n# 1.")
     assert 'pip install -e ".[demo]" && lsvfs demo' in first.code
     assert sum(b.not_run is None for b in BLOCKS) >= 8  # most blocks really run
+
+
+def test_every_docs_block_runs_or_says_why_not() -> None:
+    """docs/ holds the reference and the internals, and each of their blocks is runnable or marked too."""
+    assert {d.name for d in DOCS} >= {"reference.md", "internals.md"}
+    unmarked = [located_id(x) for x in ALL_BLOCKS if x[0] != README and x[1].not_run is None
+                and x[1].lang not in RUNNABLE]
+    assert not unmarked, f"blocks neither runnable nor marked `<!-- not run: reason -->`: {unmarked}"
+    assert sum(doc != README and b.not_run is None for doc, b in ALL_BLOCKS) >= 4
+
+
+def test_readme_is_a_first_read() -> None:
+    """Under 300 lines, pointing at the docs."""
+    text = README.read_text()
+    assert len(text.splitlines()) < 300
+    assert "docs/reference.md" in text and "docs/internals.md" in text
+
+
+def test_layout_names_every_file_once() -> None:
+    """The layout in docs/internals.md lists each file of csrc/ and lsvfs/ (sources, headers,
+    scripts) exactly once, and nothing that is not there."""
+    listing = next(b for b in blocks(INTERNALS.read_text()) if "csrc/vfs.c" in b.code)
+    named = [line.split()[0] for line in listing.code.splitlines() if line.strip()]
+    tracked = {str(p.relative_to(ROOT)) for pattern in ("csrc/*.[ch]", "csrc/*.py", "csrc/*.sh", "lsvfs/**/*.py",
+                                                        "lsvfs/*.pyi") for p in ROOT.glob(pattern)}
+    assert len(named) == len(set(named)), "a file listed twice"
+    assert sorted(set(named) - tracked) == [], "listed but not in the tree"
+    assert sorted(tracked - set(named)) == [], "in the tree but not listed"
 
 
 def test_blocks_are_parsed_with_their_reasons() -> None:
@@ -133,19 +175,21 @@ def run(args: list[str], site: Site) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.not_run is None and b.lang == "python"], ids=block_id)
-def test_python_block_runs(block: Block, site: Site) -> None:
+@pytest.mark.parametrize("located", runnable("python"), ids=located_id)
+def test_python_block_runs(located: tuple[Path, Block], site: Site) -> None:
     """The block, with the example values replaced, runs to the end in a fresh interpreter."""
+    doc, block = located
     code = substitute(block.code, site)
     r = run([sys.executable, "-c", code], site)
-    assert r.returncode == 0, f"README line {block.line}:\n{code}\n--- stderr:\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"{doc.name} line {block.line}:\n{code}\n--- stderr:\n{r.stderr[-3000:]}"
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.not_run is None and b.lang == "sh"], ids=block_id)
-def test_sh_block_runs(block: Block, site: Site) -> None:
+@pytest.mark.parametrize("located", runnable("sh"), ids=located_id)
+def test_sh_block_runs(located: tuple[Path, Block], site: Site) -> None:
     """Every command of the block succeeds (bash -e), against ./replica, and prints something."""
+    doc, block = located
     code = substitute(block.code, site)
     r = run(["bash", "-euo", "pipefail", "-c", code], site)
-    assert r.returncode == 0, f"README line {block.line}:\n{code}\n--- stderr:\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"{doc.name} line {block.line}:\n{code}\n--- stderr:\n{r.stderr[-3000:]}"
     assert r.stdout.strip(), code
     assert "Traceback" not in r.stderr, r.stderr

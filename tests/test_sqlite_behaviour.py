@@ -15,6 +15,8 @@ from typing import Any
 
 import apsw
 import pytest
+import ltx_writer
+from replica_file import ReplicaFile
 from scenario_support import FAST, big_table, rows, unshim, workload
 from synthetic import (
     DirTarget,
@@ -26,7 +28,7 @@ from synthetic import (
 
 import lsvfs
 from lsvfs import ltx
-from lsvfs.vfs import ReplicaFile, register
+from lsvfs.vfs import register
 
 # ---- 5: page sizes -----------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ def test_s19_page1_header_is_rewritten_exactly(tmp_path: Path) -> None:
             pages = pages[:1]
         hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, ps, len(img) // ps, 1 if txid == 1 else 2, txid,
                          1_700_000_000_000 + txid)
-        target.put(0, hdr.min_txid, txid, ltx.encode(hdr, pages))
+        target.put(0, hdr.min_txid, txid, ltx_writer.encode(hdr, pages))
     with open_replica(target.url, poll_interval=0) as rep:
         files = [ReplicaFile(register(), rep.url) for _ in range(2)]
         try:
@@ -203,7 +205,7 @@ def test_s20_empty_and_edge_case_replicas(tmp_path: Path, request: pytest.Fixtur
             lsvfs.connect(p.url)
     elif case == "junk_only":
         hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, 1024, 1, 1, 1, 0)
-        data = ltx.encode(hdr, [(1, bytes(1024))])
+        data = ltx_writer.encode(hdr, [(1, bytes(1024))])
         if isinstance(target, DirTarget):
             d = target.root / "ltx" / "0"
             d.mkdir(parents=True)

@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import apsw
 import pytest
+import ltx_writer
+from replica_file import ReplicaFile
 from replication import ReplicatedPrimary, wait_until
 from scenario_support import FAST, rows, txid_of, unshim, workload
 from wrappers import WrappedStorage
@@ -27,7 +29,7 @@ from lsvfs import ltx
 from lsvfs.options import resolve
 from lsvfs.registry import acquire, release
 from lsvfs.storage import open_storage
-from lsvfs.vfs import ReplicaFile, register
+from lsvfs.vfs import register
 
 
 def vfs_pages(url: str) -> tuple[int, bytes]:
@@ -60,8 +62,8 @@ def test_oracle_pages_in_one_transaction_equal_restore_at_that_txid(replicated_p
     ps = p.page_size
     assert data[18:20] == b"\x01\x01"
     assert unshim(data[:ps], expected) + data[ps:] == expected
-    assert ltx.database_checksum(unshim(data[:ps], expected) + data[ps:], ps) == \
-        ltx.database_checksum(expected, ps)
+    assert ltx_writer.database_checksum(unshim(data[:ps], expected) + data[ps:], ps) == \
+        ltx_writer.database_checksum(expected, ps)
     with closing(lsvfs.connect(p.replica_url)) as conn:
         assert rows(conn) == p.execute("SELECT * FROM t ORDER BY id")
 
@@ -85,16 +87,16 @@ def test_oracle_rolling_checksum_equals_post_apply_checksum(tmp_path: Path) -> N
         pages = [(n // ps + 1, image[n:n + ps]) for n in range(0, len(image), ps)
                  if prev[n:n + ps] != image[n:n + ps]]
         hdr = ltx.Header(0, ps, len(image) // ps, 1 if txid == 1 else txid, txid, 1_700_000_000_000 + txid,
-                         pre_apply_checksum=ltx.database_checksum(prev, ps) if txid > 1 else 0)
+                         pre_apply_checksum=ltx_writer.database_checksum(prev, ps) if txid > 1 else 0)
         (l0 / ltx.format_filename(hdr.min_txid, txid)).write_bytes(
-            ltx.encode(hdr, pages, post_apply_checksum=ltx.database_checksum(image, ps)))
+            ltx_writer.encode(hdr, pages, post_apply_checksum=ltx_writer.database_checksum(image, ps)))
         prev = image
     rep = acquire(str(tmp_path), resolve({}))
     try:
         snap = rep.current()
         raw = b"".join(rep.read_page(snap, n) for n in range(1, snap.commit + 1))
         assert snap.txid == 4
-        assert ltx.database_checksum(raw, ps) == ltx.database_checksum(images[-1], ps)
+        assert ltx_writer.database_checksum(raw, ps) == ltx_writer.database_checksum(images[-1], ps)
     finally:
         release(rep)
 
@@ -519,7 +521,7 @@ def test_open_fetches_page_indexes_in_parallel(tmp_path: Path) -> None:
         pages = [(n // ps + 1, image[n:n + ps]) for n in range(0, len(image), ps)
                  if prev[n:n + ps] != image[n:n + ps]]
         hdr = ltx.Header(ltx.FLAG_NO_CHECKSUM, ps, len(image) // ps, 1 if txid == 1 else txid, txid, txid)
-        (l0 / ltx.format_filename(hdr.min_txid, txid)).write_bytes(ltx.encode(hdr, pages))
+        (l0 / ltx.format_filename(hdr.min_txid, txid)).write_bytes(ltx_writer.encode(hdr, pages))
         prev = image
     meter = ConcurrencyMeter(open_storage(str(tmp_path)))
     with closing(lsvfs.connect(str(tmp_path), storage=meter, poll_interval=0)) as c:

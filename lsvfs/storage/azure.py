@@ -44,8 +44,8 @@ RETRIES = 2
 """SDK retries per call (the replica retries above it)."""
 BODY_CHUNK = 256 << 10
 """Bytes per step when reading a response body. azure-core's default, 4 KiB,
-spent half the client's CPU of a cold scan in Python per-chunk overhead
-(bench/test_bench_backends.py: 51 -> 27 ms of client CPU, scan 1.4x -> 1.0x S3)."""
+spends much of the client's CPU of a cold scan in Python per-chunk overhead
+(bench/README.md)."""
 
 
 class AzureStorage:

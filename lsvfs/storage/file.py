@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LTXError, MissingFileError, StorageError
+from ..lru import LRU
 from .base import FileInfo, check_level, check_range, format_filename, level_dir, parse_filename
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,8 @@ class FileStorage:
             raise ValueError("max_open must be >= 1")
         self.root = Path(os.path.abspath(os.fspath(root)))
         self.url = self.root.as_uri()
-        self._max_open = max_open
         self._lock = threading.Lock()
-        self._handles: OrderedDict[FileInfo, _Handle] = OrderedDict()
+        self._handles: LRU[FileInfo, _Handle] = LRU(max_open)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -156,7 +155,6 @@ class FileStorage:
                 raise StorageError(f"{info.name}: storage {self.url} is closed")
             h = self._handles.get(key)
             if h is not None:
-                self._handles.move_to_end(key)
                 h.refs += 1
                 return h
         # Open outside the lock: a slow filesystem must not stall other readers.
@@ -176,12 +174,9 @@ class FileStorage:
                 h = self._handles.get(key)
                 if h is not None:  # another thread opened it meanwhile
                     to_close.append(fd)
-                    self._handles.move_to_end(key)
                 else:
                     h = _Handle(fd)
-                    self._handles[key] = h
-                    while len(self._handles) > self._max_open:
-                        _, old = self._handles.popitem(last=False)
+                    for _, old in self._handles.put(key, h):
                         old.evicted = True
                         if old.refs == 0:
                             to_close.append(old.fd)
@@ -210,11 +205,10 @@ class FileStorage:
         to_close: list[int] = []
         with self._lock:
             self._closed = True
-            for h in self._handles.values():
+            for h in self._handles.clear():
                 h.evicted = True
                 if h.refs == 0:
                     to_close.append(h.fd)
-            self._handles.clear()
         for f in to_close:
             _close_quietly(f)
 

@@ -21,13 +21,13 @@ import queue
 import socket
 import stat
 import threading
-from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import paramiko
 
 from ..errors import MissingFileError, StorageError
+from ..lru import LRU
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
 from .redact import scrub
 
@@ -47,13 +47,13 @@ OPEN_FILES = 16
 """Open file handles kept per channel (see `_open_file`)."""
 MAX_PACKET = 256 << 10
 """SSH flow-control window and packet size per channel. paramiko's defaults
-(2 MiB, 32 KiB) halve the throughput of a 256 KiB ranged read at 4 ms RTT
-(measured: 5.5 vs 12 MB/s per channel against asyncssh through the bench proxy)."""
+(2 MiB, 32 KiB) cut the throughput of a 256 KiB ranged read at a few ms of RTT
+(bench/README.md)."""
 READ_SIZE = 64 << 10
 """Bytes asked for per SFTP read request (paramiko: 32 KiB). Half the requests
-cut client and server CPU per MB by a quarter and a third (asyncssh server,
-bench proxy); larger ones were slower there. Servers may answer short (OpenSSH
-caps reads at 255 KiB, some servers at 32 KiB): paramiko asks again for the rest."""
+cut client and server CPU per MB (bench/README.md); larger ones were slower.
+Servers may answer short (OpenSSH caps reads at 255 KiB, some servers at
+32 KiB): paramiko asks again for the rest."""
 
 
 class SFTPStorage:
@@ -77,7 +77,7 @@ class SFTPStorage:
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
         self._idle: queue.LifoQueue[paramiko.SFTPClient] = queue.LifoQueue()
-        self._files: dict[int, OrderedDict[str, paramiko.SFTPFile]] = {}
+        self._files: dict[int, LRU[str, paramiko.SFTPFile]] = {}
         self._slots = threading.BoundedSemaphore(channels)
         self._closed = False
 
@@ -229,24 +229,22 @@ class SFTPStorage:
         Open and close cost two round trips, as much as the read itself; LTX files
         never change, and a handle stays readable even after retention deletes
         the name. Only the thread holding `c` touches its handles."""
-        files = self._files.setdefault(id(c), OrderedDict())
+        files = self._files.setdefault(id(c), LRU(OPEN_FILES))
         f = files.get(path)
         if f is not None and f._prefetch_extents:  # an earlier read's answers still owed: start afresh
-            del files[path]
+            files.pop(path)
             f.close()
             f = None
         if f is not None:
-            files.move_to_end(path)
             return f
         f = _open(c, path)
-        files[path] = f
-        while len(files) > OPEN_FILES:
-            _, old = files.popitem(last=False)
+        for _, old in files.put(path, f):
             old.close()
         return f
 
     def _forget_files(self, c: paramiko.SFTPClient) -> None:
-        for f in self._files.pop(id(c), {}).values():
+        files = self._files.pop(id(c), None)
+        for f in files.values() if files is not None else ():
             with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 f.close()
 

@@ -1,16 +1,15 @@
-/* snapshot.c - replicas (newest snapshot + page cache) and snapshots.
+/* replica.c - replicas (newest snapshot, page cache, local files, hydration
+ * file) and their snapshots.
  *
  * A snapshot keeps its replica alive; a replica lives until its owner,
- * every open file and every snapshot have let go. The replica's mutex only
- * guards the newest-snapshot pointer and the freed-id queue: it is held for
- * a few instructions and never across a call out of this file. */
+ * every open file and every snapshot have let go. The two live in one file
+ * because each holds the other. The replica's mutex only guards the
+ * newest-snapshot pointer, the live count and the freed-id queue: it is held
+ * for a few instructions and never across a call out of this file. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "lsvfs_core.h"
 #include "internal.h"
@@ -24,18 +23,9 @@ struct lsvfs_replica {
     size_t live; /* snapshots alive (guarded by mu) */
     lsvfs_cache *cache;
     uint32_t readahead;
-    struct local_file *local; /* guarded by mu */
-    size_t nlocal, local_cap;
-    int any_local; /* atomic: set once, read without the mutex */
-    uint64_t local_reads, local_bytes; /* atomic */
+    lsvfs_locals *locals;
     uint32_t lineage; /* atomic */
     lsvfs_hydration *hydration; /* atomic: set once */
-};
-
-struct local_file {
-    uint32_t slot;
-    int fd; /* -1 until first read */
-    char *path;
 };
 
 struct lsvfs_snapshot {
@@ -51,8 +41,10 @@ lsvfs_replica *lsvfs_replica_new(size_t cache_bytes, uint32_t readahead)
     if (r == NULL)
         return NULL;
     r->cache = lsvfs_cache_new(cache_bytes);
-    if (r->cache == NULL || pthread_mutex_init(&r->mu, NULL) != 0) {
+    r->locals = lsvfs_locals_new();
+    if (r->cache == NULL || r->locals == NULL || pthread_mutex_init(&r->mu, NULL) != 0) {
         lsvfs_cache_free(r->cache);
+        lsvfs_locals_free(r->locals);
         free(r);
         return NULL;
     }
@@ -77,12 +69,7 @@ void lsvfs_replica_release(lsvfs_replica *r)
     if (r == NULL || __atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     /* The last reference: no snapshot is left, as each holds one. */
-    for (size_t i = 0; i < r->nlocal; i++) {
-        if (r->local[i].fd >= 0)
-            close(r->local[i].fd);
-        free(r->local[i].path);
-    }
-    free(r->local);
+    lsvfs_locals_free(r->locals);
     lsvfs_hydration_free(r->hydration);
     pthread_mutex_destroy(&r->mu);
     lsvfs_cache_free(r->cache);
@@ -220,44 +207,16 @@ size_t lsvfs_replica_live_snapshots(lsvfs_replica *r)
     return n;
 }
 
-/* ---- files C reads itself ------------------------------------------------ */
+/* ---- files C reads itself (local.c) -------------------------------------- */
 
 int lsvfs_replica_set_local(lsvfs_replica *r, uint32_t slot, const char *path)
 {
-    char *copy = strdup(path);
-    if (copy == NULL)
-        return LSVFS_ENOMEM;
-    pthread_mutex_lock(&r->mu);
-    if (r->nlocal == r->local_cap) {
-        size_t cap = r->local_cap ? r->local_cap * 2 : 16;
-        struct local_file *p = realloc(r->local, cap * sizeof *p);
-        if (p == NULL) {
-            pthread_mutex_unlock(&r->mu);
-            free(copy);
-            return LSVFS_ENOMEM;
-        }
-        r->local = p;
-        r->local_cap = cap;
-    }
-    r->local[r->nlocal++] = (struct local_file){slot, -1, copy};
-    pthread_mutex_unlock(&r->mu);
-    __atomic_store_n(&r->any_local, 1, __ATOMIC_RELEASE);
-    return LSVFS_OK;
+    return lsvfs_locals_add(r->locals, slot, path);
 }
 
 void lsvfs_replica_forget_local(lsvfs_replica *r, uint32_t slot)
 {
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < r->nlocal; i++) {
-        if (r->local[i].slot != slot)
-            continue;
-        if (r->local[i].fd >= 0)
-            close(r->local[i].fd);
-        free(r->local[i].path);
-        r->local[i] = r->local[--r->nlocal];
-        break;
-    }
-    pthread_mutex_unlock(&r->mu);
+    lsvfs_locals_forget(r->locals, slot);
 }
 
 void lsvfs_replica_new_lineage(lsvfs_replica *r)
@@ -272,71 +231,12 @@ uint32_t lsvfs_replica_lineage(lsvfs_replica *r)
 
 void lsvfs_replica_local_reads(lsvfs_replica *r, uint64_t *reads, uint64_t *bytes)
 {
-    *reads = __atomic_load_n(&r->local_reads, __ATOMIC_RELAXED);
-    *bytes = __atomic_load_n(&r->local_bytes, __ATOMIC_RELAXED);
-}
-
-/* The descriptor of a local slot, opened on first use; -1 if not local. */
-static int local_fd(lsvfs_replica *r, uint32_t slot)
-{
-    int fd = -1;
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < r->nlocal; i++) {
-        if (r->local[i].slot != slot)
-            continue;
-        if (r->local[i].fd < 0)
-            r->local[i].fd = open(r->local[i].path, O_RDONLY | O_CLOEXEC);
-        fd = r->local[i].fd;
-        break;
-    }
-    pthread_mutex_unlock(&r->mu);
-    return fd;
-}
-
-int lsvfs_pread_full(int fd, uint8_t *buf, size_t len, uint64_t offset)
-{
-    while (len > 0) {
-        ssize_t n = pread(fd, buf, len, (off_t)offset);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return LSVFS_ETRUNCATED;
-        buf += n;
-        len -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return LSVFS_OK;
+    lsvfs_locals_counts(r->locals, reads, bytes);
 }
 
 int lsvfs_replica_read_local(lsvfs_replica *r, const lsvfs_ptable *t,
                              uint32_t pgno, uint32_t readahead,
                              uint32_t page_size, uint8_t *out)
 {
-    if (!__atomic_load_n(&r->any_local, __ATOMIC_ACQUIRE)) /* remote replicas skip the work */
-        return LSVFS_ENOTFOUND;
-    uint32_t most = readahead > 0 ? readahead : 1;
-    lsvfs_index_entry *run = malloc(most * sizeof *run);
-    if (run == NULL)
-        return LSVFS_ENOMEM;
-    uint32_t slot = 0;
-    size_t n = lsvfs_ptable_run(t, pgno, most, &slot, run);
-    int fd = n > 0 ? local_fd(r, slot) : -1;
-    if (fd < 0) {
-        free(run);
-        return LSVFS_ENOTFOUND;
-    }
-    uint64_t start = run[0].offset;
-    uint64_t len64 = run[n - 1].offset + run[n - 1].size - start;
-    uint8_t *buf = len64 <= SIZE_MAX ? malloc((size_t)len64) : NULL;
-    int rc = buf == NULL ? LSVFS_ENOMEM : lsvfs_pread_full(fd, buf, (size_t)len64, start);
-    if (rc == LSVFS_OK) {
-        size_t failed;
-        __atomic_fetch_add(&r->local_reads, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&r->local_bytes, len64, __ATOMIC_RELAXED);
-        rc = lsvfs_cache_fill(r->cache, slot, buf, (size_t)len64, start, run, n,
-                              page_size, out, LSVFS_FILL_ASKED, &failed);
-    }
-    free(buf);
-    free(run);
-    return rc;
+    return lsvfs_locals_read(r->locals, r->cache, t, pgno, readahead, page_size, out);
 }
