@@ -495,8 +495,11 @@ class Replica:
         if cur.lineage != self.lineage:  # the move to a new lineage failed half way: try again
             return self._poll_every_level(cur)
         listed = self.storage.list_files(0, anchor.min_txid if anchor is not None else cur.txid + 1)
-        if anchor is not None and anchor not in listed:
-            return self._poll_every_level(cur)
+        if anchor is not None:
+            now = next((f for f in listed if _name_key(f) == _name_key(anchor)), None)
+            if now is None or now.size != anchor.size or (now != anchor and not self._is_tip(now)):
+                return self._poll_every_level(cur)
+            self._l0_anchor = now
         l0 = [f for f in listed if f.min_txid > cur.txid]
         chain = extend(l0, cur.txid)
         self._since_full_scan += 1
@@ -580,9 +583,14 @@ class Replica:
         ours = [self._slots.file(slot) for slot in cur.live]
         for f in ours + ([tip[0]] if tip is not None else []):
             g = listed.get(_name_key(f))
-            if g is not None and g != f:
+            if g is not None and g.size != f.size:
                 return f"{f.name} was rewritten ({g.size} bytes, was {f.size})"
-        if tip is None or _name_key(tip[0]) in listed or tip[0].max_txid != cur.txid:
+        if tip is None:
+            return None
+        g = listed.get(_name_key(tip[0]))
+        if g is not None and g != tip[0] and not self._is_tip(g):
+            return f"{g.name} was rewritten (its header time is not {format_time(tip[1])} any more)"
+        if g is not None or tip[0].max_txid != cur.txid:
             return None
         snapshots = tip[0].level == SNAPSHOT_LEVEL
         ends = [f for f in files if f.max_txid == cur.txid and (f.level == SNAPSHOT_LEVEL) == snapshots]
@@ -595,6 +603,19 @@ class Replica:
                     f"not {format_time(tip[1])}")
         self._tip = (other, stamp)  # the same lineage: the next listing need not read it again
         return None
+
+    def _is_tip(self, f: FileInfo) -> bool:
+        """Whether `f`, listed under our tip's name with another time (a file
+        replica's time is set after it is written), still is our tip: its
+        header time says."""
+        tip = self._tip
+        if tip is None or _name_key(f) != _name_key(tip[0]):
+            return False
+        stamp = ltx.Header.decode(self.storage.read(f, 0, ltx.HEADER_SIZE), f.name).timestamp
+        if stamp != tip[1]:
+            return False
+        self._tip = (f, stamp)
+        return True
 
     def _follow_new_lineage(self, cur: Snapshot, files: list[FileInfo], why: str) -> bool:
         """Read the replica's new lineage from scratch, sharing nothing with the old one.
