@@ -20,8 +20,8 @@ from replication import AuthMotoS3
 from lsvfs.errors import StorageError
 from lsvfs.storage import FileInfo, open_storage
 from lsvfs.storage.s3 import S3Storage
-from lsvfs.storage.s3_client import S3Error, parse_list
-from lsvfs.storage.s3_credentials import BotocoreSource, Credentials, StaticSource, resolve
+from lsvfs.storage.s3_client import S3Client, S3Config, S3Error, parse_list
+from lsvfs.storage.s3_credentials import BotocoreSource, ContainerSource, Credentials, StaticSource, resolve
 from lsvfs.storage.sigv4 import EMPTY_SHA256, canonical_query, derive_key, sign, uri_encode
 
 # -- SigV4 against botocore ----------------------------------------------------------
@@ -307,24 +307,50 @@ class MetadataEndpoint:
         self.server.server_close()
 
 
-def test_container_credentials_rotate(recorder: Recorder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """ECS/EKS-pod-identity credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI + token) come through
-    botocore's chain; as they near expiry each request gets the endpoint's newest keys."""
+@pytest.mark.parametrize("chain", ["ours", "botocore"])
+def test_container_credentials_rotate(recorder: Recorder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                      chain: str) -> None:
+    """ECS/EKS-pod-identity credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI + token), read by our
+    ContainerSource (what resolve() picks) and by botocore's chain: as they near expiry each
+    request gets the endpoint's newest keys."""
     meta = MetadataEndpoint("Bearer pod-token")
     try:
+        token_file = write(tmp_path / "token", "Bearer pod-token")  # botocore refuses a trailing newline
         clean_env(monkeypatch, tmp_path, AWS_CONTAINER_CREDENTIALS_FULL_URI=meta.url,
-                  AWS_CONTAINER_AUTHORIZATION_TOKEN="Bearer pod-token")
-        st = open_storage(f"s3://bkt/db?endpoint={recorder.endpoint}&region=us-east-1")
-        assert isinstance(st._client.credentials, BotocoreSource)  # type: ignore[attr-defined]
+                  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=token_file, AWS_CONTAINER_AUTHORIZATION_TOKEN="wrong")
+        source = resolve()
+        assert isinstance(source, ContainerSource)
+        if chain == "botocore":
+            source = BotocoreSource()
+        client = S3Client(S3Config(region="us-east-1", endpoint=recorder.endpoint, path_style=True), source)
+        st = S3Storage("bkt", "db", client=client)
         for _ in range(3):
             st.list_files(0)
         used = recorder.key_ids()
         assert len(meta.served) >= 3 and len(set(used)) == 3, (meta.served, used)
         assert used[-1] == meta.served[-1]
         assert [r["x-amz-security-token"] for r in recorder.requests][-1] == f"rotated-token-{len(meta.served)}"
+        assert "rotated-secret" not in repr(source) + repr(client)
         st.close()
     finally:
         meta.close()
+
+
+def test_container_endpoint_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A refused token fails with a StorageError naming the endpoint's answer, never the token; a
+    FULL_URI that is neither https nor local is refused, as the SDKs refuse it."""
+    meta = MetadataEndpoint("Bearer right")
+    try:
+        clean_env(monkeypatch, tmp_path, AWS_CONTAINER_CREDENTIALS_FULL_URI=meta.url,
+                  AWS_CONTAINER_AUTHORIZATION_TOKEN="Bearer wrong-token")
+        with pytest.raises(StorageError, match="container credentials endpoint failed \\(HTTP 401\\)") as exc:
+            resolve().get()
+        assert "wrong-token" not in str(exc.value)
+    finally:
+        meta.close()
+    clean_env(monkeypatch, tmp_path, AWS_CONTAINER_CREDENTIALS_FULL_URI="http://169.254.169.254.example.com/x")
+    with pytest.raises(StorageError, match="must be https"):
+        resolve()
 
 
 def test_credential_process(recorder: Recorder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

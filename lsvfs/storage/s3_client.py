@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from .s3_credentials import CredentialSource
@@ -86,8 +86,7 @@ class S3Config:
     """Virtual-hosted addressing even for bucket names botocore's "auto" would send path-style (OSS)."""
 
 
-@dataclass(frozen=True)
-class ListedObject:
+class ListedObject(NamedTuple):
     key: str
     size: int
     modified: datetime | None
@@ -353,11 +352,10 @@ def _error_of(status: int, headers: dict[str, str], body: bytes) -> S3Error:
     return S3Error(status, code, _unescape(found.get("Message", "")).strip(), headers)
 
 
-_CONTENTS = re.compile(rb"<Contents>(.*?)</Contents>", re.S)
-_FIELD = re.compile(rb"<(Key|Size|LastModified)>(.*?)</\1>", re.S)
-_TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
-_NEXT = re.compile(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
-_URL_ENCODED = re.compile(rb"<EncodingType>\s*url\s*</EncodingType>")
+_CONTENTS = re.compile(r"<Contents>(.*?)</Contents>", re.S)
+_TRUNCATED = re.compile(r"<IsTruncated>\s*true\s*</IsTruncated>")
+_NEXT = re.compile(r"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
+_URL_ENCODED = re.compile(r"<EncodingType>\s*url\s*</EncodingType>")
 _ENTITY = re.compile(r"&(lt|gt|amp|quot|apos|#x[0-9a-fA-F]+|#[0-9]+);")
 _ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
@@ -374,23 +372,39 @@ def _unescape(text: str) -> str:
     return _ENTITY.sub(one, text) if "&" in text else text
 
 
+def _field(block: str, name: str) -> str | None:
+    start = block.find(f"<{name}>")
+    if start < 0:
+        return None
+    start += len(name) + 2
+    end = block.find("</", start)
+    return block[start:end] if end >= 0 else None
+
+
+def _url_key(text: str) -> str:
+    key = _unescape(text)
+    plain = key.replace("%2F", "/")
+    return unquote(plain) if "%" in plain else plain
+
+
 def parse_list(body: bytes) -> ListPage:
     """A ListObjectsV2 result: its objects (keys decoded), and the continuation token if truncated.
 
-    The document is flat and regular, so a few regular expressions read it in
-    a fraction of an XML parser's time (a 1000-key page is ~1 ms)."""
-    decode: Callable[[str], str] = unquote if _URL_ENCODED.search(body) else _unescape
+    The document is flat and regular, so string searches read it in a
+    fraction of an XML parser's time (a 1000-key page is ~2 ms)."""
+    text = body.decode("utf-8")
+    decode: Callable[[str], str] = _url_key if _URL_ENCODED.search(text) else _unescape
     objects: list[ListedObject] = []
-    for m in _CONTENTS.finditer(body):
-        fields = {name.decode(): value.decode() for name, value in _FIELD.findall(m.group(1))}
-        if "Key" not in fields:
+    for block in _CONTENTS.findall(text):
+        key = _field(block, "Key")
+        if key is None:
             continue
-        objects.append(ListedObject(decode(_unescape(fields["Key"]) if decode is unquote else fields["Key"]),
-                                    int(fields.get("Size", "0")), _timestamp(fields.get("LastModified"))))
+        objects.append(ListedObject(decode(key), int(_field(block, "Size") or 0),
+                                    _timestamp(_field(block, "LastModified"))))
     token = None
-    if _TRUNCATED.search(body):
-        nxt = _NEXT.search(body)
-        token = _unescape(nxt.group(1).decode()) if nxt else None
+    if _TRUNCATED.search(text):
+        nxt = _NEXT.search(text)
+        token = _unescape(nxt.group(1)) if nxt else None
         if token is None and objects:
             raise S3Error(200, "MalformedListing", "truncated listing without a continuation token")
     return ListPage(objects, token)

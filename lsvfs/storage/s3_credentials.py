@@ -1,11 +1,12 @@
 """Where S3 credentials come from: the common sources read here, the rest through botocore.
 
-A fresh process (a serverless function, a cron job, `lsvfs query`) most often
-has its keys in the environment or in ~/.aws files; reading those takes
-microseconds, while importing botocore for its credential chain takes ~0.15 s.
+A fresh process (a serverless function, a container, a cron job, `lsvfs
+query`) most often has its keys in the environment, in ~/.aws files or at an
+ECS/EKS container endpoint; reading those takes microseconds to a
+millisecond, while importing botocore for its credential chain takes ~0.15 s.
 So those sources are read here, in botocore's order, and any configuration
-that needs more (assume-role, web identity, SSO, credential_process, ECS or
-EC2 metadata, credentials that refresh) goes to botocore's own chain,
+that needs more (assume-role, web identity, SSO, credential_process, EC2
+instance metadata) goes to botocore's own chain,
 imported only then, whose refreshing credentials are asked for before every
 request. Nothing here ever puts a secret in a message or a repr().
 """
@@ -105,6 +106,148 @@ class BotocoreSource:
         return f"BotocoreSource(profile={self.profile!r})"
 
 
+CONTAINER_HOST = "http://169.254.170.2"
+"""Where ECS serves AWS_CONTAINER_CREDENTIALS_RELATIVE_URI."""
+_CONTAINER_HOSTS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost")
+REFRESH_BEFORE = 15 * 60.0
+"""Ask for new container credentials this long before the old ones expire (botocore's advisory window)."""
+
+
+class ContainerSource:
+    """ECS task roles and EKS Pod Identity: credentials from the container endpoint.
+
+    Read here rather than through botocore because a container that starts per
+    request is exactly where botocore's import would be most of a cold start.
+    The endpoint is AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (on ECS's
+    169.254.170.2) or AWS_CONTAINER_CREDENTIALS_FULL_URI (https, or a loopback
+    or ECS/EKS address, as the SDKs allow), with the Authorization token from
+    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (read at every fetch: it rotates)
+    or AWS_CONTAINER_AUTHORIZATION_TOKEN. Credentials are fetched again once
+    they are within 15 minutes of expiring; if that fails while the old ones
+    are still valid, the old ones are used and the failure logged."""
+
+    name = "container credentials endpoint"
+
+    def __init__(self, url: str, env: Mapping[str, str], timeout: float = 2.0, attempts: int = 3) -> None:
+        self.url = url
+        self._token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        self._token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+        self.timeout = timeout
+        self.attempts = attempts
+        self._lock = threading.Lock()
+        self._creds: Credentials | None = None
+        self._expires = 0.0
+
+    def get(self) -> Credentials:
+        import time
+
+        now = time.time()
+        creds = self._creds
+        if creds is not None and now < self._expires - REFRESH_BEFORE:
+            return creds
+        with self._lock:
+            if self._creds is not None and time.time() < self._expires - REFRESH_BEFORE:
+                return self._creds
+            try:
+                self._creds, self._expires = self._fetch()
+            except StorageError:
+                if self._creds is None or time.time() >= self._expires:
+                    raise
+                log.warning("refreshing container credentials failed; using the current ones until they expire",
+                            exc_info=True)
+            return self._creds
+
+    def _fetch(self) -> tuple[Credentials, float]:
+        import json
+        import time
+
+        headers = {"Accept": "application/json"}
+        if self._token_file:
+            try:
+                with open(self._token_file) as fh:
+                    headers["Authorization"] = fh.read().strip()
+            except OSError as e:
+                raise StorageError(f"no usable AWS credentials: cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE "
+                                   f"({e.strerror})") from None
+        elif self._token:
+            headers["Authorization"] = self._token
+        last = ""
+        for attempt in range(self.attempts):
+            try:
+                status, body = _http_get(self.url, headers, self.timeout)
+                if status == 200:
+                    doc = json.loads(body)
+                    creds = Credentials(str(doc["AccessKeyId"]), str(doc["SecretAccessKey"]),
+                                        doc.get("Token") or None)
+                    expires = doc.get("Expiration")
+                    when = _parse_expiry(expires) if expires else time.time() + 3600.0
+                    log.debug("container credentials fetched (expire in %.0f s)", when - time.time())
+                    return creds, when
+                last = f"HTTP {status}"
+                if status < 500:
+                    break
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                last = type(e).__name__
+            if attempt + 1 < self.attempts:
+                time.sleep(min(1.0, 0.2 * 2 ** attempt))
+        raise StorageError(f"no usable AWS credentials: the container credentials endpoint failed ({last})")
+
+    def __repr__(self) -> str:
+        return f"ContainerSource({self.url!r})"
+
+
+def _http_get(url: str, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    """One GET by http.client (urllib.request would import far more for one request)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        import ssl
+
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _parse_expiry(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(text).strip().replace("Z", "+00:00")).timestamp()
+
+
+def container_url(env: Mapping[str, str]) -> str | None:
+    """The container credentials URL the environment names, if the SDKs would accept it."""
+    relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    if relative:
+        return CONTAINER_HOST + relative
+    full = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    if not full:
+        return None
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(full)
+    host = (parts.hostname or "").lower()
+    allowed = parts.scheme == "https" or host in _CONTAINER_HOSTS
+    if not allowed:
+        try:
+            allowed = ip_address(host).is_loopback
+        except ValueError:
+            allowed = False
+    if not allowed:
+        raise StorageError("AWS_CONTAINER_CREDENTIALS_FULL_URI must be https or a loopback or ECS/EKS address")
+    return full
+
+
 def _read_ini(path: str) -> Any:
     import configparser
 
@@ -141,9 +284,9 @@ def resolve(env: Mapping[str, str] | None = None, explicit: tuple[str, str] | No
     merged with AWS_* as Litestream does); AWS_ACCESS_KEY_ID /
     AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN); then, unless web identity or
     the profile asks for more, static keys of the profile (AWS_PROFILE, else
-    default) in the shared credentials file, then in the config file;
-    everything else (assume-role, SSO, credential_process, web identity, ECS
-    and EC2 metadata) is botocore's chain."""
+    default) in the shared credentials file, then in the config file; then
+    the ECS/EKS container endpoint; everything else (assume-role, SSO,
+    credential_process, web identity, EC2 instance metadata) is botocore's chain."""
     env = os.environ if env is None else env
     aws_id, aws_secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
     aws_token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
@@ -170,6 +313,9 @@ def resolve(env: Mapping[str, str] | None = None, explicit: tuple[str, str] | No
         creds = _static_from(found or {})
         if creds is not None:
             return StaticSource(creds, f"{where}, profile {name}")
+    url = container_url(env)
+    if url is not None:
+        return ContainerSource(url, env)
     return BotocoreSource(profile)
 
 
