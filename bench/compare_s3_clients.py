@@ -113,7 +113,8 @@ def make(name: str, endpoint: str) -> Any:
         class U3:
             def get(self, key: str, off: int, n: int) -> bytes:
                 path = f"/{BUCKET}/{key}"
-                r = pool.request("GET", endpoint + path, headers=signed(path, "", {"range": f"bytes={off}-{off + n - 1}"}))
+                headers = signed(path, "", {"range": f"bytes={off}-{off + n - 1}"})
+                r = pool.request("GET", endpoint + path, headers=headers)
                 assert r.status == 206, r.status
                 return bytes(r.data)
 
@@ -306,13 +307,15 @@ def main() -> None:
             server.stop()
     cols = ("import_s", "setup_s", "get_cpu_ms", "list_page_cpu_ms", "burst64_s", "burst64_proxied_s")
     print(f"\nmedians of {args.rounds} rounds; burst64 proxied at {args.rtt_ms:g} ms RTT\n")
-    print("| candidate | import ms | set-up ms | CPU ms / ranged GET | CPU ms / 1000-key LIST page | 64 GETs burst ms | "
+    print("| candidate | import ms | set-up ms | CPU ms / ranged GET | CPU ms / 1000-key LIST page "
+          "| 64 GETs burst ms | "
           f"64 GETs burst ms at {args.rtt_ms:g} ms RTT |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         med = {c: statistics.median(r[c] for r in results[name]) for c in cols}
         print(f"| {name} | {med['import_s'] * 1000:.0f} | {med['setup_s'] * 1000:.1f} | {med['get_cpu_ms']:.3f} | "
-              f"{med['list_page_cpu_ms']:.2f} | {med['burst64_s'] * 1000:.0f} | {med['burst64_proxied_s'] * 1000:.0f} |")
+              f"{med['list_page_cpu_ms']:.2f} | {med['burst64_s'] * 1000:.0f} | "
+              f"{med['burst64_proxied_s'] * 1000:.0f} |")
 
 
 if __name__ == "__main__":
