@@ -8,8 +8,9 @@ snapshot; a snapshot followed by 500 L0 files), laid out in Litestream's S3
 layout on disk and served by bench/s3_server.py in its own process (moto spends
 ~5 ms of CPU per request on the same two cores; this server ~0.1 ms), behind a
 counting LatencyProxy adding `LSVFS_BENCH_RTT_MS` (20) per round trip. Every
-reader is a fresh remote_worker.py process; systems run interleaved round by
-round, so drift on a shared machine falls on all of them alike:
+reader is a fresh remote_worker.py process; the open benchmarks run their
+systems' rounds interleaved (the first test of each runs them all), so load
+from other work on a shared machine falls on all of them alike:
 
 - `lsvfs`: this checkout;
 - `lsvfs_before`: another lsvfs tree given by `LSVFS_BENCH_BEFORE` (e.g. main
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,18 +143,42 @@ def _rounds(config: pytest.Config, name: str) -> int:
     return ROUNDS[name] if benchmarks_enabled(config) else 1
 
 
+_INTERLEAVED: dict[str, dict[str, list[Run]]] = {}
+
+
+def _interleaved(name: str, config: pytest.Config, one: Callable[[str], Run]) -> dict[str, list[Run]]:
+    """Every available system's rounds of benchmark `name`, run alternately (lsvfs, lsvfs_before,
+    go, lsvfs, ...) by the first of its tests, so load from other work on a shared machine falls
+    on every system alike; the other tests replay their system's runs."""
+    if name not in _INTERLEAVED:
+        systems = [s for s in SYSTEMS if s != "lsvfs_before" or BEFORE]
+        runs: dict[str, list[Run]] = {s: [] for s in systems}
+        for s in systems:
+            one(s)  # warm the OS cache (interpreter, modules, extension); untimed
+        for _ in range(_rounds(config, name)):
+            for s in systems:
+                runs[s].append(one(s))
+        _INTERLEAVED[name] = runs
+    return _INTERLEAVED[name]
+
+
+def _replay(benchmark: Any, runs: list[Run], figure: Callable[[Run], float]) -> None:
+    pending = iter(runs)
+
+    def one() -> tuple[float, Run]:
+        r = next(pending)
+        return figure(r), r
+
+    bench_runs(benchmark, len(runs), one)
+
+
 def _open(benchmark: Any, remote: Remote, rep: BenchReplica, path: str, system: str, name: str,
           config: pytest.Config) -> None:
     _skip_unavailable(system)
     url = remote.uploaded[path]
     expected = local_rows(rep.local_path, FIRST_SQL)[0][0]
-    _run(remote, system, "open", url)  # warm the OS cache (interpreter, modules, extension); untimed
-
-    def one() -> tuple[float, Run]:
-        r = _run(remote, system, "open", url)
-        return r.marks_s["answered"], r
-
-    runs: list[Run] = bench_runs(benchmark, _rounds(config, name), one)
+    runs = _interleaved(name, config, lambda s: _run(remote, s, "open", url))[system]
+    _replay(benchmark, runs, lambda r: r.marks_s["answered"])
     for r in runs:
         assert r.result["first_value"] == expected, f"{system}: {r.result['first_value']} != local {expected}"
     _record(benchmark, name, system, runs, "spawn to first rows", [r.result["cpu_s"] for r in runs],

@@ -285,7 +285,8 @@ class S3Client:
                 if conn.sock is None:
                     pool.connect(conn)
                 amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                host_header = host if self._port == (443 if self._scheme == "https" else 80) else f"{host}:{self._port}"
+                name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+                host_header = name if self._port == (443 if self._scheme == "https" else 80) else f"{name}:{self._port}"
                 headers = {"host": host_header, "x-amz-date": amz_date, "x-amz-content-sha256": EMPTY_SHA256, **extra}
                 if creds.token:
                     headers["x-amz-security-token"] = creds.token
