@@ -165,7 +165,7 @@ class S3Storage:
         self._lease: Lease[S3Client]
         if client is not None:
             self._lease = Lease.own(client, _close_client)
-            self.region = region or DEFAULT_REGION
+            self.region = region or client.region
         else:
             if access_key_id is None and secret_access_key is None:
                 creds = self.env_credentials()
