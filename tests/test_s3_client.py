@@ -106,6 +106,10 @@ class Recorder:
         self.release = threading.Event()
         self.held = threading.Event()
         self.status = 200
+        self.statuses: list[int] = []
+        """Statuses to answer first, one per request, before `status`."""
+        self.close_after = False
+        """Close each connection after its answer, without saying so (a server dropping idle keep-alives)."""
         rec = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -117,12 +121,15 @@ class Recorder:
                     rec.held.set()
                     rec.release.wait(60)
                     return
-                body = (b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>" if rec.status == 200
+                status = rec.statuses.pop(0) if rec.statuses else rec.status
+                body = (b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>" if status == 200
                         else b"<Error><Code>SlowDown</Code><Message>slow down</Message></Error>")
-                self.send_response(rec.status)
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                if rec.close_after:
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -207,6 +214,31 @@ def test_close_wakes_a_retry_backoff(recorder: Recorder, monkeypatch: pytest.Mon
     t.join(15)
     assert not t.is_alive() and "closed" in str(done[0])
     assert len(recorder.requests) == 3
+
+
+def test_retries_throttling_then_succeeds(recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """503 SlowDown and 500 are retried (standard mode); the third attempt's answer is the result."""
+    import lsvfs.storage.s3_client as s3_client
+
+    monkeypatch.setattr(s3_client.random, "random", lambda: 0.001)
+    recorder.statuses = [503, 500]
+    st = S3Storage("bkt", "db", endpoint=recorder.endpoint, region="us-east-1", access_key_id="AKID",
+                   secret_access_key="x" * 8)
+    assert st.list_files(0) == [] and len(recorder.requests) == 3
+    recorder.statuses = [503, 503, 503]
+    with pytest.raises(StorageError, match="SlowDown"):
+        st.list_files(0)
+    assert len(recorder.requests) == 6  # three attempts, no more
+
+
+def test_kept_connection_closed_by_the_server(recorder: Recorder) -> None:
+    """A keep-alive connection the server has dropped is replaced without failing the request."""
+    recorder.close_after = True
+    st = S3Storage("bkt", "db", endpoint=recorder.endpoint, region="us-east-1", access_key_id="AKID",
+                   secret_access_key="x" * 8, max_attempts=1)
+    for _ in range(5):
+        assert st.list_files(0) == []
+    assert len(recorder.requests) == 5
 
 
 # -- credential sources ----------------------------------------------------------------------
