@@ -89,7 +89,7 @@ def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str]
     into AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only where the AWS variable is
     *not* set (verified against the binary: with both set, the AWS ones are
     used). We do the same, so one environment gives the same identity to
-    `litestream restore` and to lsvfs. None means "use boto3's own chain".
+    `litestream restore` and to lsvfs. None means "the AWS sources" (s3_credentials.resolve).
     """
     env = dict(os.environ) if env is None else env
     lit_id = env.get("LITESTREAM_ACCESS_KEY_ID")
