@@ -18,7 +18,7 @@ import pytest
 from replication import AuthMotoS3
 
 from lsvfs.errors import StorageError
-from lsvfs.storage import FileInfo, open_storage
+from lsvfs.storage import FileInfo, SharedClients, open_storage
 from lsvfs.storage.s3 import S3Storage
 from lsvfs.storage.s3_client import S3Client, S3Config, S3Error, parse_list
 from lsvfs.storage.s3_credentials import BotocoreSource, ContainerSource, Credentials, StaticSource, resolve
@@ -193,6 +193,44 @@ def test_close_ends_a_held_request(recorder: Recorder) -> None:
     assert len(errors) == 1 and isinstance(errors[0], StorageError) and "closed" in str(errors[0])
     with pytest.raises(StorageError, match="closed"):
         st.list_files(0)
+
+
+def test_closing_one_storage_ends_only_its_requests(recorder: Recorder) -> None:
+    """Storages on one endpoint share a client; closing one ends its held request while the
+    client, and another storage's requests on it, go on."""
+    clients = SharedClients()
+    url = f"s3://bkt/{{}}?endpoint={recorder.endpoint}&region=us-east-1"
+    env = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "x" * 8}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        a, b = open_storage(url.format("a"), clients), open_storage(url.format("b"), clients)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert a._client is b._client  # type: ignore[attr-defined]
+    recorder.hold.set()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            a.read(FileInfo(0, 1, 1, 10), 0, 10)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+            errors.append(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    assert recorder.held.wait(30)
+    recorder.hold.clear()
+    a.close()
+    t.join(15)  # a liveness bound, far below the 30 s read timeout
+    assert not t.is_alive() and "closed" in str(errors[0])
+    assert b.list_files(0) == [] and len(clients) == 1  # the shared client still serves b
+    b.close()
+    assert len(clients) == 0
 
 
 def test_close_wakes_a_retry_backoff(recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:

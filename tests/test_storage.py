@@ -354,7 +354,7 @@ def spy_lists(st: S3Storage, seen: list[Any]) -> None:
 
     def spy(bucket: str, prefix: str, **kw: Any) -> Any:
         names = {"start_after": "StartAfter", "continuation_token": "ContinuationToken", "max_keys": "MaxKeys"}
-        seen.append({"Bucket": bucket, "Prefix": prefix, **{names[k]: v for k, v in kw.items() if v}})
+        seen.append({"Bucket": bucket, "Prefix": prefix, **{names[k]: v for k, v in kw.items() if v and k in names}})
         return real(bucket, prefix, **kw)
 
     st._client.list_objects = spy  # type: ignore[method-assign]

@@ -43,6 +43,7 @@ from .s3_client import (
     S3Client,
     S3Config,
     S3Error,
+    Scope,
 )
 from .s3_credentials import NO_CREDENTIALS_HINT, profile_region, resolve
 from .shared import Lease, SharedClients, fingerprint, lease
@@ -178,6 +179,7 @@ class S3Storage:
             self._lease = lease(clients, key, lambda: self._make_client(key, key_id, secret), _close_client)
             self.region = str(self._lease.client.region)
         self._client = self._lease.client
+        self._scope = Scope()
         query: dict[str, str] = {}
         if self.endpoint:
             query["endpoint"] = self.endpoint
@@ -280,7 +282,7 @@ class S3Storage:
         token: str | None = None
         while True:
             page = self._client.list_objects(self.bucket, prefix, start_after=start_after,
-                                             continuation_token=token, max_keys=self.page_size)
+                                             continuation_token=token, max_keys=self.page_size, scope=self._scope)
             yield from page.objects
             token = page.next_token
             if token is None:
@@ -304,7 +306,7 @@ class S3Storage:
 
     def _get(self, key: str, range_: tuple[int, int] | None) -> bytes:
         try:
-            return self._client.get_object(self.bucket, key, range_)
+            return self._client.get_object(self.bucket, key, range_, scope=self._scope)
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "get" if range_ is None else f"get bytes={range_[0]}-{range_[1]}", key) from e
 
@@ -348,7 +350,9 @@ class S3Storage:
         return scrub(text, [secret])
 
     def close(self) -> None:
-        """Let go of the client; the last storage on it closes its connections."""
+        """End this storage's requests in flight (another storage may share the client, so not
+        theirs), then let go of the client; the last storage on it closes its connections."""
+        self._client.cancel(self._scope)
         self._lease.close()
 
     def __enter__(self) -> S3Storage:

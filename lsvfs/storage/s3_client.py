@@ -11,7 +11,10 @@ Thread-safe: one pool of connections per host, shared by every thread; a
 request takes a connection out of the pool and gives it back when done.
 `close()` shuts down the sockets of requests in flight, so a thread blocked
 in a read returns within moments (a connect in progress within the connect
-timeout), and a retry waiting out its back-off wakes at once.
+timeout), and a retry waiting out its back-off wakes at once. A client is
+shared by every storage on its endpoint, so each storage sends its requests
+in a `Scope` and `cancel(scope)` does the same for that storage's requests
+alone, when it closes while the client lives on.
 Retries follow the SDKs' "standard" mode: connection failures, timeouts,
 5xx and throttling errors, with jittered exponential back-off.
 """
@@ -26,6 +29,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +70,17 @@ class ConnectionLost(Exception):
 
 class ClientClosed(Exception):
     """The client was closed: requests in flight end with this, new ones start with it."""
+
+
+class Scope:
+    """The requests of one holder of a shared client (one storage): `S3Client.cancel(scope)`
+    ends those in flight and fails later ones, leaving other holders' requests alone."""
+
+    __slots__ = ("cancelled", "conns", "__weakref__")
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.conns: set[http.client.HTTPConnection] = set()
 
 
 @dataclass(frozen=True)
@@ -158,10 +173,7 @@ class _Pool:
         for conn in idle:
             conn.close()
         for conn in busy:  # wakes a thread blocked reading it; that thread closes it
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            _shutdown(conn)
 
 
 class S3Client:
@@ -176,6 +188,7 @@ class S3Client:
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._bucket_regions: dict[str, str] = {}
         self._closed = threading.Event()
+        self._scopes: weakref.WeakSet[Scope] = weakref.WeakSet()
         self._ssl_context: Any = None
         if cfg.endpoint:
             parts = urlsplit(cfg.endpoint)
@@ -215,40 +228,47 @@ class S3Client:
 
     # -- the two calls --------------------------------------------------------
 
-    def get_object(self, bucket: str, key: str, range_: tuple[int, int] | None = None) -> bytes:
+    def get_object(self, bucket: str, key: str, range_: tuple[int, int] | None = None, *,
+                   scope: Scope | None = None) -> bytes:
         """The object's bytes, or `range_` = (first, last) inclusive of them."""
         headers = {"range": f"bytes={range_[0]}-{range_[1]}"} if range_ is not None else {}
-        _, _, body = self.request("GET", bucket, key, [], headers)
+        _, _, body = self.request("GET", bucket, key, [], headers, scope=scope)
         return body
 
     def list_objects(self, bucket: str, prefix: str, *, start_after: str | None = None,
-                     continuation_token: str | None = None, max_keys: int = 1000) -> ListPage:
+                     continuation_token: str | None = None, max_keys: int = 1000,
+                     scope: Scope | None = None) -> ListPage:
         """One page of ListObjectsV2."""
         params = [("list-type", "2"), ("prefix", prefix), ("max-keys", str(max_keys)), ("encoding-type", "url")]
         if start_after:
             params.append(("start-after", start_after))
         if continuation_token:
             params.append(("continuation-token", continuation_token))
-        _, _, body = self.request("GET", bucket, "", params, {})
+        _, _, body = self.request("GET", bucket, "", params, {}, scope=scope)
         return parse_list(body)
 
     # -- one request, with retries ----------------------------------------------
 
     def request(self, method: str, bucket: str, key: str, params: list[tuple[str, str]],
-                extra: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+                extra: dict[str, str], *, scope: Scope | None = None) -> tuple[int, dict[str, str], bytes]:
         """Send a signed request; (status, headers, body) of a 2xx answer, else S3Error or a connection error."""
         query = canonical_query(params)
         attempt, redirected = 0, False
+        if scope is not None:
+            with self._lock:
+                self._scopes.add(scope)
+                if self._closed.is_set():
+                    scope.cancelled.set()
         while True:
-            if self._closed.is_set():
+            if self._closed.is_set() or (scope is not None and scope.cancelled.is_set()):
                 raise ClientClosed()
             attempt += 1
             try:
-                status, headers, body = self._once(method, bucket, key, query, extra)
+                status, headers, body = self._once(method, bucket, key, query, extra, scope)
             except (EndpointUnreachable, ConnectionLost) as e:
                 if attempt >= self.config.max_attempts:
                     raise
-                self._backoff(attempt, e)
+                self._backoff(attempt, e, scope)
                 continue
             if status < 300:
                 return status, headers, body
@@ -262,18 +282,19 @@ class S3Client:
                 attempt -= 1
                 continue
             if attempt < self.config.max_attempts and (status in RETRY_STATUS or err.code in RETRY_CODES):
-                self._backoff(attempt, err)
+                self._backoff(attempt, err, scope)
                 continue
             raise err
 
-    def _backoff(self, attempt: int, why: BaseException) -> None:
+    def _backoff(self, attempt: int, why: BaseException, scope: Scope | None) -> None:
         delay = random.random() * min(MAX_BACKOFF, 2.0 ** (attempt - 1))
         log.debug("S3 request failed (%s); retry %d in %.2f s", why, attempt, delay)
-        if self._closed.wait(delay):
+        # close() sets every scope's event too, so waiting on the scope's alone sees both.
+        if (scope.cancelled if scope is not None else self._closed).wait(delay):
             raise ClientClosed()
 
-    def _once(self, method: str, bucket: str, key: str, query: str,
-              extra: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _once(self, method: str, bucket: str, key: str, query: str, extra: dict[str, str],
+              scope: Scope | None) -> tuple[int, dict[str, str], bytes]:
         host, path = self._address(bucket, key)
         pool = self._pool(host)
         creds = self.credentials.get()
@@ -281,9 +302,16 @@ class S3Client:
         while True:
             conn, reused = pool.acquire()
             ok = False
+            if scope is not None:
+                with self._lock:
+                    scope.conns.add(conn)
             try:
+                if scope is not None and scope.cancelled.is_set():
+                    raise ClientClosed()
                 if conn.sock is None:
                     pool.connect(conn)
+                    if scope is not None and scope.cancelled.is_set():  # cancelled while connecting
+                        raise ClientClosed()
                 amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 name = f"[{host}]" if ":" in host else host  # an IPv6 literal
                 host_header = name if self._port == (443 if self._scheme == "https" else 80) else f"{name}:{self._port}"
@@ -310,26 +338,49 @@ class S3Client:
             except (ClientClosed, EndpointUnreachable):
                 raise
             except (http.client.HTTPException, OSError) as e:
-                if self._closed.is_set():
+                if self._closed.is_set() or (scope is not None and scope.cancelled.is_set()):
                     raise ClientClosed() from None
                 if reused and isinstance(e, (http.client.RemoteDisconnected, BrokenPipeError,
                                              ConnectionResetError)):
                     continue  # a kept connection the server had closed: try a fresh one, same attempt
                 raise ConnectionLost(f"{self._scheme}://{host}:{self._port}: {type(e).__name__}: {e}") from e
             finally:
-                pool.release(conn, ok)
+                if scope is not None:
+                    with self._lock:
+                        scope.conns.discard(conn)
+                pool.release(conn, ok and not (scope is not None and scope.cancelled.is_set()))
+
+    def cancel(self, scope: Scope) -> None:
+        """End `scope`'s requests in flight (their sockets are shut down, so a blocked read returns
+        at once) and fail its later ones; the client and other scopes go on."""
+        with self._lock:
+            scope.cancelled.set()
+            conns = list(scope.conns)
+        for conn in conns:
+            _shutdown(conn)
 
     def close(self) -> None:
         """End every request in flight and close every connection; later requests fail with ClientClosed."""
-        self._closed.set()
         with self._lock:
+            self._closed.set()
             pools = list(self._pools.values())
+            scopes = list(self._scopes)
+        for scope in scopes:
+            scope.cancelled.set()
         for pool in pools:
             pool.close()
 
     def __repr__(self) -> str:
         where = self.config.endpoint or f"AWS {self.region}"
         return f"S3Client({where}, credentials from {self.credentials.name})"
+
+
+def _shutdown(conn: http.client.HTTPConnection) -> None:
+    """Shut a connection's socket down under a thread that may be blocked on it (it then sees EOF)."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _ssl_context(skip_verify: bool) -> Any:
