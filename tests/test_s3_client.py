@@ -437,6 +437,37 @@ def test_credential_process(recorder: Recorder, monkeypatch: pytest.MonkeyPatch,
     assert recorder.requests[0]["x-amz-security-token"] == "process-token"
 
 
+@pytest.mark.s3
+def test_assume_role_through_botocore(recorder: Recorder, moto_s3: Any, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    """A profile with role_arn + source_profile goes to botocore's chain, which calls STS
+    (moto's, by AWS_ENDPOINT_URL_STS) and signs with the temporary keys it returns."""
+    creds = write(tmp_path / "credentials", "[base]\naws_access_key_id = AKIABASE\naws_secret_access_key = base\n")
+    config = write(tmp_path / "config", "[profile reader]\nrole_arn = arn:aws:iam::123456789012:role/reader\n"
+                                        "source_profile = base\nregion = us-east-1\n")
+    clean_env(monkeypatch, tmp_path, AWS_SHARED_CREDENTIALS_FILE=creds, AWS_CONFIG_FILE=config,
+              AWS_PROFILE="reader", AWS_ENDPOINT_URL_STS=moto_s3.endpoint)
+    assert isinstance(resolve(), BotocoreSource)
+    open_storage(f"s3://bkt/db?endpoint={recorder.endpoint}&region=us-east-1").list_files(0)
+    (key_id,) = recorder.key_ids()
+    assert key_id.startswith("ASIA") and recorder.requests[0].get("x-amz-security-token")
+
+
+@pytest.mark.s3
+def test_web_identity_through_botocore(recorder: Recorder, moto_s3: Any, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    """EKS IRSA: AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN go to botocore's chain, which calls
+    STS AssumeRoleWithWebIdentity (moto's) and signs with the keys it returns."""
+    token = write(tmp_path / "token", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0.c2ln")
+    clean_env(monkeypatch, tmp_path, AWS_WEB_IDENTITY_TOKEN_FILE=token, AWS_REGION="us-east-1",
+              AWS_ROLE_ARN="arn:aws:iam::123456789012:role/irsa", AWS_ROLE_SESSION_NAME="lsvfs-test",
+              AWS_ENDPOINT_URL_STS=moto_s3.endpoint)
+    assert isinstance(resolve(), BotocoreSource)
+    open_storage(f"s3://bkt/db?endpoint={recorder.endpoint}&region=us-east-1").list_files(0)
+    (key_id,) = recorder.key_ids()
+    assert key_id.startswith("ASIA") and recorder.requests[0].get("x-amz-security-token")
+
+
 def test_no_secret_in_repr_or_errors(recorder: Recorder) -> None:
     creds = Credentials("AKID", "very-secret-value", "very-secret-token")
     assert "very-secret" not in repr(creds) + repr(StaticSource(creds, "given"))
