@@ -468,6 +468,71 @@ def test_web_identity_through_botocore(recorder: Recorder, moto_s3: Any, monkeyp
     assert key_id.startswith("ASIA") and recorder.requests[0].get("x-amz-security-token")
 
 
+class InstanceMetadata:
+    """An EC2 instance metadata service (IMDSv2) on 127.0.0.1 serving a role's rotating keys."""
+
+    def __init__(self) -> None:
+        self.served: list[str] = []
+        me = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self) -> None:  # noqa: N802
+                self._send(200, b"imds-session-token")
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.headers.get("X-aws-ec2-metadata-token") != "imds-session-token":
+                    return self._send(401, b"")
+                if self.path.rstrip("/") == "/latest/meta-data/iam/security-credentials":
+                    return self._send(200, b"reader-role")
+                if self.path == "/latest/meta-data/iam/security-credentials/reader-role":
+                    n = len(me.served) + 1
+                    me.served.append(f"ASIAIMDS{n:04d}")
+                    expires = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    return self._send(200, json.dumps({
+                        "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": me.served[-1],
+                        "SecretAccessKey": f"imds-secret-{n}", "Token": f"imds-token-{n}",
+                        "Expiration": expires}).encode())
+                return self._send(404, b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_instance_metadata_through_botocore(recorder: Recorder, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """With nothing else configured, EC2 instance metadata (IMDSv2, at AWS_EC2_METADATA_SERVICE_ENDPOINT)
+    through botocore's chain, token and all. (Rotation is botocore's: keys served with under 15
+    minutes left get their expiry pushed 5-10 minutes on, so three requests use one set.)"""
+    imds = InstanceMetadata()
+    try:
+        clean_env(monkeypatch, tmp_path, AWS_EC2_METADATA_DISABLED="false",
+                  AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.endpoint)
+        assert isinstance(resolve(), BotocoreSource)
+        st = open_storage(f"s3://bkt/db?endpoint={recorder.endpoint}&region=us-east-1")
+        for _ in range(3):
+            st.list_files(0)
+        used = recorder.key_ids()
+        assert used == [imds.served[-1]] * 3, used
+        assert recorder.requests[-1]["x-amz-security-token"] == f"imds-token-{len(imds.served)}"
+        st.close()
+    finally:
+        imds.close()
+
+
 def test_no_secret_in_repr_or_errors(recorder: Recorder) -> None:
     creds = Credentials("AKID", "very-secret-value", "very-secret-token")
     assert "very-secret" not in repr(creds) + repr(StaticSource(creds, "given"))
