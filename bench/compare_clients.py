@@ -8,12 +8,10 @@ WebDAV clients:
   which is httpx underneath.
 
 OSS clients:
-- `boto3`: lsvfs's OSSStorage as shipped (botocore's S3 client on OSS's
-  S3-compatible API, V4 signatures);
-- `boto3, ISO dates`: the same, its botocore session told to parse
-  timestamps with datetime.fromisoformat (falling back to botocore's own
-  parser): botocore parses each listed object's LastModified with dateutil,
-  which is most of a listing's CPU;
+- `lsvfs`: lsvfs's OSSStorage as shipped (lsvfs's own S3 client on OSS's
+  S3-compatible API, V4 signatures; until issue 19 this was botocore's client,
+  measured here as `boto3`, and bench/compare_s3_clients.py now compares S3
+  request paths);
 - `oss2`: Alibaba's SDK (`Bucket.list_objects_v2`, `get_object(byte_range=)`),
   OSS4-HMAC-SHA256 signatures (oss2.AuthV4), its defaults otherwise.
 
@@ -51,7 +49,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -304,41 +301,14 @@ def serve_oss(data: Data, base: Path, delay: float) -> Served:
     def shipped() -> Client:
         from lsvfs.storage.oss import OSSStorage
 
-        return StorageClient("boto3", "oss", OSSStorage(bucket, "db", endpoint=endpoint, region="us-east-1",
+        return StorageClient("lsvfs", "oss", OSSStorage(bucket, "db", endpoint=endpoint, region="us-east-1",
                                                         access_key_id=OSS_KEY, secret_access_key=OSS_SECRET))
 
-    def iso_dates() -> Client:
-        from lsvfs.storage.oss import OSSStorage
-
-        return StorageClient("boto3, ISO dates", "oss", OSSStorage(bucket, "db", client=fast_dates_client(endpoint)))
-
-    served.clients += [shipped, iso_dates]
+    served.clients += [shipped]
     if _importable("oss2"):
         served.clients.append(lambda: OSS2(endpoint, bucket, "db"))
         served.clients.append(lambda: OSS2(endpoint, bucket, "db", crc=False))
     return served
-
-
-def fast_dates_client(endpoint: str) -> Any:
-    """A botocore S3 client like OSSStorage's whose timestamps are parsed by datetime.fromisoformat."""
-    import botocore.session
-    from botocore.config import Config
-    from botocore.utils import parse_timestamp
-
-    def parse(value: str) -> Any:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return parse_timestamp(value)  # e.g. an RFC 1123 Last-Modified header
-
-    session = botocore.session.get_session()
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse)
-    return session.create_client(
-        "s3", region_name="us-east-1", endpoint_url=endpoint, aws_access_key_id=OSS_KEY,
-        aws_secret_access_key=OSS_SECRET,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"total_max_attempts": 3},
-                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                      max_pool_connections=64))
 
 
 def _importable(module: str) -> bool:

@@ -398,8 +398,8 @@ def _one_line(exc: BaseException) -> str:
 def run() -> None:
     """The console script: `main`, then exit without the interpreter's final garbage collections.
 
-    Once botocore has loaded its S3 model, those collections cost a large share of a
-    one-query command (bench/README.md). The command has closed what it opened by now and
+    A one-query command that loaded a cloud SDK's models pays a large share of its time in
+    those collections (bench/README.md). The command has closed what it opened by now and
     no user code runs in this process, so nothing needs collecting; atexit handlers still run."""
     code = main()
     gc.freeze()

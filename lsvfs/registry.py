@@ -3,7 +3,7 @@
 The one piece of global state: every connection to a replica, however its
 URL is spelled, shares one Replica (one poller, one page table, one cache);
 and every Replica on one storage endpoint shares its storage client (one
-boto3, GCS or Azure client per endpoint and credentials, not per replica).
+S3, GCS or Azure client per endpoint and credentials, not per replica).
 """
 
 from __future__ import annotations

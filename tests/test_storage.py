@@ -302,16 +302,16 @@ def test_open_storage_s3_config(s3_env: None) -> None:
     st = open_storage("s3://bkt/some/db?endpoint=http://127.0.0.1:1&region=eu-central-1")
     assert isinstance(st, S3Storage) and isinstance(st, StorageClient)
     assert (st.bucket, st.path, st.region) == ("bkt", "some/db", "eu-central-1")
-    cfg = st._client.meta.config
-    assert cfg.s3["addressing_style"] == "path"  # endpoint given => path style, like litestream
+    cfg = st._client.config
+    assert cfg.path_style  # endpoint given => path style, like litestream
     assert (cfg.connect_timeout, cfg.read_timeout, cfg.max_pool_connections) == (5.0, 30.0, 64)
-    assert cfg.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert cfg.max_attempts == 3
     assert st.level_prefix(0) == "some/db/0000/" and st.level_prefix(9) == "some/db/0009/"
     assert st.key_of(FileInfo(9, 1, 0xAB, 1)) == "some/db/0009/0000000000000001-00000000000000ab.ltx"
     assert S3Storage("bkt", "").level_prefix(3) == "0003/"  # empty path: no leading slash
     assert parse_url(st.url) == parse_url("s3://bkt/some/db?endpoint=http://127.0.0.1:1&region=eu-central-1")
     aws = open_storage("s3://bkt/db")
-    assert isinstance(aws, S3Storage) and aws._client.meta.config.s3["addressing_style"] == "auto"
+    assert isinstance(aws, S3Storage) and not aws._client.config.path_style
     assert aws.region == "us-east-1"  # from AWS_DEFAULT_REGION
 
 
@@ -348,6 +348,18 @@ def s3fx(moto_s3: MotoS3, s3_bucket: str) -> S3Fixture:
     return S3Fixture(moto_s3, s3_bucket)
 
 
+def spy_lists(st: S3Storage, seen: list[Any]) -> None:
+    """Record the parameters of every LIST page `st` asks for (S3's names)."""
+    real = st._client.list_objects
+
+    def spy(bucket: str, prefix: str, **kw: Any) -> Any:
+        names = {"start_after": "StartAfter", "continuation_token": "ContinuationToken", "max_keys": "MaxKeys"}
+        seen.append({"Bucket": bucket, "Prefix": prefix, **{names[k]: v for k, v in kw.items() if v and k in names}})
+        return real(bucket, prefix, **kw)
+
+    st._client.list_objects = spy  # type: ignore[method-assign]
+
+
 @pytest.mark.s3
 def test_s3_listing_levels_and_names(s3fx: S3Fixture) -> None:
     for lo in (4, 2, 3):
@@ -367,9 +379,7 @@ def test_s3_listing_levels_and_names(s3fx: S3Fixture) -> None:
     assert st.list_files(5) == []
     # Every level in one LIST: the same files, the same junk skipped.
     seen: list[dict[str, Any]] = []
-    st._client.meta.events.register(
-        "provide-client-params.s3.ListObjectsV2", lambda params, **_: seen.append(dict(params))
-    )
+    spy_lists(st, seen)
     every = st.list_every_level()
     assert every == [f for lvl in LEVELS for f in st.list_files(lvl)]
     assert seen[0]["Prefix"] == "db/" and len(seen) == 1 + len(LEVELS)
@@ -403,9 +413,7 @@ def test_s3_list_from_txid_uses_start_after(s3fx: S3Fixture) -> None:
         s3fx.put(0, lo, lo + (5 if lo == 9 else 0), size=10)
     st = s3fx.storage()
     seen: list[dict[str, Any]] = []
-    st._client.meta.events.register(
-        "provide-client-params.s3.ListObjectsV2", lambda params, **_: seen.append(dict(params))
-    )
+    spy_lists(st, seen)
     got = st.list_files(0, 10)
     assert [(f.min_txid, f.max_txid) for f in got] == [(10, 10), (11, 11), (12, 12)]
     # Everything up to and including "<min_txid-1>-ffff…" is skipped by the server.
@@ -423,7 +431,7 @@ def test_s3_pagination_small_pages(s3fx: S3Fixture) -> None:
         s3fx.put(0, lo, lo, size=1)
     st = s3fx.storage(page_size=5)
     calls: list[int] = []
-    st._client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **_: calls.append(1))
+    spy_lists(st, calls)
     assert [f.min_txid for f in st.list_files(0)] == list(range(1, 24))
     assert len(calls) == 5
     calls.clear()
@@ -439,7 +447,7 @@ def test_s3_pagination_over_1000_objects(s3fx: S3Fixture) -> None:
     s3fx.moto.bulk_put(s3fx.bucket, ((s3fx.key(0, lo, lo), b"") for lo in range(1, n + 1)))
     st = s3fx.storage()
     calls: list[int] = []
-    st._client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **_: calls.append(1))
+    spy_lists(st, calls)
     files = st.list_files(0)
     assert [f.min_txid for f in files] == list(range(1, n + 1))
     assert len(calls) == 2

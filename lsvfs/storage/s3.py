@@ -1,12 +1,16 @@
 """S3 replicas: key `<path>/<level:04x>/<min:016x>-<max:016x>.ltx`.
 
-The boto3 client is made once per endpoint, region, credentials and options
-and shared (lsvfs/storage/shared.py) by every storage on it, whatever its
-bucket and path, and by every thread (boto3 clients are thread-safe;
-sessions are not, so a session is used only to make its one client).
-Every botocore failure becomes a StorageError that names the bucket/key and
-the cause, so a user sees "NoSuchBucket" or "endpoint unreachable" rather
-than a botocore traceback.
+Requests go through lsvfs's own lean S3 client (s3_client.py: http.client,
+our SigV4, pooled keep-alive connections), not botocore: a fresh process
+reaches its first rows without the ~0.25 s botocore takes to import and build
+a client, and each request costs a fraction of a millisecond of CPU.
+Credentials come from s3_credentials.py, which reads the environment and the
+~/.aws files itself and leaves everything else to botocore's chain.
+The client is made once per endpoint, region, credentials and options and
+shared (lsvfs/storage/shared.py) by every storage on it, whatever its bucket
+and path, and by every thread. Every failure becomes a StorageError that
+names the bucket/key and the cause, so a user sees "NoSuchBucket" or
+"endpoint unreachable" rather than a traceback.
 """
 
 from __future__ import annotations
@@ -14,23 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from contextlib import closing
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
-
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-)
 
 from ..errors import LTXError, MissingFileError, StorageError
 from .base import (
@@ -44,7 +34,18 @@ from .base import (
     level_dir,
     parse_filename,
 )
-from .redact import redact_url
+from .redact import redact_url, scrub
+from .s3_client import (
+    ClientClosed,
+    ConnectionLost,
+    EndpointUnreachable,
+    ListedObject,
+    S3Client,
+    S3Config,
+    S3Error,
+    Scope,
+)
+from .s3_credentials import NO_CREDENTIALS_HINT, profile_region, resolve
 from .shared import Lease, SharedClients, fingerprint, lease
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str]
     into AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only where the AWS variable is
     *not* set (verified against the binary: with both set, the AWS ones are
     used). We do the same, so one environment gives the same identity to
-    `litestream restore` and to lsvfs. None means "use boto3's own chain".
+    `litestream restore` and to lsvfs. None means "the AWS sources" (s3_credentials.resolve).
     """
     env = dict(os.environ) if env is None else env
     lit_id = env.get("LITESTREAM_ACCESS_KEY_ID")
@@ -108,8 +109,8 @@ def litestream_credentials(env: dict[str, str] | None = None) -> tuple[str, str]
 
 @dataclass(frozen=True)
 class ClientKey:
-    """What tells one boto3 client from another (never the bucket or path):
-    credentials only as a digest, with the environment boto3 reads."""
+    """What tells one S3 client from another (never the bucket or path):
+    credentials only as a digest, with the AWS_* environment they may come from."""
 
     scheme: str
     endpoint: str | None
@@ -147,7 +148,7 @@ class S3Storage:
         read_timeout: float = READ_TIMEOUT,
         max_pool_connections: int = MAX_POOL_CONNECTIONS,
         page_size: int = 1000,
-        client: Any = None,
+        client: S3Client | None = None,
         clients: SharedClients | None = None,
     ) -> None:
         """`client` is used as given and closed with this storage; otherwise the
@@ -162,10 +163,10 @@ class S3Storage:
         self.force_path_style = bool(endpoint) if force_path_style is None else force_path_style
         self.skip_verify = skip_verify
         self.page_size = page_size
-        self._lease: Lease[Any]
+        self._lease: Lease[S3Client]
         if client is not None:
             self._lease = Lease.own(client, _close_client)
-            self.region = region or DEFAULT_REGION
+            self.region = region or client.region
         else:
             if access_key_id is None and secret_access_key is None:
                 creds = self.env_credentials()
@@ -176,8 +177,9 @@ class S3Storage:
                             fingerprint(access_key_id, secret_access_key, env=("AWS_",)))
             key_id, secret = access_key_id, secret_access_key
             self._lease = lease(clients, key, lambda: self._make_client(key, key_id, secret), _close_client)
-            self.region = str(self._lease.client.meta.region_name)
+            self.region = str(self._lease.client.region)
         self._client = self._lease.client
+        self._scope = Scope()
         query: dict[str, str] = {}
         if self.endpoint:
             query["endpoint"] = self.endpoint
@@ -192,42 +194,29 @@ class S3Storage:
 
     @staticmethod
     def env_credentials() -> tuple[str, str] | None:
-        """Static keys from the environment, else None (boto3's own chain)."""
+        """Static keys from the LITESTREAM_* variables, else None (the AWS sources)."""
         return litestream_credentials()
 
-    def default_region(self, session: Any) -> str:
+    def default_region(self) -> str:
         """The region when the URL names none: AWS's configuration, else us-east-1."""
-        return str(session.get_config_variable("region") or DEFAULT_REGION)
+        return profile_region() or DEFAULT_REGION
 
     def client_endpoint(self, region: str) -> str | None:
         """Where the client sends requests (None: AWS, by region)."""
         return self.endpoint
 
-    def client_config(self, key: ClientKey) -> Config:
-        return Config(
-            connect_timeout=key.connect_timeout,
-            read_timeout=key.read_timeout,
-            retries={"mode": "standard", "total_max_attempts": key.max_attempts},
-            max_pool_connections=key.max_pool_connections,
-            s3={"addressing_style": "path" if key.path_style else "auto"},
-            user_agent_extra="lsvfs",
-        )
+    def client_config(self, key: ClientKey, region: str) -> S3Config:
+        return S3Config(
+            region=region, endpoint=self.client_endpoint(region), path_style=key.path_style,
+            skip_verify=key.skip_verify, connect_timeout=key.connect_timeout, read_timeout=key.read_timeout,
+            max_attempts=key.max_attempts, max_pool_connections=key.max_pool_connections)
 
-    def _make_client(self, key: ClientKey, access_key_id: str | None, secret_access_key: str | None) -> Any:
-        # boto3's own core, botocore, without boto3's wrapper: importing boto3
-        # also imports s3transfer, a fifth of a second at every cold start.
-        session = botocore.session.get_session()
-        region = key.region or self.default_region(session)
-        log.debug("new %s client for %s (region %s)", self.scheme, self.client_endpoint(region) or "AWS", region)
-        return session.create_client(
-            "s3",
-            region_name=region,
-            endpoint_url=self.client_endpoint(region),
-            verify=not key.skip_verify,
-            config=self.client_config(key),
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-        )
+    def _make_client(self, key: ClientKey, access_key_id: str | None, secret_access_key: str | None) -> S3Client:
+        region = key.region or self.default_region()
+        explicit = (access_key_id, secret_access_key) if access_key_id and secret_access_key else None
+        client = S3Client(self.client_config(key, region), resolve(explicit=explicit))
+        log.debug("new %r", client)
+        return client
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -251,24 +240,16 @@ class S3Storage:
         """
         check_level(level)
         prefix = self.level_prefix(level)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if min_txid > 1:
-            kwargs["StartAfter"] = prefix + format_filename(min_txid - 1, 0xFFFFFFFFFFFFFFFF)
+        start_after = prefix + format_filename(min_txid - 1, 0xFFFFFFFFFFFFFFFF) if min_txid > 1 else None
         out: list[FileInfo] = []
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                **kwargs, PaginationConfig={"PageSize": self.page_size}
-            )
-            for page in pages:
-                for obj in page.get("Contents", ()):
-                    name = obj["Key"][len(prefix):]
-                    try:
-                        lo, hi = parse_filename(name)
-                    except LTXError:
-                        continue
-                    if lo < min_txid:
-                        continue
-                    out.append(FileInfo(level, lo, hi, int(obj["Size"]), obj.get("LastModified")))
+            for obj in self._list(prefix, start_after):
+                try:
+                    lo, hi = parse_filename(obj.key[len(prefix):])
+                except LTXError:
+                    continue
+                if lo >= min_txid:
+                    out.append(FileInfo(level, lo, hi, obj.size, obj.modified))
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "list", prefix) from e
         out.sort(key=lambda f: (f.min_txid, f.max_txid))
@@ -280,24 +261,32 @@ class S3Storage:
         root = self.level_prefix(0)[:-len("0000/")]
         out: list[FileInfo] = []
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=root, PaginationConfig={"PageSize": self.page_size})
-            for page in pages:
-                for obj in page.get("Contents", ()):
-                    folder, _, name = obj["Key"][len(root):].partition("/")
-                    level = int(folder, 16) if _LEVEL_FOLDER.fullmatch(folder) else -1
-                    if level not in LEVELS:
-                        continue
-                    try:
-                        lo, hi = parse_filename(name)
-                    except LTXError:
-                        continue
-                    if lo >= min_txid:
-                        out.append(FileInfo(level, lo, hi, int(obj["Size"]), obj.get("LastModified")))
+            for obj in self._list(root):
+                folder, _, name = obj.key[len(root):].partition("/")
+                level = int(folder, 16) if _LEVEL_FOLDER.fullmatch(folder) else -1
+                if level not in LEVELS:
+                    continue
+                try:
+                    lo, hi = parse_filename(name)
+                except LTXError:
+                    continue
+                if lo >= min_txid:
+                    out.append(FileInfo(level, lo, hi, obj.size, obj.modified))
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "list", root or "/") from e
         out.sort(key=lambda f: (f.level, f.min_txid, f.max_txid))
         return out
+
+    def _list(self, prefix: str, start_after: str | None = None) -> Iterator[ListedObject]:
+        """Every object under `prefix` (after `start_after`), page by page."""
+        token: str | None = None
+        while True:
+            page = self._client.list_objects(self.bucket, prefix, start_after=start_after,
+                                             continuation_token=token, max_keys=self.page_size, scope=self._scope)
+            yield from page.objects
+            token = page.next_token
+            if token is None:
+                return
 
     # -- reading ----------------------------------------------------------
 
@@ -307,7 +296,7 @@ class S3Storage:
         if length == 0:
             return b""
         key = self.key_of(info)
-        data = self._get(key, f"bytes={offset}-{offset + length - 1}")
+        data = self._get(key, (offset, offset + length - 1))
         return exact(data, info, f"{self.scheme}://{self.bucket}/{key}", offset, length)
 
     def read_all(self, info: FileInfo) -> bytes:
@@ -315,17 +304,11 @@ class S3Storage:
         key = self.key_of(info)
         return exact(self._get(key, None), info, f"{self.scheme}://{self.bucket}/{key}")
 
-    def _get(self, key: str, range_: str | None) -> bytes:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        if range_ is not None:
-            kwargs["Range"] = range_
+    def _get(self, key: str, range_: tuple[int, int] | None) -> bytes:
         try:
-            resp = self._client.get_object(**kwargs)
-            with closing(resp["Body"]) as body:
-                data: bytes = body.read()
-                return data
+            return self._client.get_object(self.bucket, key, range_, scope=self._scope)
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
-            raise self._error(e, "get" if range_ is None else f"get {range_}", key) from e
+            raise self._error(e, "get" if range_ is None else f"get bytes={range_[0]}-{range_[1]}", key) from e
 
     # -- errors -----------------------------------------------------------
 
@@ -333,34 +316,43 @@ class S3Storage:
         where = f"{self.scheme}://{self.bucket}/{key}"
         if isinstance(e, StorageError):
             return e
-        if isinstance(e, ClientError):
-            err = e.response.get("Error", {})
-            code = str(err.get("Code") or "")
-            status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
+        response = getattr(e, "response", None)  # botocore's ClientError (fault injection in tests)
+        if isinstance(e, S3Error) or isinstance(response, dict):
+            if isinstance(e, S3Error):
+                code, status, msg = e.code, str(e.status), e.message
+            else:
+                assert isinstance(response, dict)
+                err = response.get("Error", {})
+                code, msg = str(err.get("Code") or ""), str(err.get("Message") or "").strip()
+                status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
             hint = _HINTS.get(code) or _STATUS_HINTS.get(code) or _STATUS_HINTS.get(status)
-            msg = str(err.get("Message") or "").strip()
             detail = f"{code or 'HTTP ' + status}: {hint or msg or 'error'}"
             if hint and msg and msg not in hint:
                 detail += f" ({msg})"
             cls = MissingFileError if code in ("NoSuchKey", "404") and op.startswith("get") else StorageError
-            return cls(f"{where}: {op} failed: {detail}")
-        if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
-            return StorageError(
-                f"{where}: {op} failed: endpoint unreachable ({self.endpoint or 'AWS'}): {e}"
-            )
-        if isinstance(e, (ReadTimeoutError, ConnectionClosedError)):
-            return StorageError(f"{where}: {op} failed: connection to {self.endpoint or 'AWS'} lost: {e}")
-        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
-            return StorageError(
-                f"{where}: {op} failed: no usable AWS credentials ({e}); set AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY or LITESTREAM_ACCESS_KEY_ID/LITESTREAM_SECRET_ACCESS_KEY"
-            )
-        if isinstance(e, BotoCoreError):
-            return StorageError(f"{where}: {op} failed: {e}")
-        return StorageError(f"{where}: {op} failed: {type(e).__name__}: {e}")
+            return cls(self._scrub(f"{where}: {op} failed: {detail}"))
+        name = type(e).__name__
+        if isinstance(e, EndpointUnreachable) or name in ("EndpointConnectionError", "ConnectTimeoutError"):
+            return StorageError(self._scrub(
+                f"{where}: {op} failed: endpoint unreachable ({self.endpoint or 'AWS'}): {e}"))
+        if isinstance(e, ConnectionLost) or name in ("ReadTimeoutError", "ConnectionClosedError"):
+            return StorageError(self._scrub(f"{where}: {op} failed: connection to {self.endpoint or 'AWS'} lost: {e}"))
+        if isinstance(e, ClientClosed):
+            return StorageError(f"{where}: {op} failed: storage client closed")
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            return StorageError(f"{where}: {op} failed: no usable AWS credentials ({e}); {NO_CREDENTIALS_HINT}")
+        return StorageError(self._scrub(f"{where}: {op} failed: {name}: {e}"))
+
+    def _scrub(self, text: str) -> str:
+        """`text` with no secret of this storage's credentials in it."""
+        creds = getattr(self._client, "credentials", None)
+        secret = getattr(getattr(creds, "creds", None), "secret_access_key", None)
+        return scrub(text, [secret])
 
     def close(self) -> None:
-        """Let go of the client; the last storage on it closes its connections."""
+        """End this storage's requests in flight (another storage may share the client, so not
+        theirs), then let go of the client; the last storage on it closes its connections."""
+        self._client.cancel(self._scope)
         self._lease.close()
 
     def __enter__(self) -> S3Storage:
@@ -370,5 +362,5 @@ class S3Storage:
         self.close()
 
 
-def _close_client(client: Any) -> None:
+def _close_client(client: S3Client) -> None:
     client.close()

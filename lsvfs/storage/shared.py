@@ -1,7 +1,7 @@
 """Storage clients shared by everything that talks to one endpoint.
 
-A boto3, GCS or Azure client is expensive to make (model loading; figures in
-bench/README.md) and holds a pool of warm connections, so two replicas in one bucket,
+A GCS or Azure client is expensive to make (~0.1 s), and every client,
+lsvfs's own S3 client included, holds a pool of warm connections, so two replicas in one bucket,
 or a replica opened while another on its endpoint is open, should use one.
 `SharedClients` hands out leases on clients by key; the key names everything
 that makes two clients differ (scheme, endpoint, region, credentials,
