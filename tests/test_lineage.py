@@ -216,12 +216,16 @@ def test_the_new_lineage_at_the_same_txid_is_not_mistaken_for_the_old(
         while b_txid < a_txid:  # longer rows: B's files differ from A's in size, not only in time
             b_txid = _commit_rows(b, "b" * 40, 1)
         b.stop()
-        assert b_txid >= a_txid  # exactly A's TXID unless a checkpoint took one more
+        want = b.execute("SELECT name, count(*) FROM who GROUP BY name ORDER BY name")
         deadline = time.monotonic() + 10
-        while rep.stats()["lineage_changes"] == 0 and time.monotonic() < deadline:
+        while _who(r) != want and time.monotonic() < deadline:
             rep.poll()
-        assert rep.stats()["lineage_changes"] == 1
-        assert _who(r) == b.execute("SELECT name, count(*) FROM who GROUP BY name ORDER BY name")
+        assert _who(r) == want, "A's pages and B's mixed, or A's kept"
+        # B's files usually end at A's TXID too (one commit per sync): then it is
+        # a lineage change; if B's TXIDs stepped over it, nothing ends at the
+        # reader's TXID and B is read afresh, a change that cannot be told apart.
+        named_alike = any(f.max_txid == a_txid for files in b.replica_files().values() for f in files)
+        assert rep.stats()["lineage_changes"] == (1 if named_alike else 0), b.replica_files()
 
 
 @pytest.mark.parametrize("storage", STORAGES)
