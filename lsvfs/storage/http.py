@@ -11,8 +11,9 @@ closing a storage must end its own requests and no one else's: each storage
 runs its calls inside `InFlight.call()`, the session's pools note which
 connection each such call holds (from taking it out of the pool until it goes
 back), and `InFlight.cut()` shuts those sockets down. A thread blocked on one
-wakes at once with a connection error; any request the SDK then retries, or
-the storage starts later, fails with StorageError before it is sent.
+wakes at once with a StorageError (a connection error, if the cut came while
+it read a body); any request the SDK then retries, or the storage starts
+later, fails with StorageError before it is sent.
 """
 
 from __future__ import annotations
@@ -149,6 +150,15 @@ class _Pool:
             super()._put_conn(conn)  # type: ignore[misc]
             raise c.owner.closed_error()
         return conn
+
+    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().urlopen(*args, **kwargs)  # type: ignore[misc]
+        except Exception:
+            c = _CALL.get()
+            if c is not None and c.owner.closed:  # cut: an error no SDK retries (it would pause first)
+                raise c.owner.closed_error() from None
+            raise
 
     def _put_conn(self, conn: Any) -> None:
         c = getattr(conn, "lsvfs_call", None)
