@@ -31,7 +31,7 @@ from azure.storage.blob import ContainerClient, LinearRetry
 
 from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
-from .http import pooled_session
+from .http import InFlight, pooled_session
 from .redact import scrub
 from .shared import Lease, SharedClients, fingerprint, lease
 
@@ -78,6 +78,7 @@ class AzureStorage:
             )
         acct = f"{self.account}@" if self.account else ""
         self.url = f"abs://{acct}{container}/{self.path}" + (f"?endpoint={endpoint}" if endpoint else "")
+        self._calls = InFlight(self.url)
         self._lease: Lease[Any]
         if credential is not None:
             self._lease = Lease.own(self._make_client(credential), _close_client)
@@ -131,8 +132,9 @@ class AzureStorage:
         """The whole level, filtered to min_txid >= `min_txid` here (Litestream #1456)."""
         prefix = level_dir(self.path, level, "ltx")
         try:
-            blobs = self._client.list_blobs(name_starts_with=prefix, results_per_page=self.page_size)
-            entries = [(b.name[len(prefix):], int(b.size or 0), b.last_modified) for b in blobs]
+            with self._calls.call():
+                blobs = self._client.list_blobs(name_starts_with=prefix, results_per_page=self.page_size)
+                entries = [(b.name[len(prefix):], int(b.size or 0), b.last_modified) for b in blobs]
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "list", prefix) from e
         return infos_from_names(level, entries, min_txid)
@@ -150,8 +152,9 @@ class AzureStorage:
     def _get(self, info: FileInfo, offset: int | None, length: int | None) -> bytes:
         name = self.blob_name(info)
         try:
-            stream = self._client.download_blob(name, offset=offset, length=length, max_concurrency=1)
-            return bytes(stream.readall())
+            with self._calls.call():
+                stream = self._client.download_blob(name, offset=offset, length=length, max_concurrency=1)
+                return bytes(stream.readall())
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             op = "get" if offset is None else f"get bytes={offset}-{offset + (length or 0) - 1}"
             raise self._error(e, op, name) from e
@@ -163,6 +166,8 @@ class AzureStorage:
         where = self._where(name)
         if isinstance(e, StorageError):
             return e
+        if self._calls.closed:  # the cut of close() ended the request
+            return StorageError(f"{where}: {op} failed: storage closed")
         if isinstance(e, ResourceNotFoundError):
             code = str(getattr(e, "error_code", "") or "")
             if code == "ContainerNotFound" or op == "list":
@@ -184,7 +189,9 @@ class AzureStorage:
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {scrub(str(e), self._secrets)}")
 
     def close(self) -> None:
-        """Let go of the client; the last storage on it closes it."""
+        """End this storage's requests in flight (never those of others sharing
+        the client), then let go of the client; the last storage on it closes it."""
+        self._calls.cut()
         self._lease.close()
 
 

@@ -25,7 +25,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
-from .http import pooled_session
+from .http import InFlight, pooled_session
 from .redact import redact_url
 from .shared import Lease, SharedClients, fingerprint, lease
 
@@ -55,6 +55,7 @@ class GCSStorage:
         self._retry = DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
         base = f"gs://{bucket}/{self.path}" if self.path else f"gs://{bucket}"
         self.url = redact_url(base + (f"?endpoint={endpoint}" if endpoint else ""))
+        self._calls = InFlight(self.url)
         self._lease: Lease[Any]
         if client is not None:
             self._lease = Lease.own(client, _close_client)
@@ -99,9 +100,10 @@ class GCSStorage:
         """The whole level, filtered to min_txid >= `min_txid` here (Litestream #1456)."""
         prefix = level_dir(self.path, level, "ltx")
         try:
-            blobs = self._client.list_blobs(self._bucket, prefix=prefix, page_size=self.page_size,
-                                            timeout=TIMEOUT, retry=self._retry)
-            entries = [(b.name[len(prefix):], int(b.size or 0), b.updated) for b in blobs]
+            with self._calls.call():
+                blobs = self._client.list_blobs(self._bucket, prefix=prefix, page_size=self.page_size,
+                                                timeout=TIMEOUT, retry=self._retry)
+                entries = [(b.name[len(prefix):], int(b.size or 0), b.updated) for b in blobs]
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "list", prefix) from e
         return infos_from_names(level, entries, min_txid)
@@ -120,10 +122,11 @@ class GCSStorage:
     def _get(self, info: FileInfo, start: int | None, end: int | None) -> bytes:
         name = self.object_name(info)
         try:
-            blob = self._bucket.blob(name)
-            return bytes(blob.download_as_bytes(start=start, end=end, timeout=TIMEOUT, retry=self._retry,
-                                                checksum=None if start is not None else "auto",
-                                                single_shot_download=True))
+            with self._calls.call():
+                blob = self._bucket.blob(name)
+                return bytes(blob.download_as_bytes(start=start, end=end, timeout=TIMEOUT, retry=self._retry,
+                                                    checksum=None if start is not None else "auto",
+                                                    single_shot_download=True))
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             op = "get" if start is None else f"get bytes={start}-{end}"
             raise self._error(e, op, name) from e
@@ -135,6 +138,8 @@ class GCSStorage:
         where = self._where(name)
         if isinstance(e, StorageError):
             return e
+        if self._calls.closed:  # the cut of close() ended the request
+            return StorageError(f"{where}: {op} failed: storage closed")
         if isinstance(e, gexc.NotFound):
             msg = str(getattr(e, "message", "") or e).lower()
             if op == "list" or "bucket does not exist" in msg or "no such bucket" in msg:
@@ -157,7 +162,9 @@ class GCSStorage:
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {redact_url(str(e))}")
 
     def close(self) -> None:
-        """Let go of the client; the last storage on it closes it."""
+        """End this storage's requests in flight (never those of others sharing
+        the client), then let go of the client; the last storage on it closes it."""
+        self._calls.cut()
         self._lease.close()
 
 

@@ -3,7 +3,9 @@
 Uses paramiko (extra `lsvfs[sftp]`): one SSH connection per storage, and a
 small pool of SFTP channels over it, because one SFTP channel answers one
 request at a time and the replica reads from many threads. A dropped
-connection is reopened on the next call.
+connection is reopened on the next call. close() ends the calls in flight:
+the SSH connection's socket (or the one still in its handshake) is shut
+down, so every channel waiting on it fails at once.
 
 Authentication: the URL's password, or a private key file (`?key=FILE`),
 else the SSH agent and ~/.ssh default keys. The server's host key must match
@@ -80,6 +82,9 @@ class SFTPStorage:
         self._files: dict[int, LRU[str, paramiko.SFTPFile]] = {}
         self._slots = threading.BoundedSemaphore(channels)
         self._closed = False
+        self._sockets: set[socket.socket] = set()
+        """Sockets of connections in their handshake (under `_lock`), which close() cuts."""
+        self._sockets_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, u: ReplicaURL) -> SFTPStorage:
@@ -107,6 +112,11 @@ class SFTPStorage:
         except OSError as e:
             raise StorageError(f"{self.url}: connect failed: endpoint unreachable ({where}): "
                                f"{e.strerror or type(e).__name__}") from None
+        with self._sockets_lock:
+            if self._closed:
+                sock.close()
+                raise StorageError(f"{self.url}: storage closed")
+            self._sockets.add(sock)
         # Every SFTP call is a small request awaiting its answer: Nagle's algorithm
         # would hold a request back behind an unacknowledged one (paramiko leaves it on).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -119,13 +129,20 @@ class SFTPStorage:
             t.start_client(timeout=CONNECT_TIMEOUT)
             self._check_host_key(t)
             self._authenticate(t)
+            if self._closed:  # cut in the handshake, yet it got through
+                raise StorageError(f"{self.url}: storage closed")
         except StorageError:
             t.close()
             raise
         except (paramiko.SSHException, OSError, EOFError) as e:
             t.close()
+            if self._closed:
+                raise StorageError(f"{self.url}: storage closed") from None
             raise StorageError(f"{self.url}: SSH handshake with {where} failed: "
                                f"{scrub(str(e) or type(e).__name__, [self._password])}") from None
+        finally:
+            with self._sockets_lock:
+                self._sockets.discard(sock)
         t.set_keepalive(30)
         return t
 
@@ -199,6 +216,8 @@ class SFTPStorage:
         if not self._slots.acquire(timeout=CHANNEL_WAIT):
             raise StorageError(f"{self.url}: no SFTP channel free within {CHANNEL_WAIT:.0f}s")
         try:
+            if self._closed:
+                raise StorageError(f"{self.url}: storage closed")
             try:
                 return self._idle.get_nowait()
             except queue.Empty:
@@ -351,8 +370,14 @@ class SFTPStorage:
         return f"sftp://{self.host}{self.file_path(info)}"
 
     def close(self) -> None:
-        with self._lock:
+        """End the calls in flight (each fails with StorageError) and the connection.
+        A connection in its handshake is cut first: it holds the lock taken here."""
+        with self._sockets_lock:
             self._closed = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
             t, self._transport = self._transport, None
         self._drop(t)
 

@@ -36,7 +36,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import MissingFileError, StorageError
 from .base import FileInfo, check_range, exact, format_filename, infos_from_names, level_dir
-from .http import pooled_session
+from .http import InFlight, pooled_session
 from .redact import scrub
 from .shared import Lease, SharedClients, fingerprint, lease
 
@@ -67,6 +67,7 @@ class WebDAVStorage:
         self.base = f"{scheme}://{hostport}"
         self._shown = f"{'webdavs' if tls else 'webdav'}://{hostport}"
         self.url = f"{self._shown}/{self.path}"
+        self._calls = InFlight(self.url)
         self._verify: bool | str = True
         """What every request passes as `verify`: False, a CA file/directory, or
         True (certifi). Always passed explicitly: requests would otherwise let
@@ -161,17 +162,13 @@ class WebDAVStorage:
         """The response, None for a 404 listing, or StorageError."""
         where = f"{self._shown}/{rel}"
         try:
-            resp = self._session.request(method, self._href(rel), headers=headers, data=data, timeout=TIMEOUT,
-                                         verify=self._verify)
-        except requests.exceptions.SSLError as e:
-            raise StorageError(f"{where}: {op} failed: {tls_failure(e)}") from None
-        except requests.ConnectionError as e:
-            raise StorageError(f"{where}: {op} failed: endpoint unreachable ({self.base}): "
-                               f"{type(e).__name__}") from None
-        except requests.Timeout:
-            raise StorageError(f"{where}: {op} failed: timed out talking to {self.base}") from None
+            with self._calls.call():
+                resp = self._session.request(method, self._href(rel), headers=headers, data=data, timeout=TIMEOUT,
+                                             verify=self._verify)
         except requests.RequestException as e:
-            raise StorageError(f"{where}: {op} failed: {scrub(str(e), self._secrets)}") from None
+            if self._calls.closed:  # the cut of close() ended the request
+                raise StorageError(f"{where}: {op} failed: storage closed") from None
+            raise self._failure(e, where, op) from None
         if resp.status_code in (200, 206, 207):
             return resp
         if resp.status_code == 404:
@@ -187,8 +184,20 @@ class WebDAVStorage:
                                "expected)")
         raise StorageError(f"{where}: {op} failed: HTTP {resp.status_code} {resp.reason}")
 
+    def _failure(self, e: requests.RequestException, where: str, op: str) -> StorageError:
+        if isinstance(e, requests.exceptions.SSLError):
+            return StorageError(f"{where}: {op} failed: {tls_failure(e)}")
+        if isinstance(e, requests.ConnectionError):
+            return StorageError(f"{where}: {op} failed: endpoint unreachable ({self.base}): {type(e).__name__}")
+        if isinstance(e, requests.Timeout):
+            return StorageError(f"{where}: {op} failed: timed out talking to {self.base}")
+        return StorageError(f"{where}: {op} failed: {scrub(str(e), self._secrets)}")
+
     def close(self) -> None:
-        """Let go of the session; the last storage on it closes its connections."""
+        """End this storage's requests in flight (never those of others sharing
+        the session), then let go of the session; the last storage on it closes
+        its connections."""
+        self._calls.cut()
         self._lease.close()
 
 

@@ -2,7 +2,8 @@
 
 nats-py is asyncio-only: each storage runs one event loop on its own daemon
 thread, and every call from the replica's threads is submitted to it and
-waited for (bounded). Errors come back as StorageError, credentials scrubbed:
+waited for (bounded); close() cancels the calls still waiting, so none
+outlives it. Errors come back as StorageError, credentials scrubbed:
 a server that refuses the credentials fails the open at once, naming which
 were refused, since retrying cannot fix a wrong password.
 """
@@ -10,6 +11,7 @@ were refused, since retrying cannot fix a wrong password.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 CALL_TIMEOUT = 30.0
+CLOSE_WAIT = 2.0
+"""Seconds close() gives the client to say goodbye, and then the loop to stop."""
 
 
 class Connection:
@@ -61,6 +65,10 @@ class Connection:
         self._last_error: BaseException | None = None
         self._refused: asyncio.Future[None] | None = None
         """Set on the loop while the first connect runs; done when the server refuses the credentials."""
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        """Calls submitted to the loop and not yet answered: close() cancels them."""
+        self._calls_lock = threading.Lock()
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"lsvfs-nats {self.url}", daemon=True)
         self._thread.start()
@@ -108,17 +116,28 @@ class Connection:
         self.obs = ObjectStore(name=self.bucket, stream=self.stream, js=self.js)
 
     def run(self, coro: Any, op: str, where: str | None = None) -> Any:
-        """Run `coro` on the loop and wait for it (CALL_TIMEOUT at most)."""
+        """Run `coro` on the loop and wait for it (CALL_TIMEOUT at most, and no
+        longer than until close())."""
         where = where or self.url
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        with self._calls_lock:
+            if self._closed:
+                coro.close()
+                raise StorageError(f"{where}: {op} failed: storage closed")
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._calls.add(fut)
         try:
             return fut.result(CALL_TIMEOUT)
+        except concurrent.futures.CancelledError:
+            raise StorageError(f"{where}: {op} failed: storage closed") from None
         except TimeoutError:
             fut.cancel()
             raise StorageError(f"{where}: {op} failed: no answer from {self.server} "
                                f"within {CALL_TIMEOUT:.0f}s") from None
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, op, where) from None
+        finally:
+            with self._calls_lock:
+                self._calls.discard(fut)
 
     def _error(self, e: BaseException, op: str, where: str) -> StorageError:
         if isinstance(e, StorageError):
@@ -141,15 +160,22 @@ class Connection:
         return StorageError(f"{where}: {op} failed: {type(e).__name__}: {text}")
 
     def close(self) -> None:
+        """Cancel the calls in flight (their callers get StorageError at once),
+        close the client and stop the loop, each wait bounded."""
+        with self._calls_lock:
+            self._closed = True
+            calls, self._calls = list(self._calls), set()
+        for fut in calls:
+            fut.cancel()  # wakes the waiting thread now; the task is cancelled on the loop
         if self.nc is not None:
             nc, self.nc = self.nc, None
             try:
-                asyncio.run_coroutine_threadsafe(nc.close(), self._loop).result(5)
+                asyncio.run_coroutine_threadsafe(nc.close(), self._loop).result(CLOSE_WAIT)
             except Exception:  # noqa: BLE001 - best effort
                 log.debug("closing NATS connection failed", exc_info=True)
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+            self._thread.join(CLOSE_WAIT)
 
 
 def _version(text: str) -> tuple[int, ...]:
