@@ -1,0 +1,348 @@
+"""shared_dir: one leader per host mirrors the replica; every process reads the mirror.
+
+Real `litestream replicate` (dir and S3), real reader processes
+(tests/shared_worker.py), the leader SIGKILLed at injected points, and each
+bad directory refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from replication import MakePrimary, ReplicatedPrimary, wait_until
+
+import lsvfs
+from lsvfs import ltx, registry
+from lsvfs.errors import SharedDirError
+from lsvfs.plan import list_all
+from lsvfs.shared.mirror import Mirror
+from lsvfs.storage.file import FileStorage
+
+WORKER = Path(__file__).with_name("shared_worker.py")
+ACCOUNTS = 100
+POLL = 0.2  # the workers' poll_interval
+
+
+def row(conn: Any, sql: str) -> Any:
+    """The one row `sql` returns."""
+    r = conn.execute(sql).fetchone()
+    assert r is not None, sql
+    return r
+
+
+def one(conn: Any, sql: str) -> Any:
+    """The one value `sql` returns."""
+    return row(conn, sql)[0]
+
+
+def bank(p: ReplicatedPrimary) -> None:
+    p.execute("CREATE TABLE bank(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)")
+    p.executemany("INSERT INTO bank VALUES (?, 1000)", [(i,) for i in range(ACCOUNTS)])
+
+
+def transfer(p: ReplicatedPrimary, rng: random.Random, n: int = 5) -> None:
+    """`n` transfers in one transaction: the total never changes."""
+    with p.transaction() as c:
+        for _ in range(n):
+            a, b = rng.sample(range(ACCOUNTS), 2)
+            amount = rng.randint(1, 50)
+            c.execute("UPDATE bank SET balance = balance - ? WHERE id = ?", (amount, a))
+            c.execute("UPDATE bank SET balance = balance + ? WHERE id = ?", (amount, b))
+
+
+class Workers:
+    """Reader processes on one shared_dir, killed at teardown whatever happens."""
+
+    def __init__(self, url: str, shared: Path, control: Path) -> None:
+        self.url, self.shared, self.control = url, shared, control
+        control.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, hang: str = "") -> subprocess.Popen[bytes]:
+        log = open(self.control / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, str(WORKER), self.url, str(self.shared), str(self.control), name,
+                                 hang], stdout=log, stderr=subprocess.STDOUT, cwd=WORKER.parent.parent)
+        log.close()
+        self.procs[name] = proc
+        wait_until(lambda: (self.control / f"{name}.ready").exists() or proc.poll() is not None, 60,
+                   what=f"{name} open")
+        assert proc.poll() is None, self.log(name)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.control / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def finish(self, txid: int) -> dict[str, dict[str, Any]]:
+        """Tell every live worker the final TXID; their results by name."""
+        (self.control / "stop").write_text(f"{txid:016x}")
+        out: dict[str, dict[str, Any]] = {}
+        for name, proc in self.procs.items():
+            if proc.returncode is not None and proc.returncode < 0:
+                continue  # killed by the test
+            assert proc.wait(timeout=90) == 0, self.log(name)
+            out[name] = json.loads((self.control / f"{name}.json").read_text())
+        return out
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Any]:
+    made: list[Workers] = []
+
+    def make(url: str) -> Workers:
+        w = Workers(url, tmp_path / "shared", tmp_path / "control")
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def status(shared: Path) -> dict[str, Any]:
+    st: dict[str, Any] = json.loads((shared / "status.json").read_text())
+    return st
+
+
+def check_mirror(shared: Path) -> int:
+    """Every LTX file in the mirror is whole (its CRC-64 checks) and no temp file is left; how many."""
+    st = FileStorage(shared)
+    try:
+        files = list_all(st)
+        for f in files:
+            data = st.read_all(f)
+            ltx.check_name(f, ltx.Header.decode(data, f.name))
+            ltx.decode(data, f.name, want_pages=False)
+    finally:
+        st.close()
+    assert not [p for p in (shared / "ltx").rglob("*") if p.is_file() and not p.name.endswith(".ltx")]
+    return len(files)
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: MakePrimary, workers: Any,
+                                                             storage: str) -> None:
+    """Four processes on one shared_dir: every read transaction sees one TXID
+    and the total while the primary transfers; all end equal to the primary;
+    exactly one led; the followers never opened remote storage (their remote
+    request counts are None) and list only the mirror."""
+    p = replicated_primary(storage)
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    for i in range(4):
+        w.start(f"r{i}")
+    rng = random.Random(17)
+    for _ in range(30):
+        transfer(p, rng)
+        time.sleep(0.05)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    leaders = [r for r in results.values() if r["shared"]["leader"]]
+    assert len(leaders) == 1, [r["shared"] for r in results.values()]
+    for name, r in results.items():
+        assert r["bad"] == [], (name, r["bad"][:5])
+        assert r["reads"] > 0 and r["rows"] == want, name
+        assert int(r["txid"], 16) >= final
+        assert r["shared"]["leader_pid"] == leaders[0]["pid"]
+        if not r["shared"]["leader"]:
+            assert r["shared"]["remote"] is None, name  # no request to storage, ever
+    assert sum(r["txids"] for r in results.values()) > 4  # they did see the primary advance
+    assert check_mirror(Path(w.shared)) > 0
+
+
+@pytest.mark.parametrize("point", ["download", "rename"])
+def test_killed_leader_is_replaced_and_nothing_wrong_is_read(replicated_primary: MakePrimary, workers: Any,
+                                                             point: str) -> None:
+    """The leader stops at `point` of a file (its bytes downloaded; its temp
+    file written, not renamed) and is SIGKILLed there: a follower takes over,
+    catches up, reads nothing wrong, and the mirror is whole (every CRC checks
+    out, the temp file is gone)."""
+    p = replicated_primary("file")
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    leader = w.start("leader", hang=point)
+    assert status(w.shared)["pid"] == leader.pid
+    w.start("f1")
+    w.start("f2")
+    rng = random.Random(3)
+    transfer(p, rng)
+    p.wait_replicated()
+    wait_until(lambda: (w.control / "leader.hung").exists(), 30, what="the leader reaching the injected point")
+    if point == "rename":
+        assert list((w.shared / "ltx").rglob("*.tmp")), "the temp file is written"
+    leader.send_signal(signal.SIGKILL)
+    leader.wait(timeout=10)
+    wait_until(lambda: status(w.shared)["pid"] != leader.pid, 30, what="a follower taking over")
+    for _ in range(10):
+        transfer(p, rng)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    assert set(results) == {"f1", "f2"}
+    assert sum(r["shared"]["leader"] for r in results.values()) == 1
+    for name, r in results.items():
+        assert r["bad"] == [] and r["rows"] == want, name
+    assert check_mirror(w.shared) > 0
+
+
+def test_hung_leader_makes_every_lag_grow(file_primary: ReplicatedPrimary, workers: Any, tmp_path: Path) -> None:
+    """A leader alive but stuck (SIGSTOP) publishes no poll: a follower's
+    litestream_lag grows past several poll intervals, and drops once it runs again."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    w = workers(file_primary.replica_url)
+    leader = w.start("leader")
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(w.shared), poll_interval=POLL)
+    try:
+        assert registry.open_replicas()[file_primary.replica_url].stats()["shared"]["leader"] is False
+
+        def lag() -> float:
+            return float(one(conn, "PRAGMA litestream_lag"))
+
+        os.kill(leader.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: lag() > 10 * POLL, 30, what="the follower's lag growing")
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        wait_until(lambda: lag() < 5 * POLL, 30, what="the lag dropping again")
+    finally:
+        conn.close()
+
+
+def test_disk_errors_are_retried_and_readers_keep_the_last_state(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """ENOSPC while the leader writes: logged once as a WARNING, retried; the
+    replica keeps serving the last complete TXID, no half file appears, and
+    it catches up once the disk has room."""
+    bank(file_primary)
+    before = file_primary.wait_replicated()
+    shared = tmp_path / "shared"
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(shared), poll_interval=POLL)
+    try:
+        full = {"on": True}
+        install = Mirror.install
+
+        def no_space(self: Mirror, path: Path, data: bytes, modified: Any) -> None:
+            if full["on"]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            install(self, path, data, modified)
+
+        monkeypatch.setattr(Mirror, "install", no_space)
+        caplog.set_level(logging.WARNING, logger="lsvfs.shared.leader")
+        transfer(file_primary, random.Random(1))
+        after = file_primary.wait_replicated()
+        wait_until(lambda: "No space left on device" in caplog.text, 30, what="the failure logged")
+        assert "readers keep the last complete state" in caplog.text
+        txid = int(one(conn, "PRAGMA litestream_txid"), 16)
+        assert txid == before < after
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        assert check_mirror(shared) > 0
+        full["on"] = False
+        wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= after, 60,
+                   what="catching up")
+        warnings = [r for r in caplog.records if "No space left" in r.getMessage()]
+        assert len(warnings) == 1  # once per kind of failure, not once per retry
+    finally:
+        conn.close()
+
+
+def test_option_from_keyword_uri_and_environment(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """shared_dir as a keyword and as LSVFS_SHARED_DIR: the replica reads the
+    mirror made there, with `shared` in its stats."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    monkeypatch.setenv("LSVFS_SHARED_DIR", str(tmp_path / "env"))
+    conn = lsvfs.connect(file_primary.replica_url)
+    try:
+        shared = registry.open_replicas()[file_primary.replica_url].stats()["shared"]
+        assert shared["dir"] == str(tmp_path / "env") and shared["leader"] is True
+        assert shared["files"] >= 1 and (tmp_path / "env" / "ltx").is_dir()
+        assert json.loads(one(conn, "PRAGMA litestream_stats"))["shared"]["dir"] == shared["dir"]
+    finally:
+        conn.close()
+    uri = lsvfs.uri(file_primary.replica_url, shared_dir=str(tmp_path / "uri"))
+    assert "shared_dir=" in uri
+    monkeypatch.delenv("LSVFS_SHARED_DIR")
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(tmp_path / "kw"))
+    try:
+        assert one(conn, "SELECT count(*) FROM bank") == ACCOUNTS
+        assert os.stat(tmp_path / "kw").st_mode & 0o777 == 0o700
+    finally:
+        conn.close()
+
+
+def test_bad_directories_are_refused_naming_them(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    bank(file_primary)
+    file_primary.wait_replicated()
+    url = file_primary.replica_url
+
+    def refused(shared: Path | str) -> str:
+        with pytest.raises(SharedDirError) as e:
+            lsvfs.connect(url, shared_dir=str(shared))
+        return str(e.value)
+
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    assert refused(open_dir) == (f"shared_dir {open_dir} is writable by other users (mode 0777): they could "
+                                 "change what every process serves; use a directory only you can write "
+                                 f"(chmod 700 {open_dir})")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert refused(a_file / "sub").startswith(f"shared_dir {a_file / 'sub'} cannot be created: Not a directory")
+    ro = Path("/proc/self/fdinfo")  # read-only for root too
+    message = refused(ro)
+    assert message.startswith(f"shared_dir {ro} ") and ("cannot be written" in message or "uid" in message)
+    used = tmp_path / "used"
+    conn = lsvfs.connect(url, shared_dir=str(used))
+    conn.close()
+    other = "sftp://reader:hunter2@127.0.0.1:1/other"
+    with pytest.raises(SharedDirError) as e:
+        lsvfs.connect(other, shared_dir=str(used))
+    assert str(e.value) == (f"shared_dir {used} already mirrors replica {url}, not "
+                            "sftp://reader:***@127.0.0.1:1/other: use one shared_dir per replica")
+    assert "hunter2" not in str(e.value)
+
+
+def test_damaged_file_is_fetched_again_by_the_next_leader(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A mirror file whose bytes changed on disk fails its CRC when a leader
+    takes over: WARNING, removed, fetched again, and the data reads right."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    shared = tmp_path / "shared"
+    lsvfs.connect(file_primary.replica_url, shared_dir=str(shared), poll_interval=0).close()
+    victim = next((shared / "ltx").rglob("*.ltx"))
+    data = bytearray(victim.read_bytes())
+    data[200] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING)
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(shared), poll_interval=0)
+    try:
+        assert "is damaged" in caplog.text and victim.name in caplog.text
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        assert check_mirror(shared) > 0
+    finally:
+        conn.close()
