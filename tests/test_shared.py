@@ -149,6 +149,8 @@ def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: 
     w = workers(p.replica_url)
     for i in range(4):
         w.start(f"r{i}")
+    if storage == "s3":
+        quiet_requests_are_one_pollers(p)
     rng = random.Random(17)
     for _ in range(30):
         transfer(p, rng)
@@ -167,6 +169,38 @@ def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: 
             assert r["shared"]["remote"] is None, name  # no request to storage, ever
     assert sum(r["txids"] for r in results.values()) > 4  # they did see the primary advance
     assert check_mirror(Path(w.shared)) > 0
+
+
+class ServerLog(logging.Handler):
+    """Requests moto's server (in this process) answers for one bucket, counted from its request log."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(logging.INFO)
+        self.bucket = bucket
+        self.requests = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if f"/{self.bucket}" in record.getMessage():
+            self.requests += 1
+
+
+def quiet_requests_are_one_pollers(p: ReplicatedPrimary, seconds: float = 3.0) -> None:
+    """While the primary is idle, the server sees one poller's requests (one
+    LIST per poll interval, plus a full listing now and then), not four."""
+    assert p.bucket is not None
+    counter = ServerLog(p.bucket)
+    server_log = logging.getLogger("werkzeug")
+    old_level = server_log.level
+    server_log.setLevel(logging.INFO)
+    server_log.addHandler(counter)
+    try:
+        start = time.monotonic()
+        time.sleep(seconds)
+        polls = (time.monotonic() - start) / POLL
+    finally:
+        server_log.removeHandler(counter)
+        server_log.setLevel(old_level)
+    assert 0 < counter.requests <= 1.2 * polls + 3, (counter.requests, polls)
 
 
 @pytest.mark.parametrize("point", ["download", "rename"])
@@ -346,3 +380,37 @@ def test_damaged_file_is_fetched_again_by_the_next_leader(file_primary: Replicat
         assert check_mirror(shared) > 0
     finally:
         conn.close()
+
+
+def test_mirror_command_fills_once_then_leads_as_a_sidecar(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    """`lsvfs mirror --once` fills the directory and exits; `lsvfs mirror` leads
+    until killed, one log line per poll with -v, and a worker started with the
+    same shared_dir only reads (never leads, no storage client) yet follows the primary."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    url, shared = file_primary.replica_url, tmp_path / "shared"
+    command = [sys.executable, "-m", "lsvfs", "mirror", url, "--shared-dir", str(shared)]
+    once = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.startswith(f"mirrored {url} in {shared}: TXID ")
+    assert check_mirror(shared) > 0
+    log_path = tmp_path / "sidecar.log"
+    with open(log_path, "wb") as log_file:
+        side = subprocess.Popen([*command, "--poll-interval", "200ms", "-v"], stderr=log_file)
+    try:
+        wait_until(lambda: status(shared)["pid"] == side.pid, 30, what="the sidecar leading")
+        conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
+        try:
+            stats = registry.open_replicas()[url].stats()["shared"]
+            assert (stats["leader"], stats["leader_pid"], stats["remote"]) == (False, side.pid, None)
+            transfer(file_primary, random.Random(5))
+            final = file_primary.wait_replicated()
+            wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= final, 30, what="the worker following")
+            assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        finally:
+            conn.close()
+    finally:
+        side.kill()
+        side.wait(timeout=10)
+    lines = [line for line in log_path.read_text().splitlines() if f"mirrored {url} at TXID" in line]
+    assert len(lines) >= 2, log_path.read_text()[-2000:]
