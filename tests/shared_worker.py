@@ -6,7 +6,7 @@ checks the bank invariant in every read transaction until told to stop.
 It writes CONTROL_DIR/NAME.ready once open, reads until CONTROL_DIR/stop
 exists (holding the primary's final TXID in hex), waits to reach that TXID,
 then writes CONTROL_DIR/NAME.json: reads, violations, the final rows, and its
-`shared` stats. HANG (`download` or `rename`) makes this process, when it
+`shared` stats; it closes once CONTROL_DIR/release exists. HANG (`download` or `rename`) makes this process, when it
 leads, write CONTROL_DIR/NAME.hung and sleep at that point of its next file
 after open: the test SIGKILLs it there.
 """
@@ -107,10 +107,13 @@ def main(url: str, shared_dir: str, control_dir: str, name: str, hang: str = "")
     result = {"pid": os.getpid(), "reads": reads, "bad": bad, "txids": len(txids), "rows": rows,
               "txid": f"{int(one(conn, 'PRAGMA litestream_txid'), 16):016x}",
               "shared": stats["shared"], "storage": stats["storage"], "lag": lag}
-    conn.close()
     tmp = control / f".{name}.json.tmp"
     tmp.write_text(json.dumps(result))
     tmp.rename(control / f"{name}.json")
+    # Stay open until every worker has reported: who leads is then still who led.
+    while not (control / "release").exists() and time.monotonic() < deadline + MAX_SECONDS:
+        time.sleep(0.05)
+    conn.close()
     return 0
 
 

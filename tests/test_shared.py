@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from replication import MakePrimary, ReplicatedPrimary, wait_until
+from test_lineage import _commit_rows, _primary_with_rows, _reads, _second_primary, _warnings, _who, _wipe
 
 import lsvfs
 from lsvfs import ltx, registry
@@ -88,11 +89,16 @@ class Workers:
         """Tell every live worker the final TXID; their results by name."""
         (self.control / "stop").write_text(f"{txid:016x}")
         out: dict[str, dict[str, Any]] = {}
-        for name, proc in self.procs.items():
-            if proc.returncode is not None and proc.returncode < 0:
-                continue  # killed by the test
-            assert proc.wait(timeout=90) == 0, self.log(name)
-            out[name] = json.loads((self.control / f"{name}.json").read_text())
+        live = {name: proc for name, proc in self.procs.items() if proc.returncode is None or proc.returncode >= 0}
+        for name, proc in live.items():  # each reports while all are still open
+            path = self.control / f"{name}.json"
+            wait_until(lambda path=path, proc=proc: path.exists() or proc.poll() is not None, 90,
+                       what=f"{name} reporting")
+            assert path.exists(), self.log(name)
+            out[name] = json.loads(path.read_text())
+        (self.control / "release").write_text("")
+        for name, proc in live.items():
+            assert proc.wait(timeout=30) == 0, self.log(name)
         return out
 
     def close(self) -> None:
@@ -203,14 +209,14 @@ def quiet_requests_are_one_pollers(p: ReplicatedPrimary, seconds: float = 3.0) -
     assert 0 < counter.requests <= 1.2 * polls + 3, (counter.requests, polls)
 
 
-@pytest.mark.parametrize("point", ["download", "rename"])
+@pytest.mark.parametrize(("storage", "point"), [("file", "download"), ("file", "rename"), ("s3", "rename")])
 def test_killed_leader_is_replaced_and_nothing_wrong_is_read(replicated_primary: MakePrimary, workers: Any,
-                                                             point: str) -> None:
+                                                             storage: str, point: str) -> None:
     """The leader stops at `point` of a file (its bytes downloaded; its temp
     file written, not renamed) and is SIGKILLed there: a follower takes over,
     catches up, reads nothing wrong, and the mirror is whole (every CRC checks
     out, the temp file is gone)."""
-    p = replicated_primary("file")
+    p = replicated_primary(storage)
     bank(p)
     p.wait_replicated()
     w = workers(p.replica_url)
@@ -414,3 +420,38 @@ def test_mirror_command_fills_once_then_leads_as_a_sidecar(file_primary: Replica
         side.wait(timeout=10)
     lines = [line for line in log_path.read_text().splitlines() if f"mirrored {url} at TXID" in line]
     assert len(lines) >= 2, log_path.read_text()[-2000:]
+
+
+def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary: MakePrimary, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The replica wiped and written again by another primary: a directory
+    left holding the old lineage is rebuilt at open, with a WARNING, and reads
+    the new one; replaced again while open, the reader follows the newest
+    lineage, and the mirror then holds only its files, each whole."""
+    caplog.set_level(logging.INFO, logger="lsvfs")
+    a, _ = _primary_with_rows(replicated_primary, "file", "a", 5)
+    url, shared = a.replica_url, tmp_path / "shared"
+    lsvfs.connect(url, shared_dir=str(shared), poll_interval=0).close()
+    _wipe(a)
+    b = _second_primary(replicated_primary, a)
+    b.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
+    _commit_rows(b, "b", 3)
+    caplog.clear()
+    conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
+    try:
+        assert _who(conn) == [("b", 3)]
+        assert any("holds another lineage of the replica" in m for m in _warnings(caplog))
+        _wipe(b)
+        c = _second_primary(replicated_primary, b)
+        c.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
+        _commit_rows(c, "c", 8)
+        wait_until(lambda: _reads(conn, [("c", 8)]), 30, what="the reader following the newest lineage")
+        theirs = {(f.level, f.min_txid, f.max_txid, f.size) for fs in c.replica_files().values() for f in fs}
+        wait_until(lambda: check_mirror(shared) == len(theirs), 30, what="the mirror holding the new lineage only")
+        mine = FileStorage(shared)
+        try:
+            assert {(f.level, f.min_txid, f.max_txid, f.size) for f in list_all(mine)} <= theirs
+        finally:
+            mine.close()
+    finally:
+        conn.close()
