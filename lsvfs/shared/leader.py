@@ -46,6 +46,7 @@ class Leader:
         self._backoff = Backoff(FIRST_DELAY, MOST_DELAY)
         self._last_error: str | None = None
         self._lock = threading.Lock()
+        self._closing = False
 
     @property
     def leading(self) -> bool:
@@ -57,7 +58,7 @@ class Leader:
             if not self.election.try_lead():
                 return False
             if self.mirror is None:
-                mirror = Mirror(self._open_remote(), self.root, self.name)
+                mirror = Mirror(self._open_remote(), self.root, self.name, lambda: self._closing)
                 try:
                     mirror.check_local()
                 except BaseException:
@@ -65,6 +66,8 @@ class Leader:
                     raise
                 self.mirror = mirror
             self.mirror.poll()
+            if self._closing:
+                return False  # stopped part way: not a poll to publish
             self.polls += 1
             write_status(self.root, self.status())
             if self._last_error is not None:
@@ -112,7 +115,9 @@ class Leader:
         return None if m is None else m.remote.counts()
 
     def close(self) -> None:
-        """Stop leading: the next process to try takes over."""
+        """Stop leading (a poll in progress stops after its current file): the
+        next process to try takes over."""
+        self._closing = True
         with self._lock:
             if self.mirror is not None:
                 self.mirror.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -49,8 +50,10 @@ def _same(local: FileInfo, remote: FileInfo) -> bool:
 class Mirror:
     """Keeps `root` a copy of `remote`: one poll at a time, by the leader only."""
 
-    def __init__(self, remote: StorageClient, root: Path, name: str) -> None:
+    def __init__(self, remote: StorageClient, root: Path, name: str,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.remote = CountingStorage(remote)
+        self._stopping = stopping
         self.local = FileStorage(root)
         self.root = root
         self.name = name
@@ -134,6 +137,8 @@ class Mirror:
     def _download(self, files: list[FileInfo]) -> None:
         """Each file in TXID order, so what readers see grows as a chain."""
         for f in sorted(files, key=lambda f: (f.max_txid, -f.level)):
+            if self._stopping():
+                return  # closing: what is there is complete; the next leader goes on
             self._fetch(f)
 
     def _fetch(self, f: FileInfo) -> None:
@@ -162,10 +167,14 @@ class Mirror:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        if modified is not None:
-            ns = int(modified.timestamp() * 1_000_000) * 1000
-            os.utime(tmp, ns=(ns, ns))
-        self.publish(tmp, path)
+        try:
+            if modified is not None:
+                ns = int(modified.timestamp() * 1_000_000) * 1000
+                os.utime(tmp, ns=(ns, ns))
+            self.publish(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def publish(self, tmp: Path, path: Path) -> None:
         """The rename that makes a file appear whole (a test kills the leader just before it)."""
