@@ -446,12 +446,15 @@ def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary
         c.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
         _commit_rows(c, "c", 8)
         wait_until(lambda: _reads(conn, [("c", 8)]), 30, what="the reader following the newest lineage")
-        theirs = {(f.level, f.min_txid, f.max_txid, f.size) for fs in c.replica_files().values() for f in fs}
-        wait_until(lambda: check_mirror(shared) == len(theirs), 30, what="the mirror holding the new lineage only")
-        mine = FileStorage(shared)
-        try:
-            assert {(f.level, f.min_txid, f.max_txid, f.size) for f in list_all(mine)} <= theirs
-        finally:
-            mine.close()
+        def only_theirs() -> bool:
+            theirs = {(f.level, f.min_txid, f.max_txid, f.size) for fs in c.replica_files().values() for f in fs}
+            mine = FileStorage(shared)
+            try:
+                return {(f.level, f.min_txid, f.max_txid, f.size) for f in list_all(mine)} <= theirs
+            finally:
+                mine.close()
+
+        wait_until(only_theirs, 30, what="the mirror holding the new lineage's files only")
+        assert check_mirror(shared) > 0
     finally:
         conn.close()

@@ -6,8 +6,11 @@ proven (its name against its header, its size, its CRC-64), written under a
 temp name that is not an LTX name, fsynced and renamed: a file in the mirror
 is complete or absent, whenever the leader dies. Each local file keeps its
 remote modification time, so a later listing tells a rewritten file (another
-lineage) from the one we have. Deletions come before downloads, so a reader
-never sees an old lineage's files continued by a new one's.
+lineage) from the one we have. Only what a reader of the newest TXID needs is
+copied: the restore plan once, then the files that continue it (not every
+level's history). What retention deleted goes after its bridge has arrived;
+another lineage's files go first, so a reader never sees an old lineage
+continued by a new one's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from .. import ltx
 from ..errors import ReplicaError
-from ..plan import extend, list_all
+from ..plan import build, extend, list_all
 from ..stats import CountingStorage
 from ..storage.base import FileInfo, StorageClient, check_level, format_filename, parse_filename
 from ..storage.file import FileStorage
@@ -123,16 +126,37 @@ class Mirror:
             raise ReplicaError(f"replica {self.name} lists no LTX files (removed, or being replaced?)")
         remote = {_key(f): f for f in files}
         stale = [f for k, f in local.items() if k not in remote or not _same(f, remote[k])]
+        stale_keys = {_key(f) for f in stale}
+        kept = [f for k, f in local.items() if k not in stale_keys]
         rewritten = [f for f in stale if _key(f) in remote]
         went_back = bool(local) and max(f.max_txid for f in files) < max(f.max_txid for f in local.values())
         if rewritten or went_back:
             log.warning("%s: %s holds another lineage of the replica (%s); rebuilding it", self.name, self.root,
                         f"{rewritten[0].name} was rewritten" if rewritten else "its newest TXID went back")
-        for f in stale:  # deletions first: never an old lineage continued by a new one
+            self._remove(stale)  # first: never an old lineage continued by a new one
+            self._download(build(files))
+            return
+        held = {_key(f) for f in kept}
+        self._download([f for f in self._wanted(files, kept) if _key(f) not in held])
+        self._remove(stale)  # after: what retention deleted is bridged before it goes
+
+    @staticmethod
+    def _wanted(files: list[FileInfo], kept: list[FileInfo]) -> list[FileInfo]:
+        """What the mirror needs: the files continuing the chain it holds, or
+        the newest restore plan when it holds none; never the history a
+        reader at the newest TXID has no use for (older compactions)."""
+        mine = extend(kept, 0)
+        if mine:
+            top = mine[-1].max_txid
+            more = extend(files, top)
+            if more or max(f.max_txid for f in files) <= top:
+                return more
+        return build(files)  # nothing held, or nothing continues it (behind retention): start afresh
+
+    def _remove(self, files: list[FileInfo]) -> None:
+        for f in files:
             log.debug("%s: removing %s (gone or rewritten remotely)", self.name, f.name)
             self.local.path_of(f).unlink(missing_ok=True)
-        kept = {k for k in local if k in remote and k not in {_key(f) for f in stale}}
-        self._download([f for k, f in remote.items() if k not in kept])
 
     def _download(self, files: list[FileInfo]) -> None:
         """Each file in TXID order, so what readers see grows as a chain."""
