@@ -127,6 +127,16 @@ def status(shared: Path) -> dict[str, Any]:
     return st
 
 
+def mirror_within(shared: Path, p: ReplicatedPrimary) -> bool:
+    """Whether every file of the mirror is listed by the replica, as it is there."""
+    theirs = {(f.level, f.min_txid, f.max_txid, f.size) for fs in p.replica_files().values() for f in fs}
+    mine = FileStorage(shared)
+    try:
+        return {(f.level, f.min_txid, f.max_txid, f.size) for f in list_all(mine)} <= theirs
+    finally:
+        mine.close()
+
+
 def check_mirror(shared: Path) -> int:
     """Every LTX file in the mirror is whole (its CRC-64 checks) and no temp file is left; how many."""
     st = FileStorage(shared)
@@ -175,6 +185,38 @@ def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: 
             assert r["shared"]["remote"] is None, name  # no request to storage, ever
     assert sum(r["txids"] for r in results.values()) > 4  # they did see the primary advance
     assert check_mirror(Path(w.shared)) > 0
+
+
+def test_compaction_and_l0_retention_under_the_mirror(replicated_primary: MakePrimary, workers: Any) -> None:
+    """Litestream compacting every second, snapshotting every 3 s and deleting
+    L0 files after 1 s: the mirror bridges what retention deletes before it
+    deletes it too, so two reader processes keep the invariant and end equal
+    to the primary, and the mirror holds no file the replica no longer lists."""
+    p = replicated_primary("file", levels=["1s"], snapshot_interval="3s", l0_retention="1s",
+                           l0_retention_check_interval="500ms")
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    w.start("r0")
+    w.start("r1")
+    rng = random.Random(11)
+    deadline = time.monotonic() + 8  # several compactions, snapshots and retention passes
+    while time.monotonic() < deadline:
+        transfer(p, rng)
+        time.sleep(0.1)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    for name, r in results.items():
+        assert r["bad"] == [] and r["rows"] == want, (name, r["bad"][:3])
+    assert check_mirror(w.shared) > 0
+    conn = lsvfs.connect(p.replica_url, shared_dir=str(w.shared), poll_interval=POLL)  # the next leader
+    try:
+        wait_until(lambda: mirror_within(w.shared, p), 30, what="retention reaching the mirror")
+    finally:
+        conn.close()
+    levels = {f.level for fs in p.replica_files().values() for f in fs}
+    assert {0, 1, 9} <= levels, levels  # the replica did compact and snapshot
 
 
 class ServerLog(logging.Handler):
@@ -446,15 +488,7 @@ def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary
         c.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
         _commit_rows(c, "c", 8)
         wait_until(lambda: _reads(conn, [("c", 8)]), 30, what="the reader following the newest lineage")
-        def only_theirs() -> bool:
-            theirs = {(f.level, f.min_txid, f.max_txid, f.size) for fs in c.replica_files().values() for f in fs}
-            mine = FileStorage(shared)
-            try:
-                return {(f.level, f.min_txid, f.max_txid, f.size) for f in list_all(mine)} <= theirs
-            finally:
-                mine.close()
-
-        wait_until(only_theirs, 30, what="the mirror holding the new lineage's files only")
+        wait_until(lambda: mirror_within(shared, c), 30, what="the mirror holding the new lineage's files only")
         assert check_mirror(shared) > 0
     finally:
         conn.close()
