@@ -1,11 +1,11 @@
 """Storage requests and bytes for 1 and 4 reader processes, with and without shared_dir (issue 17).
 
-    python bench/shared_requests.py [--seconds 10] [--mb 4]
+    python bench/shared_requests.py [--seconds 10] [--mb 4] [--poll 0.25]
 
 One S3 replica (moto, a real `litestream replicate`) behind the latency proxy
 (5 ms each way), which counts the readers' requests on the wire (litestream
 writes to moto directly, so only readers are counted). Each reader process:
-open, full scan, then SECONDS of polling (poll_interval 250ms) and point
+open, full scan, then SECONDS of polling (poll_interval --poll) and point
 lookups while the primary commits once a second. Bytes are what the
 processes' storage clients downloaded (with shared_dir: the leader's).
 Then the failover: three shared readers, the leader SIGKILLed, the time until
@@ -38,7 +38,7 @@ def reader(url: str, shared_dir: str, seconds: float, ready: str) -> None:
     import lsvfs
     from lsvfs import registry
 
-    options: dict[str, Any] = {"poll_interval": POLL}
+    options: dict[str, Any] = {"poll_interval": float(os.environ.get("SHARED_BENCH_POLL", POLL))}
     if shared_dir:
         options["shared_dir"] = shared_dir
     conn = lsvfs.connect(url, **options)
@@ -116,7 +116,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--mb", type=int, default=4)
+    ap.add_argument("--poll", type=float, default=POLL, help="the readers' poll_interval in seconds")
     args = ap.parse_args()
+    os.environ["SHARED_BENCH_POLL"] = str(args.poll)
     os.environ.update(AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY=TEST_SECRET_ACCESS_KEY,
                       AWS_DEFAULT_REGION=TEST_REGION, AWS_EC2_METADATA_DISABLED="true")
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +156,7 @@ def main() -> None:
                 print(f"| {n} | {'yes' if shared else 'no'} | {total} | {wire} | {nbytes} | {lookups} |")
             took = failover(url, work)
             print(f"failover: {took:.2f} s from SIGKILL to the next leader's first good poll "
-                  f"({took / POLL:.1f} poll intervals of {POLL} s)")
+                  f"({took / args.poll:.1f} poll intervals of {args.poll:g} s)")
         finally:
             stop.set()
             proxy.close()
