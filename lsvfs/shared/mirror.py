@@ -61,6 +61,7 @@ class Mirror:
         self.root = root
         self.name = name
         self._since_full = FULL_SCAN_EVERY  # the first poll lists every level
+        self._seen: dict[Key, datetime | None] = {}  # remote times found to be of the files we hold
         self.files = 0
         self.bytes = 0
         self.txid = 0
@@ -68,6 +69,24 @@ class Mirror:
     def close(self) -> None:
         self.local.close()
         self.remote.close()
+
+    def _same(self, local: FileInfo, remote: FileInfo) -> bool:
+        """Whether the local copy is of this remote file. Another size says no;
+        another time alone is checked against the file's header and trailer
+        (a writer may set a file's time after it was first listed), and an
+        answer of yes remembered, so the local file, which readers list, is
+        never touched for it."""
+        if _same(local, remote) or self._seen.get(_key(remote)) == remote.modified:
+            return True
+        if local.size != remote.size or local.size < ltx.HEADER_SIZE + ltx.TRAILER_SIZE:
+            return False
+        ends = ((0, ltx.HEADER_SIZE), (local.size - ltx.TRAILER_SIZE, ltx.TRAILER_SIZE))
+        if any(self.local.read(local, o, n) != self.remote.read(remote, o, n) for o, n in ends):
+            return False
+        log.debug("%s: %s is listed with another time (%s, copied at %s), same header and trailer: the same file",
+                  self.name, remote.name, remote.modified, local.modified)
+        self._seen[_key(remote)] = remote.modified
+        return True
 
     # ---- taking over --------------------------------------------------------
 
@@ -108,7 +127,7 @@ class Mirror:
         listed = self.remote.list_files(0, anchor.min_txid if anchor is not None else top + 1)
         if anchor is not None:
             same = [g for g in listed if _key(g) == _key(anchor)]
-            if not same or not _same(anchor, same[0]):
+            if not same or not self._same(anchor, same[0]):
                 return False  # retention or a rewrite: look at every level
         new = [f for f in listed if _key(f) not in local and f.min_txid > top]
         chain = extend(new, top)
@@ -125,7 +144,7 @@ class Mirror:
         if not files:
             raise ReplicaError(f"replica {self.name} lists no LTX files (removed, or being replaced?)")
         remote = {_key(f): f for f in files}
-        stale = [f for k, f in local.items() if k not in remote or not _same(f, remote[k])]
+        stale = [f for k, f in local.items() if k not in remote or not self._same(f, remote[k])]
         stale_keys = {_key(f) for f in stale}
         kept = [f for k, f in local.items() if k not in stale_keys]
         rewritten = [f for f in stale if _key(f) in remote]
