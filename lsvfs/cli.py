@@ -347,6 +347,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+ONCE_WAIT = 60.0
+"""Seconds `lsvfs mirror --once` waits for another leader's fresh poll."""
+
+
 def add_mirror(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = _sub(sub, common, "mirror", "keep a shared_dir current, as a dedicated leader",
              "Keep DIR a local mirror of the replica for every process opened with the same\n"
@@ -375,10 +379,14 @@ def cmd_mirror(args: argparse.Namespace) -> int:
                 leader.failed(exc)
             leader.run(threading.Event(), args.poll_interval)  # until interrupted or killed
             return 0
+        deadline = time.monotonic() + ONCE_WAIT
         while not leader.step():  # another process leads: done once it has polled since we started
             age = poll_age(read_status(root))
             if age is not None and age < args.poll_interval:
                 break
+            if time.monotonic() > deadline:
+                raise ReplicaError(f"{root}: led by pid {(read_status(root) or {}).get('pid')}, which has not "
+                                   f"polled {redact_url(args.url)} successfully for {ONCE_WAIT:g}s")
             time.sleep(max(args.poll_interval, 0.05))
         status = read_status(root) or {}
         print(f"mirrored {redact_url(args.url)} in {root}: TXID {status.get('txid')}, {status.get('files')} files, "

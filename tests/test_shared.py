@@ -320,6 +320,8 @@ def test_mirror_command_fills_once_then_leads_as_a_sidecar(file_primary: Replica
         side = subprocess.Popen([*command, "--poll-interval", "200ms", "-v"], stderr=log_file)
     try:
         wait_until(lambda: status(shared)["pid"] == side.pid, 30, what="the sidecar leading")
+        again = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=90)
+        assert again.returncode == 0 and f"(leader pid {side.pid})" in again.stdout, again.stderr  # it waited
         conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
         try:
             stats = registry.open_replicas()[url].stats()["shared"]
