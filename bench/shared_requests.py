@@ -56,8 +56,12 @@ def reader(url: str, shared_dir: str, seconds: float, ready: str) -> None:
     counts = stats["storage"] if shared is None else (shared["remote"] or {})  # a follower's is None
     nbytes = sum(v["bytes"] for k, v in counts.items() if k != "local_read")
     requests = sum(v["requests"] for k, v in counts.items() if k != "local_read")
+    # VmRSS now: ru_maxrss would carry the forking parent's peak across exec.
+    status = Path("/proc/self/status").read_text().splitlines()
+    rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
     print(json.dumps({"pid": os.getpid(), "bytes": nbytes, "requests": requests, "lookups": lookups,
-                      "leader": None if shared is None else shared["leader"]}), flush=True)
+                      "leader": None if shared is None else shared["leader"], "rss_mib": round(rss, 1)}),
+          flush=True)
     conn.close()
 
 
@@ -149,11 +153,12 @@ def main() -> None:
                     out = run(url, n, shared_dir, args.seconds, work)
                     wire = RequestCounts.diff(counts.snapshot(), before)
                     rows.append((n, shared, sum(v for k, v in wire.items() if not k.endswith("_RANGE")),
-                                 wire, sum(r["bytes"] for r in out), sum(r["lookups"] for r in out)))
-            print("| readers | shared_dir | requests on the wire | kinds | bytes downloaded | lookups |")
-            print("|---|---|---|---|---|---|")
-            for n, shared, total, wire, nbytes, lookups in rows:
-                print(f"| {n} | {'yes' if shared else 'no'} | {total} | {wire} | {nbytes} | {lookups} |")
+                                 wire, sum(r["bytes"] for r in out), sum(r["lookups"] for r in out),
+                                 [r["rss_mib"] for r in out]))
+            print("| readers | shared_dir | requests on the wire | kinds | bytes downloaded | lookups | RSS MiB |")
+            print("|---|---|---|---|---|---|---|")
+            for n, shared, total, wire, nbytes, lookups, rss in rows:
+                print(f"| {n} | {'yes' if shared else 'no'} | {total} | {wire} | {nbytes} | {lookups} | {rss} |")
             took = failover(url, work)
             print(f"failover: {took:.2f} s from SIGKILL to the next leader's first good poll "
                   f"({took / args.poll:.1f} poll intervals of {args.poll:g} s)")
