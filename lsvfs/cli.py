@@ -1,4 +1,4 @@
-"""The `lsvfs` command: query, shell, ls, restore, verify, hydrate, stats, demo.
+"""The `lsvfs` command: query, shell, ls, restore, verify, hydrate, stats, mirror, demo.
 
 Each command is an `add_*` function (its subparser: help, an example, its
 arguments) and a `cmd_*` that runs it; `COMMANDS` lists the adders, so a new
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,12 +25,14 @@ from . import registry
 from .demo import run_demo
 from .errors import LsvfsError, ReplicaError
 from .ltx import parse_txid
-from .options import NAMES, Options, resolve
+from .options import NAMES, Options, parse_duration, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
 from .pragmas import named, pragma
 from .progress import ProgressBar
 from .restore import restore, verify
+from .shared.directory import poll_age, prepare, read_status
+from .shared.leader import Leader
 from .storage import open_storage, parse_url
 from .storage.redact import redact_url
 from .timeutil import format_time, parse_time
@@ -344,8 +347,57 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+ONCE_WAIT = 60.0
+"""Seconds `lsvfs mirror --once` waits for another leader's fresh poll."""
+
+
+def add_mirror(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "mirror", "keep a shared_dir current, as a dedicated leader",
+             "Keep DIR a local mirror of the replica for every process opened with the same\n"
+             "shared_dir (LSVFS_SHARED_DIR), so that none of them talks to storage: a sidecar or\n"
+             "systemd unit next to the workers. Leads as soon as no other process does (it waits\n"
+             "for a worker that leads to stop); one log line per poll with -v. --once fills DIR and\n"
+             "exits (a warm-up step in a container build).",
+             "  lsvfs mirror s3://bucket/app.db --shared-dir /var/cache/lsvfs/app -v")
+    p.add_argument("url", help=URL_HELP)
+    p.add_argument("--shared-dir", required=True, metavar="DIR", help="the directory the workers share")
+    p.add_argument("--once", action="store_true", help="fill DIR once and exit")
+    p.add_argument("--poll-interval", type=parse_duration, default=Options.poll_interval, metavar="SECONDS",
+                   help=f"seconds between polls (default {Options.poll_interval:g})")
+    p.set_defaults(func=cmd_mirror)
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    require_replica(args.url)
+    root = prepare(args.shared_dir, args.url)
+    leader = Leader(root, redact_url(args.url), lambda: open_storage(args.url))
+    try:
+        if not args.once:
+            try:
+                leader.step()
+            except Exception as exc:  # noqa: BLE001 - a sidecar keeps trying; logged
+                leader.failed(exc)
+            leader.run(threading.Event(), args.poll_interval)  # until interrupted or killed
+            return 0
+        deadline = time.monotonic() + ONCE_WAIT
+        while not leader.step():  # another process leads: done once it has polled since we started
+            age = poll_age(read_status(root))
+            if age is not None and age < args.poll_interval:
+                break
+            if time.monotonic() > deadline:
+                raise ReplicaError(f"{root}: led by pid {(read_status(root) or {}).get('pid')}, which has not "
+                                   f"polled {redact_url(args.url)} successfully for {ONCE_WAIT:g}s")
+            time.sleep(max(args.poll_interval, 0.05))
+        status = read_status(root) or {}
+        print(f"mirrored {redact_url(args.url)} in {root}: TXID {status.get('txid')}, {status.get('files')} files, "
+              f"{status.get('bytes')} bytes (leader pid {status.get('pid')})", flush=True)
+        return 0
+    finally:
+        leader.close()
+
+
 COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_hydrate, add_stats,
-                               add_demo)
+                               add_mirror, add_demo)
 """Subcommands in --help order."""
 
 

@@ -39,6 +39,11 @@ class LineageError(ReplicaError):
     """The replica was replaced by another lineage, and what was asked belongs to the old one."""
 
 
+class SharedDirError(ReplicaError):
+    """A `shared_dir` that cannot be used: not creatable or writable, writable by
+    other users, or already mirroring another replica."""
+
+
 class StorageError(LsvfsError):
     """Talking to storage failed (unreachable, denied, missing object, short read)."""
 

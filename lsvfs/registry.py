@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -73,8 +74,19 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
 
 
 def _new_replica(url: str, options: Options, storage: StorageClient | None) -> Replica:
-    """A Replica on `storage`, or on a storage for `url` whose client is shared."""
-    own = open_storage(url, _clients) if storage is None else storage
+    """A Replica on `storage`, or on a storage for `url` whose client is shared;
+    with `shared_dir`, on the host's mirror of it (that storage is only the leader's)."""
+    if options.shared_dir:
+        from .shared import SharedStorage
+
+        given = storage
+        remote: Callable[[], StorageClient] = (lambda: given) if given is not None else (
+            lambda: open_storage(url, _clients))
+        own: StorageClient = SharedStorage(url, options.shared_dir, poll_interval=options.poll_interval,
+                                           open_timeout=options.open_timeout, open_remote=remote)
+        storage = None  # ours now: closed below on failure, by the Replica after
+    else:
+        own = open_storage(url, _clients) if storage is None else storage
     try:
         return Replica(url, options, own)
     except BaseException:

@@ -682,11 +682,15 @@ class Replica:
             "prefetch": {"requests": self.prefetch_requests, "done": self.prefetch_done,
                          "pending": self.fetcher.pending()},
             "hydration": None if self.hydrator is None else self.hydrator.stats(),
+            "shared": getattr(self.storage.inner, "shared_stats", lambda: None)(),
         }
 
     def lag(self) -> float:
-        """Seconds since the last successful poll (or open); -1 before one."""
-        return -1.0 if self.last_poll_ok is None else time.monotonic() - self.last_poll_ok
+        """Seconds since the last successful poll (or open); -1 before one. With
+        shared_dir, the older of that and the age of the leader's last good poll."""
+        own = -1.0 if self.last_poll_ok is None else time.monotonic() - self.last_poll_ok
+        shared = getattr(self.storage.inner, "shared_lag", None)
+        return own if shared is None or own < 0 else max(own, shared())
 
     # ---- page reads -------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""One process's part in keeping the shared directory current.
+
+Every process with the directory runs the same loop: try to lead, and while
+leading poll storage into the mirror and publish the status. A process that
+leads keeps leading until it closes or dies; the others try again each poll
+interval, so a dead leader is replaced within two. A failed poll (storage
+down, disk full) is logged once per kind and retried with backoff; what the
+mirror holds stays complete meanwhile, and followers see the lag grow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..backoff import Backoff, log_failure
+from ..errors import LsvfsError
+from ..storage.base import StorageClient
+from .directory import write_status
+from .election import Election
+from .mirror import Mirror
+
+log = logging.getLogger(__name__)
+
+FIRST_DELAY = 0.5
+MOST_DELAY = 30.0
+"""Bounds of the wait after a failed poll (doubling between them)."""
+
+
+class Leader:
+    """The election and, while this process leads, the mirror it keeps."""
+
+    def __init__(self, root: Path, name: str, open_remote: Callable[[], StorageClient]) -> None:
+        self.root = root
+        self.name = name
+        self._open_remote = open_remote
+        self.election = Election(root)
+        self.mirror: Mirror | None = None
+        self.polls = 0
+        self.poll_errors = 0
+        self._backoff = Backoff(FIRST_DELAY, MOST_DELAY)
+        self._last_error: str | None = None
+        self._lock = threading.Lock()
+        self._closing = False
+
+    @property
+    def leading(self) -> bool:
+        return self.election.leading
+
+    def step(self) -> bool:
+        """Try to lead; when leading, one poll and its status. True if a poll succeeded."""
+        with self._lock:
+            if not self.election.try_lead():
+                return False
+            if self.mirror is None:
+                mirror = Mirror(self._open_remote(), self.root, self.name, lambda: self._closing)
+                try:
+                    mirror.check_local()
+                except BaseException:
+                    mirror.close()
+                    raise
+                self.mirror = mirror
+            self.mirror.poll()
+            if self._closing:
+                return False  # stopped part way: not a poll to publish
+            self.polls += 1
+            write_status(self.root, self.status())
+            if self._last_error is not None:
+                log.info("mirror of %s in %s works again", self.name, self.root)
+                self._last_error = None
+            self._backoff.reset()
+            log.info("%s: mirrored %s at TXID %016x (%d files, %d bytes)", self.root, self.name, self.mirror.txid,
+                     self.mirror.files, self.mirror.bytes)
+            return True
+
+    def status(self) -> dict[str, Any]:
+        """What followers read: who leads, for which replica, and when it last polled well."""
+        m = self.mirror
+        return {"pid": os.getpid(), "url": self.name, "last_poll_ok": time.time(),
+                "txid": f"{m.txid:016x}" if m else None, "files": m.files if m else 0,
+                "bytes": m.bytes if m else 0}
+
+    def failed(self, exc: BaseException) -> float:
+        """Log a failed step (one WARNING per kind) and return how long to wait before the next."""
+        self.poll_errors += 1
+        delay = self._backoff.next()
+        text = str(exc) if isinstance(exc, (LsvfsError, OSError)) else repr(exc)
+        if text == self._last_error:
+            log.debug("mirror of %s failed again: %s", self.name, text)
+        else:
+            log_failure(log, exc, expected=(LsvfsError, OSError), failed=f"mirror of {self.name} into {self.root}",
+                        unexpectedly=f"mirror of {self.name} failed unexpectedly",
+                        then=f"; readers keep the last complete state; retrying in {delay:.1f}s")
+        self._last_error = text
+        return delay
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Step every `interval` seconds (longer after failures) until `stop` is set."""
+        delay = interval
+        while not stop.wait(delay):
+            delay = interval
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure; logged
+                delay = max(interval, self.failed(exc))
+
+    def remote_counts(self) -> dict[str, dict[str, int]] | None:
+        """Requests this process made to remote storage (None: it never led, so it made none)."""
+        m = self.mirror
+        return None if m is None else m.remote.counts()
+
+    def close(self) -> None:
+        """Stop leading (a poll in progress stops after its current file): the
+        next process to try takes over."""
+        self._closing = True
+        with self._lock:
+            if self.mirror is not None:
+                self.mirror.close()
+                self.mirror = None
+            self.election.resign()

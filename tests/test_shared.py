@@ -1,0 +1,399 @@
+"""shared_dir: one leader per host mirrors the replica; every process reads the mirror.
+
+Real `litestream replicate` (dir and S3), real reader processes
+(tests/shared_worker.py), the leader SIGKILLed at injected points, and each
+bad directory refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from replication import MakePrimary, ReplicatedPrimary, wait_until
+from shared_support import (
+    ACCOUNTS,
+    POLL,
+    Workers,
+    bank,
+    check_mirror,
+    mirror_within,
+    one,
+    quiet_requests_are_one_pollers,
+    status,
+    transfer,
+)
+from test_lineage import _commit_rows, _primary_with_rows, _reads, _second_primary, _warnings, _who, _wipe
+from test_prefetch_and_hydration import hydrated_at
+
+import lsvfs
+from lsvfs import registry
+from lsvfs.errors import SharedDirError
+from lsvfs.shared.mirror import Mirror
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Any]:
+    made: list[Workers] = []
+
+    def make(url: str) -> Workers:
+        w = Workers(url, tmp_path / "shared", tmp_path / "control")
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: MakePrimary, workers: Any,
+                                                             storage: str) -> None:
+    """Four processes on one shared_dir: every read transaction sees one TXID
+    and the total while the primary transfers; all end equal to the primary;
+    exactly one led; the followers never opened remote storage (their remote
+    request counts are None) and list only the mirror."""
+    p = replicated_primary(storage)
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    for i in range(4):
+        w.start(f"r{i}")
+    if storage == "s3":
+        quiet_requests_are_one_pollers(p)
+    rng = random.Random(17)
+    for _ in range(30):
+        transfer(p, rng)
+        time.sleep(0.05)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    leaders = [r for r in results.values() if r["shared"]["leader"]]
+    assert len(leaders) == 1, [r["shared"] for r in results.values()]
+    for name, r in results.items():
+        assert r["bad"] == [], (name, r["bad"][:5])
+        assert r["reads"] > 0 and r["rows"] == want, name
+        assert int(r["txid"], 16) >= final
+        assert r["shared"]["leader_pid"] == leaders[0]["pid"]
+        if not r["shared"]["leader"]:
+            assert r["shared"]["remote"] is None, name  # no request to storage, ever
+    assert sum(r["txids"] for r in results.values()) > 4  # they did see the primary advance
+    assert check_mirror(Path(w.shared)) > 0
+
+
+def test_compaction_and_l0_retention_under_the_mirror(replicated_primary: MakePrimary, workers: Any) -> None:
+    """Litestream compacting every second, snapshotting every 3 s and deleting
+    L0 files after 1 s: the mirror bridges what retention deletes before it
+    deletes it too, so two reader processes keep the invariant and end equal
+    to the primary, and the mirror holds no file the replica no longer lists."""
+    p = replicated_primary("file", levels=["1s"], snapshot_interval="3s", l0_retention="1s",
+                           l0_retention_check_interval="500ms")
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    w.start("r0")
+    w.start("r1")
+    rng = random.Random(11)
+    deadline = time.monotonic() + 8  # several compactions, snapshots and retention passes
+    while time.monotonic() < deadline:
+        transfer(p, rng)
+        time.sleep(0.1)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    for name, r in results.items():
+        assert r["bad"] == [] and r["rows"] == want, (name, r["bad"][:3])
+    assert check_mirror(w.shared) > 0
+    conn = lsvfs.connect(p.replica_url, shared_dir=str(w.shared), poll_interval=POLL)  # the next leader
+    try:
+        wait_until(lambda: mirror_within(w.shared, p), 30, what="retention reaching the mirror")
+    finally:
+        conn.close()
+    levels = {f.level for fs in p.replica_files().values() for f in fs}
+    assert {0, 1, 9} <= levels, levels  # the replica did compact and snapshot
+
+
+@pytest.mark.parametrize(("storage", "point"), [("file", "download"), ("file", "rename"), ("s3", "rename")])
+def test_killed_leader_is_replaced_and_nothing_wrong_is_read(replicated_primary: MakePrimary, workers: Any,
+                                                             storage: str, point: str) -> None:
+    """The leader stops at `point` of a file (its bytes downloaded; its temp
+    file written, not renamed) and is SIGKILLed there: a follower takes over,
+    catches up, reads nothing wrong, and the mirror is whole (every CRC checks
+    out, the temp file is gone)."""
+    p = replicated_primary(storage)
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    leader = w.start("leader", hang=point)
+    assert status(w.shared)["pid"] == leader.pid
+    w.start("f1")
+    w.start("f2")
+    rng = random.Random(3)
+    transfer(p, rng)
+    p.wait_replicated()
+    wait_until(lambda: (w.control / "leader.hung").exists(), 30, what="the leader reaching the injected point")
+    if point == "rename":
+        assert list((w.shared / "ltx").rglob("*.tmp")), "the temp file is written"
+    leader.send_signal(signal.SIGKILL)
+    leader.wait(timeout=10)
+    wait_until(lambda: status(w.shared)["pid"] != leader.pid, 30, what="a follower taking over")
+    for _ in range(10):
+        transfer(p, rng)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    assert set(results) == {"f1", "f2"}
+    assert sum(r["shared"]["leader"] for r in results.values()) == 1
+    for name, r in results.items():
+        assert r["bad"] == [] and r["rows"] == want, name
+    assert check_mirror(w.shared) > 0
+
+
+def test_hung_leader_makes_every_lag_grow(file_primary: ReplicatedPrimary, workers: Any, tmp_path: Path) -> None:
+    """A leader alive but stuck (SIGSTOP) publishes no poll: a follower's
+    litestream_lag grows past several poll intervals, and drops once it runs again."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    w = workers(file_primary.replica_url)
+    leader = w.start("leader")
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(w.shared), poll_interval=POLL)
+    try:
+        assert registry.open_replicas()[file_primary.replica_url].stats()["shared"]["leader"] is False
+
+        def lag() -> float:
+            return float(one(conn, "PRAGMA litestream_lag"))
+
+        os.kill(leader.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: lag() > 10 * POLL, 30, what="the follower's lag growing")
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        wait_until(lambda: lag() < 5 * POLL, 30, what="the lag dropping again")
+    finally:
+        conn.close()
+
+
+def test_disk_errors_are_retried_and_readers_keep_the_last_state(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """ENOSPC while the leader writes: logged once as a WARNING, retried; the
+    replica keeps serving the last complete TXID, no half file appears, and
+    it catches up once the disk has room."""
+    bank(file_primary)
+    before = file_primary.wait_replicated()
+    shared = tmp_path / "shared"
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(shared), poll_interval=POLL)
+    try:
+        full = {"on": True}
+        install = Mirror.install
+
+        def no_space(self: Mirror, path: Path, data: bytes, modified: Any) -> None:
+            if full["on"]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            install(self, path, data, modified)
+
+        monkeypatch.setattr(Mirror, "install", no_space)
+        caplog.set_level(logging.WARNING, logger="lsvfs.shared.leader")
+        transfer(file_primary, random.Random(1))
+        after = file_primary.wait_replicated()
+        wait_until(lambda: "No space left on device" in caplog.text, 30, what="the failure logged")
+        assert "readers keep the last complete state" in caplog.text
+        txid = int(one(conn, "PRAGMA litestream_txid"), 16)
+        assert txid == before < after
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        assert check_mirror(shared) > 0
+        full["on"] = False
+        wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= after, 60,
+                   what="catching up")
+        warnings = [r for r in caplog.records if "No space left" in r.getMessage()]
+        assert len(warnings) == 1  # once per kind of failure, not once per retry
+    finally:
+        conn.close()
+
+
+def test_option_from_keyword_uri_and_environment(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """shared_dir as a keyword and as LSVFS_SHARED_DIR: the replica reads the
+    mirror made there, with `shared` in its stats."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    monkeypatch.setenv("LSVFS_SHARED_DIR", str(tmp_path / "env"))
+    conn = lsvfs.connect(file_primary.replica_url)
+    try:
+        shared = registry.open_replicas()[file_primary.replica_url].stats()["shared"]
+        assert shared["dir"] == str(tmp_path / "env") and shared["leader"] is True
+        assert shared["files"] >= 1 and (tmp_path / "env" / "ltx").is_dir()
+        assert json.loads(one(conn, "PRAGMA litestream_stats"))["shared"]["dir"] == shared["dir"]
+    finally:
+        conn.close()
+    uri = lsvfs.uri(file_primary.replica_url, shared_dir=str(tmp_path / "uri"))
+    assert "shared_dir=" in uri
+    monkeypatch.delenv("LSVFS_SHARED_DIR")
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(tmp_path / "kw"))
+    try:
+        assert one(conn, "SELECT count(*) FROM bank") == ACCOUNTS
+        assert os.stat(tmp_path / "kw").st_mode & 0o777 == 0o700
+    finally:
+        conn.close()
+
+
+def test_bad_directories_are_refused_naming_them(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    bank(file_primary)
+    file_primary.wait_replicated()
+    url = file_primary.replica_url
+
+    def refused(shared: Path | str) -> str:
+        with pytest.raises(SharedDirError) as e:
+            lsvfs.connect(url, shared_dir=str(shared))
+        return str(e.value)
+
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    assert refused(open_dir) == (f"shared_dir {open_dir} is writable by other users (mode 0777): they could "
+                                 "change what every process serves; use a directory only you can write "
+                                 f"(chmod 700 {open_dir})")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert refused(a_file / "sub").startswith(f"shared_dir {a_file / 'sub'} cannot be created: Not a directory")
+    ro = Path("/proc/self/fdinfo")  # read-only for root too
+    message = refused(ro)
+    assert message.startswith(f"shared_dir {ro} ") and ("cannot be written" in message or "uid" in message)
+    used = tmp_path / "used"
+    conn = lsvfs.connect(url, shared_dir=str(used))
+    conn.close()
+    other = "sftp://reader:hunter2@127.0.0.1:1/other"
+    with pytest.raises(SharedDirError) as e:
+        lsvfs.connect(other, shared_dir=str(used))
+    assert str(e.value) == (f"shared_dir {used} already mirrors replica {url}, not "
+                            "sftp://reader:***@127.0.0.1:1/other: use one shared_dir per replica")
+    assert "hunter2" not in str(e.value)
+
+
+def test_damaged_file_is_fetched_again_by_the_next_leader(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A mirror file whose bytes changed on disk fails its CRC when a leader
+    takes over: WARNING, removed, fetched again, and the data reads right."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    shared = tmp_path / "shared"
+    lsvfs.connect(file_primary.replica_url, shared_dir=str(shared), poll_interval=0).close()
+    victim = next((shared / "ltx").rglob("*.ltx"))
+    data = bytearray(victim.read_bytes())
+    data[200] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING)
+    conn = lsvfs.connect(file_primary.replica_url, shared_dir=str(shared), poll_interval=0)
+    try:
+        assert "is damaged" in caplog.text and victim.name in caplog.text
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        assert check_mirror(shared) > 0
+    finally:
+        conn.close()
+
+
+def test_mirror_command_fills_once_then_leads_as_a_sidecar(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    """`lsvfs mirror --once` fills the directory and exits; `lsvfs mirror` leads
+    until killed, one log line per poll with -v, and a worker started with the
+    same shared_dir only reads (never leads, no storage client) yet follows the primary."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    url, shared = file_primary.replica_url, tmp_path / "shared"
+    command = [sys.executable, "-m", "lsvfs", "mirror", url, "--shared-dir", str(shared)]
+    once = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.startswith(f"mirrored {url} in {shared}: TXID ")
+    assert check_mirror(shared) > 0
+    log_path = tmp_path / "sidecar.log"
+    with open(log_path, "wb") as log_file:
+        side = subprocess.Popen([*command, "--poll-interval", "200ms", "-v"], stderr=log_file)
+    try:
+        wait_until(lambda: status(shared)["pid"] == side.pid, 30, what="the sidecar leading")
+        again = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=90)
+        assert again.returncode == 0 and f"(leader pid {side.pid})" in again.stdout, again.stderr  # it waited
+        conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
+        try:
+            stats = registry.open_replicas()[url].stats()["shared"]
+            assert (stats["leader"], stats["leader_pid"], stats["remote"]) == (False, side.pid, None)
+            transfer(file_primary, random.Random(5))
+            final = file_primary.wait_replicated()
+            wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= final, 30, what="the worker following")
+            assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        finally:
+            conn.close()
+    finally:
+        side.kill()
+        side.wait(timeout=10)
+    lines = [line for line in log_path.read_text().splitlines() if f"mirrored {url} at TXID" in line]
+    assert len(lines) >= 2, log_path.read_text()[-2000:]
+
+
+def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary: MakePrimary, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The replica wiped and written again by another primary: a directory
+    left holding the old lineage is rebuilt at open, with a WARNING, and reads
+    the new one; replaced again while open, the reader follows the newest
+    lineage, and the mirror then holds only its files, each whole."""
+    caplog.set_level(logging.INFO, logger="lsvfs")
+    a, _ = _primary_with_rows(replicated_primary, "file", "a", 5)
+    url, shared = a.replica_url, tmp_path / "shared"
+    lsvfs.connect(url, shared_dir=str(shared), poll_interval=0).close()
+    _wipe(a)
+    b = _second_primary(replicated_primary, a)
+    b.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
+    _commit_rows(b, "b", 3)
+    caplog.clear()
+    conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
+    try:
+        assert _who(conn) == [("b", 3)]
+        assert any("holds another lineage of the replica" in m for m in _warnings(caplog))
+        _wipe(b)
+        c = _second_primary(replicated_primary, b)
+        c.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
+        _commit_rows(c, "c", 8)
+        wait_until(lambda: _reads(conn, [("c", 8)]), 30, what="the reader following the newest lineage")
+        wait_until(lambda: mirror_within(shared, c), 30, what="the mirror holding the new lineage's files only")
+        assert check_mirror(shared) > 0
+    finally:
+        conn.close()
+
+
+def test_pinning_and_hydration_read_through_the_mirror(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    """A connection on a shared_dir with hydration pins an older TXID and reads
+    it exactly, while the hydration file (filled from the mirror) serves the newest."""
+    bank(file_primary)
+    rng = random.Random(7)
+    transfer(file_primary, rng)
+    before = file_primary.wait_replicated()
+    old = [list(r) for r in file_primary.execute("SELECT id, balance FROM bank ORDER BY id")]
+    for _ in range(3):
+        transfer(file_primary, rng)
+    after = file_primary.wait_replicated()
+    new = [list(r) for r in file_primary.execute("SELECT id, balance FROM bank ORDER BY id")]
+    assert old != new
+    url = file_primary.replica_url
+    conn = lsvfs.connect(url, shared_dir=str(tmp_path / "shared"), hydration=True, poll_interval=POLL)
+    pinned = lsvfs.connect(url)
+    try:
+        wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= after, 30, what="the newest TXID")
+        rep = registry.open_replicas()[url]
+        wait_until(lambda: hydrated_at(rep, int(one(conn, "PRAGMA litestream_txid"), 16)), 30,
+                   what="the hydration file complete")
+        assert [list(r) for r in conn.execute("SELECT id, balance FROM bank ORDER BY id")] == new
+        assert rep.stats()["shared"]["leader"] is True
+        pinned.execute(f"PRAGMA litestream_txid = '{before:016x}'").fetchall()
+        assert [list(r) for r in pinned.execute("SELECT id, balance FROM bank ORDER BY id")] == old
+    finally:
+        pinned.close()
+        conn.close()
