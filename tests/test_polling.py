@@ -161,7 +161,7 @@ def test_s13_poll_interval_zero_and_bad_values(tmp_path: Path) -> None:
     counting = WrappedStorage(open_storage(p.url))
     with closing(lsvfs.connect(p.url, storage=counting, poll_interval=0)):
         rep = lsvfs.open_replicas()[p.url]
-        assert not rep.poller.started
+        assert rep.poller.thread is None
         lists = counting.calls["list"]
         time.sleep(0.3)
         assert counting.calls["list"] == lists and rep.poll_count == 0

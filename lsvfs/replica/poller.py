@@ -75,8 +75,9 @@ class Poller:
             self._thread.start()
 
     @property
-    def started(self) -> bool:
-        return self._thread is not None
+    def thread(self) -> threading.Thread | None:
+        """The polling thread; None if none was started."""
+        return self._thread
 
     def join(self, timeout: float) -> None:
         """Wait up to `timeout` for the thread to end (not when called from it)."""
