@@ -39,7 +39,7 @@ CHUNK_BYTES = 2 << 20
 """Pages per read-ahead or prefetch request, in bytes of database."""
 AHEAD_BYTES = 16 << 20
 """Most a sequential reader's read-ahead window grows to (and at most a quarter of the cache)."""
-RUN_MAX_GAP = 256 << 10
+AHEAD_MAX_GAP = 256 << 10
 """Bytes of unwanted frames a read-ahead or prefetch request reads rather than starting a second request."""
 MIN_AHEAD_PAGES = 16
 """Pages a quarter of the cache must hold for parallel read-ahead to be worth it."""
@@ -244,7 +244,7 @@ class PageReader:
 
     def _submit(self, snap: Snapshot, wanted: Wanted, priority: int, chunk: int = CHUNK_BYTES) -> None:
         """Ranged reads of `wanted` pages into the cache, as fetcher jobs readers can find."""
-        for rng in plan(wanted, chunk + RUN_MAX_GAP, min(chunk, RUN_MAX_GAP)):
+        for rng in plan(wanted, chunk + AHEAD_MAX_GAP, min(chunk, AHEAD_MAX_GAP)):
             if priority == PREFETCH:
                 with self._lock:
                     self.prefetch_requests += 1
