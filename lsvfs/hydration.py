@@ -25,36 +25,80 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from . import core, ltx
 from ._core import ffi, lib
+from .backoff import Backoff, log_failure
 from .errors import LsvfsError, ReplicaError
-from .fetcher import HYDRATE, Job
+from .fetcher import HYDRATE, Fetcher, Job
+from .options import Options
+from .pagetable import PageTable
 from .plan import extend, list_all
 from .ranges import plan
-from .storage.base import SNAPSHOT_LEVEL, FileInfo
-
-if TYPE_CHECKING:
-    from .replica import Replica, Snapshot
+from .storage.base import SNAPSHOT_LEVEL, FileInfo, StorageClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REQUEST_BYTES = 8 << 20
 """Largest ranged read: a new LTX file is one request unless it is bigger."""
-MAX_GAP = 1 << 20
-"""Bytes of unwanted frames read rather than starting a second request."""
+HYDRATION_MAX_GAP = 1 << 20
+"""Bytes of unwanted frames a hydration read reads rather than starting a second request."""
 BATCH = 1 << 16
 """Pages planned at a time, so a huge database never lists every page at once."""
 META_VERSION = 1
+FIRST_DELAY = 0.05
+"""Seconds the worker waits after a failure; each next failure doubles it."""
+MOST_DELAY = 5.0
+"""Longest wait between two tries of the worker."""
+
+
+class SnapshotView(Protocol):
+    """What the hydrator reads of a snapshot (lsvfs/replica/snapshot.py)."""
+
+    @property
+    def txid(self) -> int: ...
+    @property
+    def commit(self) -> int: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def table(self) -> PageTable: ...
+    @property
+    def lineage(self) -> int: ...
+    @property
+    def tip(self) -> FileInfo | None: ...
+
+
+class Source(Protocol):
+    """What the hydrator uses of its replica (lsvfs/replica/lifecycle.py)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def c(self) -> Any:
+        """The C replica, which the hydration file is handed to."""
+    @property
+    def options(self) -> Options: ...
+    @property
+    def storage(self) -> StorageClient: ...
+    @property
+    def fetcher(self) -> Fetcher: ...
+    def current(self) -> SnapshotView: ...
+    def file(self, slot: int) -> FileInfo: ...
+    def retry(self, fn: Callable[[], T], what: str) -> T: ...
+    def pages_in(self, chain: list[FileInfo]) -> SnapshotView: ...
 
 
 class Hydrator:
     """The hydration file of one Replica and the thread that fills it."""
 
-    def __init__(self, rep: Replica, path: str | None) -> None:
+    def __init__(self, rep: Source, path: str | None) -> None:
         self._rep = rep
         self.persistent = path is not None
         if path is None:
@@ -144,7 +188,7 @@ class Hydrator:
 
     # ---- progress ---------------------------------------------------------
 
-    def missing(self, snap: Snapshot) -> int:
+    def missing(self, snap: SnapshotView) -> int:
         """Pages of `snap` the file does not hold yet."""
         nxt = ffi.new("uint32_t *", 1)
         return int(lib.lsvfs_hydration_missing(self._h, snap.table.cdata, snap.commit, nxt, ffi.NULL,
@@ -178,7 +222,7 @@ class Hydrator:
             self._resume()
         except Exception as exc:  # noqa: BLE001 - a failed resume is a rebuild, not a dead thread
             self._rebuild(f"could not resume ({exc})")
-        delay = 0.05
+        backoff = Backoff(FIRST_DELAY, MOST_DELAY)
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -191,22 +235,20 @@ class Hydrator:
                 if snap.txid != self.synced_txid:
                     self._sync(snap)
                 self.error = None
-                delay = 0.05
-            except (LsvfsError, OSError) as exc:
-                self.error = str(exc)
-                log.warning("hydration of %s: %s; retrying in %.1fs", self._rep.name, exc, delay)
+                backoff.reset()
+            except Exception as exc:  # noqa: BLE001 - a custom storage client's own errors must not kill hydration
+                if self._stop.is_set():
+                    break  # a call cut by close(): nothing to report or retry
+                delay = backoff.next()
+                self.error = log_failure(log, exc, expected=(LsvfsError, OSError),
+                                         failed=f"hydration of {self._rep.name}",
+                                         unexpectedly=f"hydration of {self._rep.name} failed unexpectedly",
+                                         then=f"; retrying in {delay:.1f}s")
                 self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except Exception as exc:  # a custom storage client's own errors must not kill hydration
-                self.error = repr(exc)
-                log.exception("hydration of %s failed unexpectedly", self._rep.name)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             self._wake.wait(timeout=max(self._rep.options.poll_interval, 0.1) * 10)
 
-    def _fill(self, snap: Snapshot) -> bool:
+    def _fill(self, snap: SnapshotView) -> bool:
         """Fetch the pages of `snap` the file lacks; False if there were none."""
         nxt = ffi.new("uint32_t *", 1)
         out = ffi.new("uint32_t[]", BATCH)
@@ -224,7 +266,7 @@ class Hydrator:
             fetched = True
         return fetched
 
-    def _fetch(self, snap: Snapshot, wanted: list[tuple[int, tuple[int, int, int]]]) -> None:
+    def _fetch(self, snap: SnapshotView, wanted: list[tuple[int, tuple[int, int, int]]]) -> None:
         """Read and write `wanted` pages, in parallel; raise the first failure."""
         if self._meta is not None and self._meta.get("complete"):
             # From here the file matches its record no more: say so, so that a
@@ -233,14 +275,14 @@ class Hydrator:
                 if ours:
                     self._record({**self._meta, "complete": False})
         futures: list[Future[None]] = []
-        for rng in plan(wanted, REQUEST_BYTES, MAX_GAP):
+        for rng in plan(wanted, REQUEST_BYTES, HYDRATION_MAX_GAP):
             futures.append(self._rep.fetcher.submit(Job(self._job(snap, rng), HYDRATE)).future)
         done, _ = wait(futures)
         for fut in done:
             if not fut.cancelled() and fut.exception() is not None:
                 raise fut.exception()  # type: ignore[misc]
 
-    def _job(self, snap: Snapshot, rng: Any) -> Any:
+    def _job(self, snap: SnapshotView, rng: Any) -> Any:
         f = self._rep.file(rng.slot)  # `snap` (held by the closure) keeps the slot alive
 
         def once() -> None:
@@ -259,7 +301,7 @@ class Hydrator:
 
         return run
 
-    def _sync(self, snap: Snapshot) -> None:
+    def _sync(self, snap: SnapshotView) -> None:
         """The file holds all of `snap`: cut, flush, and record it."""
         checksum = ffi.new("uint64_t *")
         with self._writing() as ours:

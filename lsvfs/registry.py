@@ -44,7 +44,7 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
             if rep is not None:
                 if options != rep.options:
                     log.debug("%s already open with %s; ignoring %s", url, rep.options, options)
-                rep.refs += 1
+                rep.add_ref()
                 return rep
             fut, owner = claim(_opening, key)
         if not owner:
@@ -68,7 +68,7 @@ def acquire(url: str, options: Options, storage: StorageClient | None = None) ->
         with _registry_lock:
             del _opening[key]
             _registry[key] = rep
-            rep.refs += 1
+            rep.add_ref()
         fut.set_result(rep)
         return rep
 
@@ -98,8 +98,7 @@ def _new_replica(url: str, options: Options, storage: StorageClient | None) -> R
 def release(rep: Replica) -> None:
     """Drop one reference; the last one stops the poller and frees everything."""
     with _registry_lock:
-        rep.refs -= 1
-        if rep.refs > 0:
+        if rep.drop_ref() > 0:
             return
         key = parse_url(rep.url)
         if _registry.get(key) is rep:

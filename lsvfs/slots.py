@@ -99,6 +99,10 @@ class FileSlots:
             raise ReplicaError(f"no file for slot {slot} (snapshot outlived its files)")
         return f
 
+    def slots(self) -> list[int]:
+        with self._lock:
+            return list(self._files)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._files)

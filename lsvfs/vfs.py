@@ -174,7 +174,7 @@ def lsvfs_py_open(ctx: Any, params: Any, params_len: int, file: Any) -> int:
     f = OpenFile(vfs, rep, file)
     with vfs.lock:
         vfs.files.add(f)
-        rep.connections += 1
+        rep.add_connection()
     lib.lsvfs_file_attach(file, rep.c, f.handle)
     return SQLITE_OK
 
@@ -222,7 +222,7 @@ def lsvfs_py_close(handle: Any) -> None:
     f: OpenFile = ffi.from_handle(handle)
     with f.vfs.lock:
         f.vfs.files.discard(f)
-        f.replica.connections -= 1
+        f.replica.drop_connection()
     registry.release(f.replica)
 
 

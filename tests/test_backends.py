@@ -302,7 +302,7 @@ def test_missing_bucket_or_directory(replica_target: Any, kind: str) -> None:
             assert all(st.list_files(lvl) == [] for lvl in LEVELS)
         finally:
             st.close()
-        # (Replica's "is empty" message shows its URL unredacted until replica.py calls redact_url.)
+        # (Replica's "is empty" message shows its URL unredacted until lsvfs/replica/lifecycle.py calls redact_url.)
         with pytest.raises(ReplicaError, match="empty"):
             lsvfs.connect(u)
     else:

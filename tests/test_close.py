@@ -35,6 +35,7 @@ from synthetic import S3Target, SyntheticPrimary
 
 import lsvfs
 import lsvfs.replica
+import lsvfs.replica.reader
 from lsvfs.errors import StorageError
 from lsvfs.hydration import Hydrator
 from lsvfs.replica import Replica
@@ -217,7 +218,7 @@ def _target(kind: str, replica_target: Any, request: pytest.FixtureRequest) -> R
 @pytest.mark.parametrize("kind", [*SCHEMES, "s3"])
 def test_close_ends_calls_held_in_flight(replica_target: Any, request: pytest.FixtureRequest, tmp_path: Path,
                                          kind: str, hydrate: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lsvfs.replica, "CHUNK_BYTES", CHUNK)
+    monkeypatch.setattr(lsvfs.replica.reader, "CHUNK_BYTES", CHUNK)
     t = _target(kind, replica_target, request)
     _written(t.lsvfs_url, t.put)
     with _proxy(t) as proxy:
@@ -240,7 +241,7 @@ def test_close_of_a_directory_replica_at_work(tmp_path: Path, monkeypatch: pytes
     """A directory replica's calls are local system calls, which no proxy can hold: closing it
     while the poller, read-ahead and hydration run returns within BOUND and their threads end
     within BOUND, and a reader in a page miss meanwhile ends (with its page or an error)."""
-    monkeypatch.setattr(lsvfs.replica, "CHUNK_BYTES", CHUNK)
+    monkeypatch.setattr(lsvfs.replica.reader, "CHUNK_BYTES", CHUNK)
     d = tmp_path / "replica"
 
     def put(name: str, data: bytes) -> None:
@@ -272,7 +273,7 @@ def test_closing_one_replica_leaves_the_calls_of_another_on_its_client(
     a poll and read-ahead held. Closing the first ends its calls and threads; the second's
     reader still waits, gets its page once the proxy lets the answers through, and its
     connection reads on."""
-    monkeypatch.setattr(lsvfs.replica, "CHUNK_BYTES", CHUNK)
+    monkeypatch.setattr(lsvfs.replica.reader, "CHUNK_BYTES", CHUNK)
     t = replica_target(kind)
     _written(t.lsvfs_url, t.put)
     _written(re.sub(r"^([^?]*)", r"\1/two", t.lsvfs_url, count=1), lambda n, d: t.put("two/" + n, d))

@@ -575,7 +575,7 @@ def test_s10_poller_survives_listing_failures_and_allocation_failure(tmp_path: P
     odd = Odd(oom)
     with closing(lsvfs.connect(p.url, storage=odd, poll_interval=0.02)) as conn:
         rep = lsvfs.open_replicas()[p.url]
-        poller = rep._poller
+        poller = rep.poller.thread
         assert poller is not None and poller.is_alive()
         with caplog.at_level("CRITICAL", logger="lsvfs"):
             failing.enabled = True
@@ -609,7 +609,7 @@ def test_s10_poller_survives_listing_failures_and_allocation_failure(tmp_path: P
         p.execute("INSERT INTO t VALUES (1)")
         target = p.wait_replicated()
         wait_until(lambda: txid_of(conn) == target, 10, what="replica recovers")
-        assert rep.poll_errors >= 3 and rep._poller is not None and rep._poller.is_alive()
+        assert rep.poll_errors >= 3 and rep.poller.thread is not None and rep.poller.thread.is_alive()
         assert rows(conn, "SELECT v FROM t") == [(1,)]
 
 
@@ -625,7 +625,7 @@ def test_s11_close_does_not_wait_for_a_poll_stuck_in_storage(tmp_path: Path) -> 
     blocking = BlockingStorage(open_storage(p.url), max_block=20)
     conn = lsvfs.connect(p.url, storage=blocking, poll_interval=0.01)
     rep = lsvfs.open_replicas()[p.url]
-    poller = rep._poller
+    poller = rep.poller.thread
     assert poller is not None
     blocking.armed = True
     assert blocking.blocked.wait(5), "poller reached the blocking call"

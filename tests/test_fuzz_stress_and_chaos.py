@@ -395,7 +395,7 @@ def test_s33_ltx_parser_on_mutated_real_files(tmp_path_factory: pytest.TempPathF
     good_dir.put(level, lo, hi, data)
     with pytest.MonkeyPatch.context() as mp:  # per example: hypothesis reuses function fixtures
         if ranged:
-            mp.setattr("lsvfs.replica.TAIL_READ", 64)  # read small files by ranges, as large ones are
+            mp.setattr("lsvfs.replica.loader.TAIL_READ", 64)  # read small files by ranges, as large ones are
         want = _read_replica(good_dir.url, "frames")
         for verify in ("files", "frames"):
             try:

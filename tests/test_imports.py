@@ -87,3 +87,11 @@ def test_no_import_circles_at_run_time() -> None:
     edges = graph(runtime=True)
     assert len(edges) > 40 and edges["lsvfs.shell"] and "lsvfs.cli" not in edges["lsvfs.shell"]
     assert cycles(edges) == []
+
+
+def test_hydration_depends_on_a_protocol_not_on_the_replica() -> None:
+    """The Hydrator is handed a `Source` (a Protocol): not even its type hints import lsvfs.replica,
+    so the two cannot grow back into a circle. Control: the edge the other way is seen."""
+    edges = graph(runtime=False)
+    assert "lsvfs.hydration" in edges["lsvfs.replica.lifecycle"]
+    assert sorted(m for m in edges["lsvfs.hydration"] if m.split(".")[:2] == ["lsvfs", "replica"]) == []

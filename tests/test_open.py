@@ -21,6 +21,7 @@ from wrappers import GatedStorage
 
 import lsvfs
 from lsvfs import ltx, replica
+from lsvfs.replica import loader
 from lsvfs.futures import Task
 from lsvfs.options import resolve
 from lsvfs.storage import open_storage
@@ -44,7 +45,7 @@ def test_one_snapshot_opens_in_one_stage_and_its_head_serves_the_schema(
     p = SyntheticPrimary(make_target("s3", tmp_path, request))
     _big_snapshot(p, 200)
     (f,) = file_infos(p.target)
-    assert f.size > replica.HEAD_READ + replica.TAIL_READ
+    assert f.size > loader.HEAD_READ + loader.TAIL_READ
     st = GatedStorage(open_storage(p.url), width=2)
     with closing(lsvfs.connect(p.url, storage=st, poll_interval=0, prefetch="off")) as c:
         opened = list(st.requests)
@@ -53,7 +54,7 @@ def test_one_snapshot_opens_in_one_stage_and_its_head_serves_the_schema(
         assert rows(c, "SELECT count(*) FROM t") == [(200,)]
     assert Counter(kind for kind, *_ in opened) == {"list": len(LEVELS), "read": 2}
     reads = sorted((offset, length) for kind, _, offset, length in opened if kind == "read")
-    assert reads == [(0, replica.HEAD_READ), (f.size - replica.TAIL_READ, replica.TAIL_READ)]
+    assert reads == [(0, loader.HEAD_READ), (f.size - loader.TAIL_READ, loader.TAIL_READ)]
     assert st.peak == 2, "head and tail were in flight together"
 
 
@@ -74,7 +75,7 @@ def test_a_chain_of_files_loads_in_one_stage_with_real_parallelism(
         else:
             p.commit("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
     files = file_infos(p.target)
-    big = sorted(f for f in files if f.size > replica.TAIL_READ)
+    big = sorted(f for f in files if f.size > loader.TAIL_READ)
     assert len(files) == 41 and [f.min_txid for f in big] == [1, 22]
     st = GatedStorage(open_storage(p.url), width=32)
     with closing(lsvfs.connect(p.url, storage=st, poll_interval=0, prefetch="off")) as c:
@@ -84,7 +85,7 @@ def test_a_chain_of_files_loads_in_one_stage_with_real_parallelism(
         assert rows(c, "SELECT count(*), sum(typeof(v) = 'text') FROM t") == [(219, 39)]
     assert Counter(kind for kind, *_ in opened) == {"list": len(LEVELS), "read": 4, "read_all": 39}
     heads = {f.min_txid: length for kind, f, offset, length in opened if kind == "read" and offset == 0}
-    assert heads[1] == min(replica.HEAD_READ, big[0].size - replica.TAIL_READ)
+    assert heads[1] == min(loader.HEAD_READ, big[0].size - loader.TAIL_READ)
     assert ltx.HEADER_SIZE + 4096 < heads[22] < ltx.HEADER_SIZE + 4096 + 64  # one 4 KiB page's frame
     assert sorted(f for kind, f, *_ in opened if kind == "read") == sorted(big * 2)
     assert sorted(f for kind, f, *_ in opened if kind == "read_all") == sorted(set(files) - set(big))
@@ -98,7 +99,7 @@ def test_reads_started_ahead_of_the_decoder_are_bounded(tmp_path: Path, monkeypa
     p.commit("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     for i in range(40):
         p.commit("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
-    monkeypatch.setattr(replica, "LOAD_AHEAD", 3)
+    monkeypatch.setattr(loader, "LOAD_AHEAD", 3)
     st = GatedStorage(FileStorage(p.target.root), width=4, patience=0.05)  # never 4: the gate just times out
     with closing(lsvfs.connect(p.url, storage=st, poll_interval=0, prefetch="off")) as c:
         assert rows(c, "SELECT count(*) FROM t") == [(40,)]

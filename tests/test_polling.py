@@ -102,7 +102,7 @@ def test_s12_rapid_commits_are_coalesced(tmp_path: Path) -> None:
     published: list[int] = []
     with closing(lsvfs.connect(p.url, poll_interval=0.005)) as conn:
         rep = lsvfs.open_replicas()[p.url]
-        orig = rep._poll
+        orig = rep.poller._poll
 
         def counting() -> bool:
             advanced = orig()
@@ -110,7 +110,7 @@ def test_s12_rapid_commits_are_coalesced(tmp_path: Path) -> None:
                 published.append(rep.current().txid)
             return advanced
 
-        rep._poll = counting  # type: ignore[method-assign]
+        rep.poller._poll = counting  # type: ignore[method-assign]
         seen: list[int] = []
         for i in range(200):
             p.commit("UPDATE c SET n = ?", (i + 1,))
@@ -161,7 +161,7 @@ def test_s13_poll_interval_zero_and_bad_values(tmp_path: Path) -> None:
     counting = WrappedStorage(open_storage(p.url))
     with closing(lsvfs.connect(p.url, storage=counting, poll_interval=0)):
         rep = lsvfs.open_replicas()[p.url]
-        assert rep._poller is None
+        assert rep.poller.thread is None
         lists = counting.calls["list"]
         time.sleep(0.3)
         assert counting.calls["list"] == lists and rep.poll_count == 0

@@ -45,6 +45,9 @@ from wrappers import WrappedStorage
 import lsvfs
 import lsvfs.hydration
 import lsvfs.replica
+import lsvfs.replica.lifecycle
+import lsvfs.replica.loader
+import lsvfs.replica.reader
 from lsvfs import ltx
 from lsvfs.options import resolve
 from lsvfs.registry import acquire, release
@@ -382,13 +385,13 @@ def test_prefetch_on_stops_at_the_cache_budget(s3_db: Frozen) -> None:
         assert rep.stats()["prefetch"]["requests"] == 1
         # The prefetch's request, whichever thread ran it (connect() reads page 1 and may take it over);
         # the open's index reads are the other, smaller ones.
-        big = [r[3] for r in s3.reads if r[3] > lsvfs.replica.TAIL_READ]
+        big = [r[3] for r in s3.reads if r[3] > lsvfs.replica.loader.TAIL_READ]
         assert len(big) == 1 and MiB * 9 // 10 <= big[0] <= MiB + 256 * 1024, big  # LZ4 frames: a little under
         held = {n: loc[0] for n, loc in enumerate(snap.table.get_range(1, snap.commit), start=1)
                 if loc is not None and (loc[0], loc[1]) in rep.cache}  # pgno -> slot
         assert set(range(1, budget + 1)) - {ltx.lock_pgno(snap.page_size)} <= set(held)
         # Beyond the budget only pages of the small files open read whole may be cached.
-        past = [n for n, slot in held.items() if n > budget and rep.file(slot).size > lsvfs.replica.TAIL_READ]
+        past = [n for n, slot in held.items() if n > budget and rep.file(slot).size > lsvfs.replica.loader.TAIL_READ]
         assert not past, f"prefetch went past the budget of {budget} pages: {past[:10]}"
         samples.append(rep.stats()["cache"])
     assert samples and all(s["bytes"] <= s["max_bytes"] == MiB for s in samples), max(s["bytes"] for s in samples)
@@ -404,9 +407,9 @@ def test_a_page_a_reader_waits_for_jumps_the_prefetch_queue(dir_db: Frozen, monk
 
     The Replica is opened without a SQLite connection: opening one reads
     page 1, which would wait (rightly) for the stuck job that covers it."""
-    monkeypatch.setattr(lsvfs.replica, "CHUNK_BYTES", 256 * 1024)  # 64 prefetch jobs for 8 workers
+    monkeypatch.setattr(lsvfs.replica.reader, "CHUNK_BYTES", 256 * 1024)  # 64 prefetch jobs for 8 workers
     gated = GatedReads(open_storage(dir_db.url))
-    workers = lsvfs.replica.FETCH_WORKERS
+    workers = lsvfs.replica.lifecycle.FETCH_WORKERS
     rep = acquire(dir_db.url, resolve({"prefetch": "on", "poll_interval": 0}), gated)
     try:
         try:
@@ -702,7 +705,7 @@ def test_prefetch_and_hydration_under_storage_faults_then_stop_at_close(dir_db: 
     completes anyway (every page cached / progress 100), reads met faults
     and were retried, and after close no lsvfs-fetch / -hydrate / -poll
     thread of the replica is left."""
-    monkeypatch.setattr(lsvfs.replica, "CHUNK_BYTES", 128 * 1024)
+    monkeypatch.setattr(lsvfs.replica.reader, "CHUNK_BYTES", 128 * 1024)
     monkeypatch.setattr(lsvfs.hydration, "REQUEST_BYTES", 128 * 1024)
     mix = chaos(open_storage(dir_db.url), seed=8, rate=0.2, max_latency=0.01)
     mix.storage.local = False
@@ -752,7 +755,7 @@ def test_close_does_not_wait_for_background_reads_stuck_in_storage(
 
     The Replica is opened without a SQLite connection: opening one reads
     page 1, which would wait (rightly) for the stuck prefetch job covering it."""
-    monkeypatch.setattr(lsvfs.replica, "CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(lsvfs.replica.lifecycle, "CLOSE_WAIT", 0.2)
     listing = BlockingStorage(open_storage(dir_db.url), max_block=60)
     gated = GatedReads(listing)
     options = {"prefetch": "on"} if mode == "prefetch" else {"hydration": "on"}
@@ -792,7 +795,7 @@ def test_a_hydration_reply_arriving_after_close_is_not_written(
     the new TXID and a fresh connection reads the primary's rows (the old
     reply's pages, one TXID behind, would otherwise be served as current:
     PRAGMA integrity_check cannot tell)."""
-    monkeypatch.setattr(lsvfs.replica, "CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(lsvfs.replica.lifecycle, "CLOSE_WAIT", 0.2)
     p: ReplicatedPrimary = replicated_primary("file")
     p.insert_rows(400, 1000, seed=12)
     first = p.wait_replicated()
@@ -834,7 +837,7 @@ def test_a_close_in_the_middle_of_applying_a_txid_leaves_a_file_served_right(
     must not adopt it as recorded: the file ends equal to the restore of the
     newest TXID and a fresh connection reads the primary's rows. (Today that
     open rebuilds the whole file, WARNING "... damaged": rebuilds <= 1.)"""
-    monkeypatch.setattr(lsvfs.replica, "CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(lsvfs.replica.lifecycle, "CLOSE_WAIT", 0.2)
     p: ReplicatedPrimary = replicated_primary("file")
     p.insert_rows(400, 1000, seed=15)
     first = p.wait_replicated()
