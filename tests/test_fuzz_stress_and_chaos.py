@@ -566,7 +566,9 @@ def test_s34_chaos(replicated_primary: Any, record_property: Any, long_run: Long
     for k, v in summary.items():
         record_property(k, v)
     long_run.count(commits=ledger.n, reads_checked=stats["ok"] + stats["audits"],
-                   faults=sum(mix.faulty.injected.values()) + summary["late_listings"])
+                   faults=sum(mix.faulty.injected.values()) + summary["late_listings"],
+                   audits=stats["audits"], audits_skipped=stats["audits_skipped"], io_errors=stats["io"],
+                   corrupt_errors=stats["corrupt"])
     log.info("chaos %s/%s: %s", storage, verify, summary)
     assert not errors, errors[:5]
     assert not ledger.order_problems(), ledger.order_problems()
