@@ -512,6 +512,7 @@ def test_s34_chaos(replicated_primary: Any, record_property: Any, long_run: Long
     stop = threading.Event()
     errors: list[str] = []
     stats = {"ok": 0, "io": 0, "corrupt": 0, "audits": 0, "audits_skipped": 0}
+    skips: dict[str, int] = {}  # why audits were skipped, the first 160 characters, and how often
     lock = threading.Lock()
 
     def reader() -> None:
@@ -542,6 +543,7 @@ def test_s34_chaos(replicated_primary: Any, record_property: Any, long_run: Long
                 with lock:
                     stats["audits" if got == "ok" else "audits_skipped"] += 1
                 if got != "ok":
+                    skips[got[:160]] = skips.get(got[:160], 0) + 1
                     log.info("chaos audit %s", got)
 
     with closing(lsvfs.connect(p.replica_url, storage=mix.storage, poll_interval=0.03, verify=verify,
@@ -586,6 +588,7 @@ def test_s34_chaos(replicated_primary: Any, record_property: Any, long_run: Long
                    audits=stats["audits"], audits_skipped=stats["audits_skipped"], io_errors=stats["io"],
                    replica_files_at_end=files,
                    corrupt_errors=stats["corrupt"])
+    long_run.figures["audit_skips"] = dict(sorted(skips.items(), key=lambda kv: -kv[1])[:3])
     log.info("chaos %s/%s: %s", storage, verify, summary)
     assert not errors, errors[:5]
     assert not ledger.order_problems(), ledger.order_problems()
