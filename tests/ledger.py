@@ -30,11 +30,13 @@ KEEP_STATES = 50_000
 """States remembered (a reader further behind than this fails as lagging): ~15 min at full speed."""
 READS = ("SELECT id, bal FROM acct ORDER BY id", "SELECT n FROM meta", "SELECT id, hex(note) FROM log ORDER BY id")
 
-LITESTREAM = {"snapshot_interval": "20s", "snapshot_retention": "30s", "l0_retention": "5s",
+LITESTREAM = {"snapshot_interval": "20s", "snapshot_retention": "60s", "l0_retention": "15s",
               "l0_retention_check_interval": "1s", "levels": ["1s", "5s"]}
 """Litestream settings that keep the replica the same size at any run length: snapshots every
-20 s, older than 30 s deleted with the L1/L2 files below them, L0 files gone 5 s after their
-compaction. So a poll's listing and a restore's chain are bounded by these, not by the run."""
+20 s, older than 60 s deleted with the L1/L2 files below them, L0 files gone 15 s after their
+compaction. So a poll's listing and a restore's chain are bounded by these, not by the run.
+(With 5 s and 30 s, a restore of the TXID a lagging replica was at often found its L0 file
+or the snapshot below it gone: "no matching backup files available", and the audit skipped.)"""
 
 
 def state_of(conn: apsw.Connection) -> tuple[int, str]:
