@@ -24,9 +24,8 @@ if str(_TESTS) not in sys.path:
 if importlib.util.find_spec("lsvfs") is None:
     sys.path.insert(0, str(_TESTS.parent))
 
-from lsvfs.storage.redact import redact_url  # noqa: E402
-
 from backends import BACKENDS, ReplicaTarget, lsvfs_env, make_target  # noqa: E402
+from longrun import LongRun  # noqa: E402
 from replication import (  # noqa: E402
     TEST_ACCESS_KEY_ID,
     TEST_REGION,
@@ -37,6 +36,8 @@ from replication import (  # noqa: E402
     ReplicatedPrimary,
 )
 
+from lsvfs.storage.redact import redact_url  # noqa: E402
+
 log = logging.getLogger("lsvfs.tests")
 
 # No test may reach a cloud metadata service (only 127.0.0.1 is ours): point
@@ -46,6 +47,7 @@ os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
 os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 
 _PRIMARIES = pytest.StashKey[list[ReplicatedPrimary]]()
+_OUTCOME = pytest.StashKey[str]()
 _S3_FIXTURES = {"moto_s3", "s3_server", "s3_bucket", "s3_primary", "moto_s3_auth"}
 
 
@@ -65,9 +67,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """On failure, attach each primary's litestream log to the report."""
     outcome = yield
     rep = outcome.get_result()
+    if rep.when == "call":
+        item.stash[_OUTCOME] = rep.outcome
     if rep.failed:
         for i, p in enumerate(item.stash.get(_PRIMARIES, [])):
             rep.sections.append((f"litestream log #{i} ({redact_url(p.replica_url)})", p.log_text(tail=200)))
+
+
+# ---------------------------------------------------------------------------
+# long runs
+
+_LONG_MARKERS = {"stress": "LSVFS_STRESS_SECONDS", "chaos": "LSVFS_CHAOS_SECONDS", "soak": "LSVFS_SOAK_SECONDS"}
+
+
+@pytest.fixture(autouse=True)
+def long_run(request: pytest.FixtureRequest) -> Iterator[LongRun | None]:
+    """For a test marked stress, chaos or soak: a LongRun watching the process
+    (tests/longrun.py). After the test (every other fixture is torn down first, as
+    this one is set up first) it prints the run's figures and fails the test if a
+    replica, thread or descriptor was left behind, a cache went over its budget,
+    snapshots piled up, or (on a long run) RSS kept growing."""
+    marks = [m for m in _LONG_MARKERS if request.node.get_closest_marker(m) is not None]
+    if not marks:
+        yield None
+        return
+    seconds = max(float(os.environ.get(_LONG_MARKERS[m]) or 0) for m in marks)
+    run = LongRun(request.node.nodeid, seconds)
+    yield run
+    figures = run.finish()
+    figures["result"] = request.node.stash.get(_OUTCOME, "error")
+    run.record(figures)
+    for k, v in figures.items():
+        request.node.user_properties.append((k, v))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    line = "long run: " + " ".join(f"{k}={v}" for k, v in figures.items())
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_line(line)
+    log.info("%s", line)
+    if run.problems and figures["result"] == "passed":
+        pytest.fail(f"resources not back to their bounds after the run: {run.problems_text()}", pytrace=False)
 
 
 # ---------------------------------------------------------------------------

@@ -72,6 +72,10 @@ class ReplicationError(AssertionError):
     """
 
 
+RESTORE_SECONDS_PER_FILE = 0.05
+"""What wait_replicated's budget grows by per file in the replica: a restore lists and reads
+them (on the GCS emulator a few thousand L0 files took ~30 s)."""
+
 MakePrimary = Callable[..., "ReplicatedPrimary"]
 """Type of the `replicated_primary` / `make_primary` fixture (a factory)."""
 
@@ -438,6 +442,8 @@ class ReplicatedPrimary:
         self._log_fh: Any = None
         self._closed = False
         self.last_txid: int | None = None
+        self.files_listed = 0
+        """How many files the last listing of the replica found (every level)."""
 
         self.conn = apsw.Connection(str(self.db_path))
         self.conn.set_busy_timeout(5000)
@@ -742,7 +748,7 @@ class ReplicatedPrimary:
         """Restore the replica (latest, or as of `txid`/`timestamp`) to `out`."""
         return self.restore(out, txid, timestamp).path
 
-    def wait_replicated(self, timeout: float = 30.0, *, exact: bool = True) -> int:
+    def wait_replicated(self, timeout: float | None = None, *, exact: bool = True) -> int:
         """Block until everything committed so far is in the replica; return its TXID.
 
         Commits a bump of the marker row in its own transaction, then restores
@@ -759,6 +765,10 @@ class ReplicatedPrimary:
         (it writes there around checkpoints); after it returns,
         `image()` == restore as of the returned TXID. Pass exact=False when
         another thread keeps writing to the primary.
+
+        Without a `timeout`, the budget grows with the replica: 30 s plus
+        `RESTORE_SECONDS_PER_FILE` per file listed, so a long run's history
+        (thousands of L0 files) gets a budget its restore can meet.
         """
         self._check_alive()
         self._marker_seq += 1
@@ -771,7 +781,8 @@ class ReplicatedPrimary:
             )
         self._restore_n += 1
         out = self._restore_dir / f"wait-{self._restore_n}.db"
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + (timeout if timeout is not None else 30.0)
         last = "no restore yet"
         tries = 0
         try:
@@ -780,6 +791,8 @@ class ReplicatedPrimary:
                 self._check_alive()
                 try:
                     end = self._newest_txid()
+                    if timeout is None:
+                        deadline = max(deadline, started + 30.0 + RESTORE_SECONDS_PER_FILE * self.files_listed)
                     res = self.restore(out, txid=end, timeout=max(1.0, deadline - time.monotonic()))
                     data = out.read_bytes()
                     seen = _marker_of(data)
@@ -799,7 +812,7 @@ class ReplicatedPrimary:
                     last = str(e)
                 if time.monotonic() > deadline:
                     raise ReplicationError(
-                        f"replica {self.replica_url} did not catch up within {timeout}s "
+                        f"replica {self.replica_url} did not catch up within {deadline - started:.1f}s "
                         f"({tries} tries; last: {last}); litestream log tail:\n{self.log_text()}"
                     )
                 time.sleep(0.05)
@@ -830,6 +843,7 @@ class ReplicatedPrimary:
         from lsvfs.plan import build
 
         files = [f for fs in self.replica_files().values() for f in fs]
+        self.files_listed = len(files)
         try:
             return build(files)[-1].max_txid if files else None
         except ReplicaError as e:  # a gap while litestream compacts: try again

@@ -218,6 +218,14 @@ class SyntheticPrimary:
             for lo, hi in self.target.names(level):
                 self.target.delete(level, lo, hi)
 
+    def forget(self, upto: int) -> None:
+        """Drop the kept images and page changes of TXIDs <= `upto` (a long run's memory stays
+        bounded; no file reaching back to them can be encoded afterwards)."""
+        with self._lock:
+            for d in (self.images, self.changed, self.commits, self.timestamps):
+                for t in [t for t in d if 0 < t <= upto]:
+                    del d[t]
+
     # -- truth ------------------------------------------------------------
 
     def image(self, txid: int | None = None) -> bytes:
@@ -255,6 +263,7 @@ class RawPrimary:
         self.txid = 0
         self.commit = 0
         self._versions: dict[int, list[int]] = {}  # pgno -> ascending TXIDs that wrote it
+        self._floor = 0  # TXIDs below it were forgotten
         self._lock = threading.Lock()
 
     def content(self, pgno: int, txid: int) -> bytes:
@@ -278,9 +287,21 @@ class RawPrimary:
                 self.target.put(level, t, t, ltx_writer.encode(hdr, [(p, self.content(p, t)) for p in want]))
             return t
 
+    def forget(self, upto: int) -> None:
+        """Keep, of each page's versions up to `upto`, only the newest: pages stay checkable at
+        any TXID from `upto` on, and a long run's memory stays bounded."""
+        with self._lock:
+            self._floor = max(self._floor, upto)
+            for vs in self._versions.values():
+                i = bisect.bisect_right(vs, upto)
+                if i > 1:
+                    del vs[:i - 1]
+
     def expected(self, pgno: int, txid: int) -> bytes | None:
         """The page as of `txid` (None if never written by then)."""
         with self._lock:
+            if txid < self._floor:
+                raise AssertionError(f"TXID {txid} is older than what the primary still remembers ({self._floor})")
             vs = self._versions.get(pgno, [])
             i = bisect.bisect_right(vs, txid)
             return self.content(pgno, vs[i - 1]) if i else None

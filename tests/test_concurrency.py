@@ -23,6 +23,7 @@ from replica_file import ReplicaFile
 from faults import (
     LatencyStorage,
 )
+from longrun import LongRun
 from replication import ReplicatedPrimary, wait_until
 from scenario_support import blob_table, indexed_table, txid_of
 from synthetic import (
@@ -40,6 +41,9 @@ import lsvfs
 from lsvfs.storage import open_storage
 from lsvfs.vfs import register
 
+FORGET_AFTER = 5000
+"""TXIDs of truth a long run keeps: a reader this far behind the writer fails (it lags)."""
+
 
 def replica_file(rep: Any) -> ReplicaFile:
     """A VFS main-db file on `rep` (it takes one reference; xClose gives it back)."""
@@ -54,7 +58,7 @@ def all_pages(f: ReplicaFile) -> bytes:
 # ---- 1: concurrent index access ----------------------------------------------------------
 
 @pytest.mark.stress
-def test_s01_hundred_threads_read_while_poller_publishes(tmp_path: Path) -> None:
+def test_s01_hundred_threads_read_while_poller_publishes(tmp_path: Path, long_run: LongRun) -> None:
     """Scenario 1: 100 reader threads against one shared Replica polled every 10 ms
     while a writer rewrites random pages of a 10,000-page database.
 
@@ -73,7 +77,9 @@ def test_s01_hundred_threads_read_while_poller_publishes(tmp_path: Path) -> None
     def writer() -> None:
         rnd = random.Random(7)
         while not stop.is_set():
-            prim.write(rnd.sample(range(1, 10_001), 20))
+            t = prim.write(rnd.sample(range(1, 10_001), 20))
+            if t % 1000 == 0:
+                prim.forget(t - FORGET_AFTER)  # the truth a long run keeps stays bounded
             time.sleep(0.004)
 
     def reader(i: int, rep: Any) -> None:
@@ -107,6 +113,7 @@ def test_s01_hundred_threads_read_while_poller_publishes(tmp_path: Path) -> None
             time.sleep(0.01)
         assert rep.current().txid == final
         assert rep.poll_errors == 0
+    long_run.count(commits=prim.txid, reads_checked=sum(reads))
     assert not errors, errors[:5]
     assert all(n > 0 for n in reads), "every reader made progress"
     assert len(seen) >= 3, "readers saw the replica advance"
@@ -175,16 +182,28 @@ def test_s06_connections_pinned_at_different_txids_at_once(tmp_path: Path) -> No
 
 
 @pytest.mark.stress
-def test_s06_transactions_never_straddle_a_poll(tmp_path: Path) -> None:
+def test_s06_transactions_never_straddle_a_poll(tmp_path: Path, long_run: LongRun) -> None:
     """Scenario 6 under load: 16 threads run read transactions (two reads with a
     pause between) while a writer commits and the poller publishes every 5 ms;
-    both reads of a transaction always see one TXID and equal that TXID's rows."""
-    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024)
+    both reads of a transaction always see one TXID and equal that TXID's rows
+    (recorded as each commit is made, before its file is published: the primary
+    keeps no images, so a long run's memory stays bounded)."""
+    p = SyntheticPrimary(DirTarget(tmp_path / "r"), page_size=1024, keep_images=False)
     blob_table(p, rows=100)
     sql = "SELECT count(*), sum(length(v)), max(id) FROM t"
     stop = threading.Event()
     errors: list[str] = []
     seen: set[int] = set()
+    want: dict[int, list[Any]] = {p.txid: p.rows(sql)}
+    checked = [0]
+
+    def commit(q: str, params: tuple[Any, ...]) -> None:
+        t = p.commit(q, params, publish=False)
+        want[t] = p.rows(sql)
+        want.pop(t - FORGET_AFTER, None)
+        p.write_l0(t)
+        if t % 1000 == 0:
+            p.forget(t - 1)  # the next file is encoded from the next commit's changes alone
 
     def reader(i: int) -> None:
         rnd = random.Random(i)
@@ -197,9 +216,10 @@ def test_s06_transactions_never_straddle_a_poll(tmp_path: Path) -> None:
                     time.sleep(rnd.random() * 0.01)
                     t2, b = txid_of(conn), conn.execute(sql).fetchall()
                     conn.execute("COMMIT")
-                    if t1 != t2 or a != b or a != p.rows(sql, t1):
-                        errors.append(f"TXIDs {t1:x}/{t2:x}: {a} vs {b}")
+                    if t1 != t2 or a != b or a != want.get(t1):
+                        errors.append(f"TXIDs {t1:x}/{t2:x}: {a} vs {b}, the primary's {want.get(t1)}")
                     seen.add(t1)
+                    checked[0] += 1
         except Exception as exc:  # noqa: BLE001 - asserted below
             errors.append(repr(exc))
 
@@ -211,13 +231,14 @@ def test_s06_transactions_never_straddle_a_poll(tmp_path: Path) -> None:
         n = 0
         while time.monotonic() < deadline:
             n += 1
-            p.commit("INSERT INTO t(v) VALUES (randomblob(?))", (100 + n % 500,))
+            commit("INSERT INTO t(v) VALUES (randomblob(?))", (100 + n % 500,))
             if n % 5 == 0:
-                p.commit("DELETE FROM t WHERE id % 7 = ?", (n % 7,))
+                commit("DELETE FROM t WHERE id % 7 = ?", (n % 7,))
             time.sleep(0.003)
         stop.set()
         for t in threads:
             t.join(timeout=30)
+    long_run.count(commits=p.txid, reads_checked=checked[0])
     assert not errors, errors[:5]
     assert len(seen) > 3
 
@@ -293,7 +314,8 @@ def test_s07_sql_write_locks_refused_and_connection_recovers(tmp_path: Path) -> 
 # ---- 8: long-running transactions --------------------------------------------------------
 
 @pytest.mark.stress
-def test_s08_long_read_transaction_while_primary_commits(file_primary: ReplicatedPrimary) -> None:
+def test_s08_long_read_transaction_while_primary_commits(file_primary: ReplicatedPrimary,
+                                                         long_run: LongRun) -> None:
     """Scenario 8: with real Litestream, a read transaction stays open
     (LSVFS_STRESS_SECONDS) while the primary commits continuously and another
     connection follows it; every re-read inside the long transaction (through
@@ -327,6 +349,7 @@ def test_s08_long_read_transaction_while_primary_commits(file_primary: Replicate
         long.execute("COMMIT")
         assert txid_of(long) >= newest
         assert rereads >= 3
+    long_run.count(commits=2 * n, reads_checked=rereads)
 
 
 # ---- 24: cache miss storm ----------------------------------------------------------------

@@ -19,6 +19,7 @@ import ltx_writer
 from faults import (
     LatencyStorage,
 )
+from longrun import LongRun
 from replication import wait_until
 from scenario_support import indexed_table, txid_of
 from synthetic import (
@@ -49,7 +50,7 @@ def million_page_replica(tmp_path_factory: pytest.TempPathFactory) -> DirTarget:
 
 @pytest.mark.soak
 def test_s04_page_table_memory_bounded_and_flat_under_rewrites(million_page_replica: DirTarget,
-                                                                record_property: Any) -> None:
+                                                                record_property: Any, long_run: LongRun) -> None:
     """Scenario 4: the page table of a 1M-page database costs <= 20 MB (the C
     table's own accounting), and rewriting the same 64 pages for a thousand
     polls (each poll one new L0 file, old ones deleted as retention would)
@@ -111,6 +112,7 @@ def test_s04_page_table_memory_bounded_and_flat_under_rewrites(million_page_repl
             base_trace.filter_traces(flt), "filename"))
         rss_growth = rss() - base_rss
         record_property("polls", polls)
+        long_run.count(commits=polls, reads_checked=1)
         record_property("lsvfs_heap_growth_bytes", growth)
         record_property("rss_growth_bytes", rss_growth)
         assert end_table == base_table, f"page table grew: {base_table} -> {end_table}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from drivers import sqlite_temp_fds
+from longrun import LongRun
 from scenario_support import big_table
 from synthetic import (
     STRESS_SECONDS,
@@ -36,7 +37,7 @@ BIG_SORT = "SELECT a.k, a.v FROM t a, t b WHERE b.id <= 4 ORDER BY a.v, b.id"
 # ---- 14: temp file lifecycle -------------------------------------------------------------
 
 @pytest.mark.stress
-def test_s14_temp_file_lifecycle_under_concurrency(tmp_path: Path) -> None:
+def test_s14_temp_file_lifecycle_under_concurrency(tmp_path: Path, long_run: LongRun) -> None:
     """Scenario 14: 8 threads, each with its own connection (reopened as they
     go), spill sorts and build/drop temp tables for LSVFS_STRESS_SECONDS; every
     result is right, temp files were really used, and none is open afterwards."""
@@ -75,6 +76,7 @@ def test_s14_temp_file_lifecycle_under_concurrency(tmp_path: Path) -> None:
             time.sleep(0.005)
         for t in threads:
             t.join(timeout=30)
+    long_run.count(reads_checked=2 * sum(spills))
     assert not errors, errors[:5]
     assert min(spills) > 0 and peak_fds > 1
     assert sqlite_temp_fds() == before
