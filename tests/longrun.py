@@ -47,10 +47,6 @@ SNAPSHOT_SLACK = 8
 """Live snapshots beyond threads + connections: the current one, a poll's new one, drains pending."""
 FD_SLACK = 2
 """Descriptors the end may hold over the baseline (a log handler, an interpreter cache)."""
-LTX_DESCRIPTOR_LEAK_KNOWN = True
-"""lsvfs bug (tests/test_descriptor_leak.py, xfail): a connection's descriptor on a directory
-replica's LTX file can outlive the replica. While it stands, descriptors left on .ltx files are
-counted in the figures (ltx_fds_left) instead of failing the run; set False once it is fixed."""
 SETTLE_SECONDS = 15.0
 """How long the end checks wait for closing threads and descriptors to go."""
 
@@ -201,7 +197,7 @@ class LongRun:
             now = fd_targets()
             new = sorted({t for fd, t in now.items() if self.base_fd_targets.get(fd) != t})
             self.ltx_fds_left = sum(t.endswith(".ltx") for t in new)
-            if len(now) - (self.ltx_fds_left if LTX_DESCRIPTOR_LEAK_KNOWN else 0) <= self.base_fds + FD_SLACK:
+            if len(now) <= self.base_fds + FD_SLACK:
                 return None
             return f"{len(now)} descriptors open after the test, {self.base_fds} at its start; new: {new[:12]}"
 

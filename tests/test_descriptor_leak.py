@@ -1,11 +1,7 @@
-"""A descriptor the C read path opens for a connection outlives its replica (found by the
-long runs: tests/longrun.py saw .ltx descriptors left after s32 ran for 120 s).
-
-Minimal: a replica acquired first (as a server holds one), one connection opened and closed
-on it, the replica released. Python's FileStorage descriptor is closed with the replica;
-the second descriptor on the same LTX file, opened when the connection attached, stays
-open for the life of the process. With the connection alone (no replica held before it)
-nothing is left, and a database small enough to be read whole opens no such descriptor.
+"""The descriptors the C read path opens on a directory replica's LTX files go with the
+replica (found by the long runs: tests/longrun.py saw .ltx descriptors left after s32 ran
+for 120 s). They lived until the garbage collector found the released Replica, which a
+replica acquired before its connection (as a server holds one) left in a cycle.
 """
 
 from __future__ import annotations
@@ -14,7 +10,6 @@ import os
 from contextlib import closing
 from pathlib import Path
 
-import pytest
 from synthetic import DirTarget, RawPrimary, open_replica
 
 import lsvfs
@@ -33,9 +28,6 @@ def ltx_descriptors(root: Path) -> list[str]:
     return sorted(out)
 
 
-@pytest.mark.xfail(strict=True, reason="lsvfs bug: a connection's descriptor on a directory replica's "
-                                        "LTX file stays open after the replica it used was released "
-                                        "(once fixed, also set longrun.LTX_DESCRIPTOR_LEAK_KNOWN = False)")
 def test_a_released_replica_leaves_no_descriptor_of_its_connections(tmp_path: Path) -> None:
     raw = RawPrimary(DirTarget(tmp_path / "r"), page_size=1024)
     raw.write(range(1, 2001))  # 2 MB: read by ranges, not whole
