@@ -25,18 +25,6 @@ ACCOUNTS = 100
 POLL = 0.2  # the workers' poll_interval
 
 
-def row(conn: Any, sql: str) -> Any:
-    """The one row `sql` returns."""
-    r = conn.execute(sql).fetchone()
-    assert r is not None, sql
-    return r
-
-
-def one(conn: Any, sql: str) -> Any:
-    """The one value `sql` returns."""
-    return row(conn, sql)[0]
-
-
 def bank(p: ReplicatedPrimary) -> None:
     p.execute("CREATE TABLE bank(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)")
     p.executemany("INSERT INTO bank VALUES (?, 1000)", [(i,) for i in range(ACCOUNTS)])

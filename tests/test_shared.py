@@ -29,11 +29,11 @@ from shared_support import (
     bank,
     check_mirror,
     mirror_within,
-    one,
     quiet_requests_are_one_pollers,
     status,
     transfer,
 )
+from shared_worker import one
 from test_lineage import _commit_rows, _primary_with_rows, _reads, _second_primary, _warnings, _who, _wipe
 from test_prefetch_and_hydration import hydrated_at
 
