@@ -47,6 +47,8 @@ REQUEST_BYTES = 8 << 20
 """Largest ranged read: a new LTX file is one request unless it is bigger."""
 HYDRATION_MAX_GAP = 1 << 20
 """Bytes of unwanted frames a hydration read reads rather than starting a second request."""
+STOP_CHECK = 0.1
+"""Seconds between looks at stop() while the worker waits for its reads."""
 BATCH = 1 << 16
 """Pages planned at a time, so a huge database never lists every page at once."""
 META_VERSION = 1
@@ -277,7 +279,11 @@ class Hydrator:
         futures: list[Future[None]] = []
         for rng in plan(wanted, REQUEST_BYTES, HYDRATION_MAX_GAP):
             futures.append(self._rep.fetcher.submit(Job(self._job(snap, rng), HYDRATE)).future)
-        done, _ = wait(futures)
+        done: set[Future[None]] = set()
+        while futures and not self._stop.is_set():  # stop() means no waiting on the fetcher's work
+            finished, pending = wait(futures, timeout=STOP_CHECK)
+            done |= finished
+            futures = list(pending)
         for fut in done:
             if not fut.cancelled() and fut.exception() is not None:
                 raise fut.exception()  # type: ignore[misc]
