@@ -18,6 +18,8 @@ static const lsvfs_name names[] = {
     {"litestream_txid", LSVFS_PRAGMA_SETTABLE, 0, 0, NULL, "HEX|LATEST", "pin a TXID"},
     {"litestream_time", LSVFS_PRAGMA_SETTABLE, 0, 0, NULL, "TIME|LATEST",
      "time travel (RFC 3339, '5 minutes ago')"},
+    {"litestream_min_txid", LSVFS_PRAGMA_SETTABLE, 0, 0, NULL, "HEX|0",
+     "read at or after a TXID (a bookmark), waiting for it"},
     {"litestream_lag", LSVFS_PRAGMA, 0, 0, NULL, NULL, "seconds since the last poll"},
     {"litestream_error", LSVFS_PRAGMA, 0, 0, NULL, NULL, "why this connection's last read failed"},
     {"litestream_stats", LSVFS_PRAGMA, 0, 0, NULL, NULL, "the replica's counters, as JSON"},

@@ -379,6 +379,11 @@ void lsvfs_file_attach(lsvfs_file *f, lsvfs_replica *r, void *handle);
 /* Serve `s` (NULL: the newest) from the next read transaction on; takes
  * over the caller's reference. */
 void lsvfs_file_choose(lsvfs_file *f, lsvfs_snapshot *s);
+/* A read-your-writes floor: from the next read transaction on, read a
+ * snapshot of lineage `lineage` at TXID `txid` or later, asking Python to
+ * wait for one (lsvfs_py_wait); txid 0 clears it. A chosen snapshot (a pin)
+ * wins over the floor. */
+void lsvfs_file_set_floor(lsvfs_file *f, uint64_t txid, uint32_t lineage);
 /* What the file would read now: pinned, else chosen, else the newest. */
 int lsvfs_file_snapshot_info(lsvfs_file *f, lsvfs_snapshot_info *out);
 /* The snapshot pinned from SHARED to NONE: LSVFS_ENOTFOUND when none. */
@@ -440,6 +445,11 @@ LSVFS_PYTHON int lsvfs_py_fetch(void *handle, lsvfs_file *f, lsvfs_snapshot *s,
 /* A litestream_* PRAGMA: result through lsvfs_file_set_result. */
 LSVFS_PYTHON int lsvfs_py_pragma(void *handle, lsvfs_file *f, const char *name,
                                  const char *value);
+/* A read transaction would start below the file's floor: wait for the
+ * replica to reach it. SQLITE_OK to look again; else the code the lock
+ * fails with (the reason set with lsvfs_file_set_error). */
+LSVFS_PYTHON int lsvfs_py_wait(void *handle, lsvfs_file *f, uint64_t txid,
+                               uint32_t lineage);
 /* An error found in C (a page in no file): log it. */
 LSVFS_PYTHON void lsvfs_py_error(void *handle, int rc, const char *message);
 LSVFS_PYTHON void lsvfs_py_close(void *handle);

@@ -41,6 +41,8 @@ struct lsvfs_file {
     void *handle;
     lsvfs_snapshot *chosen; /* set by a PRAGMA; NULL: the newest */
     lsvfs_snapshot *pinned; /* from SHARED to NONE */
+    uint64_t floor;          /* read-your-writes: no TXID below it (0: none) */
+    uint32_t floor_lineage;  /* ... of this lineage */
     int lock;
     uint32_t next_pgno, run; /* read-ahead: the sequential run so far */
     uint8_t *scratch;        /* one page, for reads of part of a page */
@@ -78,6 +80,12 @@ void lsvfs_file_choose(lsvfs_file *f, lsvfs_snapshot *s)
     lsvfs_snapshot *old = f->chosen;
     f->chosen = s;
     lsvfs_snapshot_release(old);
+}
+
+void lsvfs_file_set_floor(lsvfs_file *f, uint64_t txid, uint32_t lineage)
+{
+    f->floor = txid;
+    f->floor_lineage = lineage;
 }
 
 /* The snapshot a read would use now, with a reference for the caller. */
@@ -307,14 +315,47 @@ int lsvfs_file_read(lsvfs_file *f, void *buf, int amount, int64_t offset)
 
 /* ---- locks and the rest of the io methods ------------------------------ */
 
+/* Whether `s` may not be read under the file's floor (a pin is never below it). */
+static int below_floor(const lsvfs_file *f, lsvfs_snapshot *s)
+{
+    if (f->floor == 0 || f->chosen != NULL)
+        return 0;
+    const lsvfs_snapshot_info *info = lsvfs_snapshot_info_of(s);
+    return info->txid < f->floor || info->lineage != f->floor_lineage;
+}
+
+/* The snapshot a read transaction starts on: the file's, once it is at its
+ * floor (Python waits for that, without any lock of ours held). */
+static int start_snapshot(lsvfs_file *f, lsvfs_snapshot **out)
+{
+    lsvfs_snapshot *s = file_snapshot(f);
+    if (s != NULL && below_floor(f, s)) {
+        lsvfs_snapshot_release(s);
+        if (f->handle == NULL || !in_python())
+            return SQLITE_BUSY;
+        int rc = lsvfs_py_wait(f->handle, f, f->floor, f->floor_lineage);
+        if (rc != SQLITE_OK)
+            return rc;
+        s = file_snapshot(f);
+        if (s != NULL && below_floor(f, s)) {
+            lsvfs_snapshot_release(s);
+            return SQLITE_BUSY;
+        }
+    }
+    if (s == NULL)
+        return SQLITE_IOERR_LOCK;
+    *out = s;
+    return SQLITE_OK;
+}
+
 int lsvfs_file_lock(lsvfs_file *f, int level)
 {
     if (level >= SQLITE_LOCK_RESERVED)
         return SQLITE_READONLY;
     if (f->lock == SQLITE_LOCK_NONE && level >= SQLITE_LOCK_SHARED) {
-        f->pinned = file_snapshot(f);
-        if (f->pinned == NULL)
-            return SQLITE_IOERR_LOCK;
+        int rc = start_snapshot(f, &f->pinned);
+        if (rc != SQLITE_OK)
+            return rc;
     }
     if (level > f->lock)
         f->lock = level;

@@ -39,6 +39,16 @@ class LineageError(ReplicaError):
     """The replica was replaced by another lineage, and what was asked belongs to the old one."""
 
 
+class WaitTimeout(ReplicaError):
+    """A replica did not reach a bookmark's TXID within `wait_timeout` (SQLite's busy code)."""
+
+    def __init__(self, name: str, wanted: int, newest: int, waited: float) -> None:
+        self.wanted = wanted
+        self.newest = newest
+        super().__init__(f"replica {name} did not reach TXID {wanted:016x} within {waited:g}s (wait_timeout); "
+                         f"the newest TXID seen is {newest:016x}")
+
+
 class SharedDirError(ReplicaError):
     """A `shared_dir` that cannot be used: not creatable or writable, writable by
     other users, or already mirroring another replica."""

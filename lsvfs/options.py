@@ -131,6 +131,9 @@ class Options:
     hydration_path: str | None = None
     """The hydration file (kept across restarts); implies hydration. Without it a private
     temp file is used and removed at close."""
+    wait_timeout: float = 5.0
+    """Seconds a read waits for the replica to reach its floor (PRAGMA litestream_min_txid,
+    a read-your-writes bookmark) before failing with SQLite's busy code."""
     shared_dir: str | None = None
     """A directory the processes on one host share: one of them (the leader) polls storage and
     mirrors the LTX files there; every process reads the mirror (lsvfs/shared/)."""
@@ -146,6 +149,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "prefetch": parse_prefetch,
     "hydration": parse_bool,
     "hydration_path": str,
+    "wait_timeout": parse_duration,
     "shared_dir": str,
 }
 NAMES = tuple(f.name for f in fields(Options))

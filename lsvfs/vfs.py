@@ -19,6 +19,7 @@ import ctypes
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -28,7 +29,7 @@ import apsw
 
 from . import _core, registry
 from ._core import ffi, lib
-from .errors import LsvfsError, LTXError, ReplicaError
+from .errors import LsvfsError, LTXError, ReplicaError, WaitTimeout
 from .ltx import parse_txid
 from .options import from_params, replica_url, resolve
 from .pragmas import PRAGMAS, READ_ONLY
@@ -42,11 +43,20 @@ log = logging.getLogger(__name__)
 
 SQLITE_OK = 0
 SQLITE_ERROR = 1
+SQLITE_BUSY = 5
+SQLITE_BUSY_TIMEOUT = SQLITE_BUSY | (3 << 8)
 SQLITE_INTERRUPT = 9
 SQLITE_CORRUPT = 11
 SQLITE_NOTFOUND = 12
 SQLITE_CANTOPEN = 14
 SQLITE_IOERR_READ = 10 | (1 << 8)
+SQLITE_IOERR_LOCK = 10 | (15 << 8)
+
+BUSY_RETRY_WINDOW = 0.25
+"""Seconds after a wait for a floor timed out in which another lock of that file
+is SQLite's busy handler retrying (every 100 ms at most): it only asks for a poll
+and fails at once (C has looked at the newest snapshot already), rather than
+wait out wait_timeout again on every retry."""
 
 _ENTRY_POINT = "sqlite3_lsvfs_init"
 _SQLITE_FUNCTIONS = ("sqlite3_vfs_find", "sqlite3_vfs_register", "sqlite3_uri_key", "sqlite3_uri_parameter",
@@ -65,13 +75,33 @@ class OpenFile:
         self.file = file
         self.handle = ffi.new_handle(self)
         self.last_error = ""
+        self.chosen: Snapshot | None = None  # pinned by PRAGMA litestream_txid / _time
+        self.floor = 0  # PRAGMA litestream_min_txid, of lineage floor_lineage
+        self.floor_lineage = 0
+        self.gave_up = -BUSY_RETRY_WINDOW  # time.monotonic() a wait for the floor last timed out
 
-    def fail(self, rc: int, exc: BaseException) -> int:
-        """Record and log a failed read; SQLite gets only the code."""
+    def fail(self, rc: int, exc: BaseException, what: str = "read") -> int:
+        """Record and log a failed read (or wait); SQLite gets only the code."""
         self.last_error = str(exc)
         lib.lsvfs_file_set_error(self.file, self.last_error.encode(errors="replace"))
-        log.warning("%s: read failed: %s", self.replica.name, exc)
+        log.warning("%s: %s failed: %s", self.replica.name, what, exc)
         return rc
+
+    def wait(self, txid: int, lineage: int) -> int:
+        """A read transaction would start below the floor: wait for it (see lsvfs_py_wait)."""
+        now = time.monotonic()
+        if now - self.gave_up < BUSY_RETRY_WINDOW:
+            self.gave_up = now
+            self.replica.poller.ask()
+            return SQLITE_BUSY_TIMEOUT
+        try:
+            self.replica.wait_for(txid, lineage)
+        except WaitTimeout as exc:
+            self.gave_up = time.monotonic()
+            return self.fail(SQLITE_BUSY_TIMEOUT, exc, "wait")
+        except LsvfsError as exc:
+            return self.fail(SQLITE_IOERR_LOCK, exc, "wait")
+        return SQLITE_OK
 
     def snapshot_info(self) -> Any:
         info = ffi.new("lsvfs_snapshot_info *")
@@ -94,6 +124,8 @@ class OpenFile:
         if name == "litestream_lag":
             lag = rep.lag()
             return "-1" if lag < 0 else str(int(lag))
+        if name == "litestream_min_txid":
+            return f"{self.floor:016x}" if value is None else self._set_floor(value)
         # Setting one answers with what the connection will read from its next
         # transaction on (a PRAGMA that answers nothing has no column name,
         # which the standard library's sqlite3 takes for a failed allocation).
@@ -109,8 +141,28 @@ class OpenFile:
             return self._choose(None, name)
         return self._choose(rep.snapshot_at(timestamp_ms=parse_time(value)), name)
 
+    def _set_floor(self, value: str) -> str:
+        """Read at or after TXID `value` from the next read transaction on, and
+        wait for the replica to reach it now (a statement that fails here says
+        why; the floor stays until cleared)."""
+        try:
+            txid = parse_txid(value)
+        except ValueError as exc:
+            raise ValueError(f"litestream_min_txid: {exc}, or 0 to clear") from None
+        if self.chosen is not None and txid > self.chosen.txid:
+            raise ValueError(f"litestream_min_txid: this connection reads TXID {self.chosen.txid:016x} "
+                             f"(PRAGMA litestream_txid or litestream_time), which can never reach {txid:016x}; "
+                             "set PRAGMA litestream_txid = LATEST first")
+        lineage = self.replica.lineages.number
+        self.floor, self.floor_lineage = txid, lineage
+        lib.lsvfs_file_set_floor(self.file, txid, lineage)
+        if txid and self.chosen is None:
+            self.replica.wait_for(txid, lineage)
+        return f"{txid:016x}"
+
     def _choose(self, snap: Snapshot | None, pragma: str) -> str:
         lib.lsvfs_file_choose(self.file, ffi.NULL if snap is None else self.replica.c_snapshot(snap))
+        self.chosen = snap
         if snap is None:
             return "LATEST"
         return f"{snap.txid:016x}" if pragma == "litestream_txid" else format_time(snap.timestamp_ms)
@@ -203,11 +255,20 @@ def lsvfs_py_pragma(handle: Any, file: Any, name: Any, value: Any) -> int:
     arg = None if value == ffi.NULL else ffi.string(value).decode(errors="replace")
     try:
         result = f.pragma(pragma, arg)
+    except WaitTimeout as exc:  # the busy code: frameworks retry it
+        lib.lsvfs_file_set_result(file, str(exc).encode())
+        return SQLITE_BUSY
     except (ValueError, LsvfsError) as exc:
         lib.lsvfs_file_set_result(file, str(exc).encode())
         return SQLITE_ERROR
     lib.lsvfs_file_set_result(file, ffi.NULL if result is None else result.encode())
     return SQLITE_OK
+
+
+@ffi.def_extern(error=SQLITE_IOERR_LOCK, onerror=_interrupted_or_unexpected)
+def lsvfs_py_wait(handle: Any, file: Any, txid: int, lineage: int) -> int:
+    f: OpenFile = ffi.from_handle(handle)
+    return f.wait(txid, lineage)
 
 
 @ffi.def_extern(onerror=_unexpected)

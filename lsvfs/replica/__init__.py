@@ -9,6 +9,7 @@
 - lineage.py: which lineage snapshots belong to, and what tells lineages apart
 - reader.py: pages read on a miss, read-ahead, prefetch, rebuilds after retention
 - retry.py: storage reads retried with backoff, and counted
+- waits.py: readers waiting for a TXID (read-your-writes bookmarks), sharing polls
 """
 
 from .lifecycle import Replica

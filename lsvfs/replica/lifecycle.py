@@ -42,6 +42,7 @@ from .reader import PageReader
 from .retry import Retry
 from .snapshot import HISTORIC_SNAPSHOTS, Snapshot
 from .twins import Twins
+from .waits import Waits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,6 +92,7 @@ class Replica:
         self.poller = Poller(self.name, options, self.storage, self._pool, self.loader, self.lineages, self._slots,
                              self.twins, current=self.current, publish=self._publish,
                              begin_lineage=self._begin_lineage, stop=self._stop)
+        self.waits = Waits(self.name, self.poller, self.lineages, self.current, self._stop)
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -128,6 +130,7 @@ class Replica:
         """Stop polling and free everything. The storage is closed first: it cuts
         this replica's calls in flight, so no thread waits out a slow one."""
         self._stop.set()
+        self.poller.wake()
         if self.hydrator is not None:
             self.hydrator.stop()
         self.storage.close()
@@ -277,6 +280,13 @@ class Replica:
         """One poll; True if a new snapshot was published. Never raises."""
         return self.poller.poll()
 
+    def wait_for(self, txid: int, lineage: int | None = None, timeout: float | None = None) -> Snapshot:
+        """The newest snapshot once it reaches `txid` of `lineage` (the current
+        one if None), polling now rather than at the next interval; waits at
+        most `timeout` seconds (wait_timeout if None). See Waits.wait."""
+        return self.waits.wait(txid, self.lineages.number if lineage is None else lineage,
+                               self.options.wait_timeout if timeout is None else timeout)
+
     # ---- what it is doing -------------------------------------------------
 
     @property
@@ -315,6 +325,7 @@ class Replica:
             "polls": self.poll_count,
             "poll_errors": self.poll_errors,
             "lineage_changes": self.lineages.changes,
+            "waits": self.waits.stats(),
             "retries": self.retries,
             "connections": self.connections,
             "snapshots_alive": self.c_snapshots(),

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing new."""
+ASKED_SPACING = 0.05
+"""Least seconds from the end of one poll to a poll that waiting readers asked
+for: however many wait, at most one poll is in flight and twenty start a second."""
 
 
 class Poller:
@@ -54,6 +57,10 @@ class Poller:
         self._begin_lineage = begin_lineage
         self._stop = stop
         self._thread: threading.Thread | None = None
+        self._asked = threading.Event()  # a reader waits for a newer TXID: poll now
+        self._ended = threading.Condition()  # notified at the end of every poll
+        self.polls_ended = 0
+        self._last_end = 0.0  # time.monotonic() of the last poll's end
         # A poll holds the lock from start to end: two at once would each build on
         # the same snapshot and the slower could publish an older TXID over a newer
         # one. It guards every field below.
@@ -88,8 +95,36 @@ class Poller:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._options.poll_interval):
-            self.poll()
+        while not self._stop.is_set():
+            if self._asked.wait(self._options.poll_interval):
+                self._stop.wait(self._last_end + ASKED_SPACING - time.monotonic())
+            self._asked.clear()
+            if not self._stop.is_set():
+                self.poll()
+
+    def wake(self) -> None:
+        """End the thread's wait (close() sets `stop` first)."""
+        self._asked.set()
+
+    def ask(self) -> None:
+        """Poll as soon as may be: a reader waits for a TXID newer than ours.
+        The thread polls; without one the caller does, unless a poll is in
+        progress or one ended less than ASKED_SPACING ago."""
+        shared = getattr(self._storage.inner, "ask_leader", None)
+        if shared is not None:
+            shared()  # with shared_dir the leader polls storage; we read its mirror
+        if self._thread is not None:
+            self._asked.set()
+        elif time.monotonic() - self._last_end >= ASKED_SPACING and self._lock.acquire(blocking=False):
+            try:
+                self._poll_once()
+            finally:
+                self._lock.release()
+
+    def wait_poll(self, seen: int, timeout: float) -> None:
+        """Wait up to `timeout` for a poll to end after `seen` had (see polls_ended)."""
+        with self._ended:
+            self._ended.wait_for(lambda: self.polls_ended != seen, timeout)
 
     # ---- one poll ---------------------------------------------------------
 
@@ -109,6 +144,15 @@ class Poller:
             return self._poll_once()
 
     def _poll_once(self) -> bool:
+        try:
+            return self._poll_counted()
+        finally:
+            self._last_end = time.monotonic()
+            with self._ended:
+                self.polls_ended += 1
+                self._ended.notify_all()
+
+    def _poll_counted(self) -> bool:
         self.poll_count += 1
         if self._stop.is_set():
             return False

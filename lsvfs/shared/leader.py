@@ -22,11 +22,14 @@ from ..backoff import Backoff, log_failure
 from ..errors import LsvfsError
 from ..storage.base import StorageClient
 from .directory import write_status
+from .doorbell import Doorbell, ring
 from .election import Election
 from .mirror import Mirror
 
 log = logging.getLogger(__name__)
 
+ASKED_SPACING = 0.05
+"""Least seconds between the end of a poll and one a ring asked for (see doorbell.py)."""
 FIRST_DELAY = 0.5
 MOST_DELAY = 30.0
 """Bounds of the wait after a failed poll (doubling between them)."""
@@ -40,6 +43,7 @@ class Leader:
         self.name = name
         self._open_remote = open_remote
         self.election = Election(root)
+        self.doorbell = Doorbell(root)
         self.mirror: Mirror | None = None
         self.polls = 0
         self.poll_errors = 0
@@ -47,6 +51,7 @@ class Leader:
         self._last_error: str | None = None
         self._lock = threading.Lock()
         self._closing = False
+        self._last_end = 0.0  # time.monotonic() the loop's last step ended
 
     @property
     def leading(self) -> bool:
@@ -57,6 +62,7 @@ class Leader:
         with self._lock:
             if not self.election.try_lead():
                 return False
+            self.doorbell.open()
             if self.mirror is None:
                 mirror = Mirror(self._open_remote(), self.root, self.name, lambda: self._closing)
                 try:
@@ -100,14 +106,28 @@ class Leader:
         return delay
 
     def run(self, stop: threading.Event, interval: float) -> None:
-        """Step every `interval` seconds (longer after failures) until `stop` is set."""
+        """Step every `interval` seconds (longer after failures), or sooner when
+        rung while leading and well, until `stop` is set."""
         delay = interval
-        while not stop.wait(delay):
+        while not stop.is_set():
+            if self.leading and delay == interval:
+                if self.doorbell.wait(delay):  # rings coming together make one poll
+                    stop.wait(self._last_end + ASKED_SPACING - time.monotonic())
+                    self.doorbell.wait(0)
+            else:
+                stop.wait(delay)
+            if stop.is_set():
+                return
             delay = interval
             try:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure; logged
                 delay = max(interval, self.failed(exc))
+            self._last_end = time.monotonic()
+
+    def ask(self) -> None:
+        """Ask the leader, this process or another, to poll now."""
+        ring(self.root)
 
     def remote_counts(self) -> dict[str, dict[str, int]] | None:
         """Requests this process made to remote storage (None: it never led, so it made none)."""
@@ -122,4 +142,5 @@ class Leader:
             if self.mirror is not None:
                 self.mirror.close()
                 self.mirror = None
+            self.doorbell.close()
             self.election.resign()

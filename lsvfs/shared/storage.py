@@ -20,7 +20,7 @@ from ..storage.base import StorageClient
 from ..storage.file import FileStorage
 from ..storage.redact import redact_url
 from .directory import poll_age, prepare, read_status
-from .leader import Leader
+from .leader import ASKED_SPACING, Leader
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class SharedStorage(FileStorage):
         self.leader = Leader(root, self.name, open_remote)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rung = -ASKED_SPACING
         try:
             self._first_fill(poll_interval, open_timeout)
         except BaseException:
@@ -73,6 +74,14 @@ class SharedStorage(FileStorage):
                                    f"{max(open_timeout, FOLLOWER_WAIT):g}s (leader pid {status.get('pid')})")
             time.sleep(wait)
 
+    def ask_leader(self) -> None:
+        """A reader waits for a newer TXID: ask the leader to poll now (at most
+        one ring per ASKED_SPACING from this process)."""
+        now = time.monotonic()
+        if now - self._rung >= ASKED_SPACING:
+            self._rung = now
+            self.leader.ask()
+
     def shared_lag(self) -> float:
         """Seconds since the leader's last good poll, as every process sees it."""
         age = poll_age(read_status(self.root))
@@ -90,6 +99,8 @@ class SharedStorage(FileStorage):
 
     def close(self) -> None:
         self._stop.set()
+        if self.leader.leading:
+            self.leader.ask()  # ends the loop's wait on the doorbell
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=CLOSE_WAIT)
         self.leader.close()
