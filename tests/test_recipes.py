@@ -1,8 +1,11 @@
-"""The Python data stack on a live replica: SQLAlchemy, Django and pandas.
+"""The Python data stack on a live replica: SQLAlchemy, Django, pandas and Flask.
 
 Each recipe reads a real `litestream replicate` replica through the standard
 library's sqlite3 (`lsvfs.uri`), checks the rows equal the primary's, follows
-the primary (write, replicate, read again) and refuses writes.
+the primary (write, replicate, read again) and refuses writes. The
+read-your-writes recipes (Django's BookmarkMiddleware, Flask with
+SQLAlchemy) take bookmarks from Litestream's control socket and read from a
+replica polling every 10 s: what a user just saved shows at once.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ def test_pandas_read_sql_through_sqlite3_and_sqlalchemy(orders: ReplicatedPrimar
 # ---------------------------------------------------------------------------
 # Django
 
+SLOW_POLL = 10.0
+"""poll_interval of the read-your-writes replicas: without a bookmark, a write shows only after it."""
+
 SHOP_MODELS = '''
 from django.db import models
 
@@ -174,7 +180,8 @@ def django_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated
     (app / "shop" / "models.py").write_text(SHOP_MODELS)
     (app / "shop" / "routers.py").write_text(ROUTER)
     sys.path.insert(0, str(app))
-    p = ReplicatedPrimary(tmp_path_factory.mktemp("django") / "p")
+    p = ReplicatedPrimary(tmp_path_factory.mktemp("django") / "p", control_socket=True)
+    assert p.replica_dir is not None
     try:
         settings.configure(
             INSTALLED_APPS=["shop"],
@@ -182,7 +189,11 @@ def django_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated
                 "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(p.db_path)},
                 "replica": {"ENGINE": "django.db.backends.sqlite3",
                             "NAME": lsvfs.uri(p.replica_url, poll_interval="50ms")},
+                # The same replica spelled as a path: a Replica of its own, polling slowly.
+                "bookmarked": {"ENGINE": "django.db.backends.sqlite3",
+                               "NAME": lsvfs.uri(str(p.replica_dir), poll_interval=SLOW_POLL)},
             },
+            LSVFS_BOOKMARKS={"primary": str(p.db_path), "socket": p.socket_path, "replica": "bookmarked"},
             DATABASE_ROUTERS=["shop.routers.ReplicaRouter"],
             DEFAULT_AUTO_FIELD="django.db.models.AutoField",
             USE_TZ=True,
@@ -242,3 +253,95 @@ def test_django_router_reads_the_replica_and_writes_the_primary(django_shop: Rep
     assert Order.objects.filter(customer="nope").count() == 0
     assert Order.objects.using("default").count() == 41
 
+
+
+def test_django_bookmark_middleware_shows_users_their_own_writes(django_shop: ReplicatedPrimary) -> None:
+    """A POST through lsvfs.django.BookmarkMiddleware gets the primary's bookmark
+    in a cookie; a GET carrying it reads the slow replica at that TXID or later,
+    so the order just created is counted; the floor is gone after the request;
+    a GET without the cookie reads whatever the replica last polled."""
+    from django.db import connections
+    from django.http import HttpRequest, HttpResponse
+    from django.test import RequestFactory
+    from shop.models import Order
+
+    from lsvfs.django import BookmarkMiddleware
+
+    def view(request: HttpRequest) -> HttpResponse:
+        if request.method == "POST":
+            Order.objects.create(customer="me", total=1.0)  # routed to the primary
+            return HttpResponse(status=201)
+        return HttpResponse(str(Order.objects.using("bookmarked").filter(customer="me").count()))
+
+    middleware = BookmarkMiddleware(view)
+    rf = RequestFactory()
+    base = int(middleware(rf.get("/orders")).content)
+    for i in range(1, 6):
+        posted = middleware(rf.post("/orders"))
+        assert posted.status_code == 201
+        cookie = posted.cookies["lsvfs_bookmark"]
+        assert cookie["httponly"] and cookie["max-age"] == 60
+        get = rf.get("/orders")
+        get.COOKIES["lsvfs_bookmark"] = cookie.value
+        assert int(middleware(get).content) == base + i
+        with connections["bookmarked"].cursor() as c:
+            c.execute("PRAGMA litestream_min_txid")
+            assert c.fetchone()[0] == "0" * 16
+    assert "lsvfs_bookmark" not in middleware(rf.get("/orders")).cookies  # reads set no bookmark
+    middleware(rf.post("/orders"))
+    assert int(middleware(rf.get("/orders")).content) == base + 5  # no cookie: the next poll is seconds away
+    junk = rf.get("/orders")
+    junk.COOKIES["lsvfs_bookmark"] = "not a txid"
+    assert middleware(junk).status_code == 200
+
+
+# ---------------------------------------------------------------------------
+# Flask + SQLAlchemy
+
+
+def test_flask_reads_your_writes_through_wait_for(replicated_primary: Any) -> None:
+    """The Flask recipe: after a write, a cookie with the bookmark; before a
+    request that carries one, lsvfs.wait_for on the replica URL, so every pooled
+    connection reads at least that TXID."""
+    flask = pytest.importorskip("flask")
+    p = replicated_primary("file", control_socket=True)
+    p.execute(ORDERS)
+    p.wait_replicated()
+    url = p.replica_url
+    replica = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(
+        lsvfs.uri(url, poll_interval=SLOW_POLL), uri=True, check_same_thread=False))
+    app = flask.Flask(__name__)
+
+    @app.before_request
+    def read_your_writes() -> None:
+        if mark := flask.request.cookies.get("lsvfs_bookmark"):
+            lsvfs.wait_for(url, mark)
+
+    @app.after_request
+    def bookmark(response: Any) -> Any:
+        if flask.request.method not in ("GET", "HEAD") and response.status_code < 400:
+            response.set_cookie("lsvfs_bookmark", lsvfs.bookmark(p.db_path, socket=p.socket_path), max_age=60,
+                                httponly=True)
+        return response
+
+    @app.post("/orders")
+    def create() -> tuple[str, int]:
+        p.execute("INSERT INTO orders(customer, total) VALUES ('me', 1.0)")  # the app's primary
+        return "", 201
+
+    @app.get("/orders")
+    def count() -> str:
+        with replica.connect() as c:
+            return str(c.exec_driver_sql("SELECT count(*) FROM orders").scalar())
+
+    try:
+        client = app.test_client()
+        assert client.get("/orders").text == "0"
+        for i in range(1, 6):
+            assert client.post("/orders").status_code == 201
+            assert client.get("/orders").text == str(i)
+        anonymous = app.test_client()
+        p.execute("INSERT INTO orders(customer, total) VALUES ('other', 1.0)")
+        assert anonymous.get("/orders").text == "5"  # no bookmark: the next poll is seconds away
+    finally:
+        replica.dispose()
