@@ -1,7 +1,9 @@
 """lsvfs: SQLite straight out of Litestream replicas, live, with no restore."""
 
 from . import log  # noqa: F401 - first: the NullHandler and LITESTREAM_LOG_LEVEL apply before anything logs
+from .bookmark import bookmark
 from .errors import (
+    BookmarkError,
     ChecksumError,
     GapError,
     LsvfsError,
@@ -18,7 +20,7 @@ from .vfs import connect, register, uri
 __version__ = "0.1.0"  # the one place the version lives (pyproject.toml reads it)
 
 __all__ = [
-    "ChecksumError", "GapError", "LsvfsError", "LTXError", "MissingFileError", "ReplicaError",
-    "StorageError", "URLError", "RestoreResult", "VerifyReport", "connect", "open_replicas", "register",
+    "BookmarkError", "ChecksumError", "GapError", "LsvfsError", "LTXError", "MissingFileError", "ReplicaError",
+    "StorageError", "URLError", "RestoreResult", "VerifyReport", "bookmark", "connect", "open_replicas", "register",
     "restore", "stats", "uri", "verify",
 ]

@@ -1,4 +1,4 @@
-"""The `lsvfs` command: query, shell, ls, restore, verify, hydrate, stats, mirror, demo.
+"""The `lsvfs` command: query, shell, ls, restore, verify, hydrate, stats, mirror, bookmark, demo.
 
 Each command is an `add_*` function (its subparser: help, an example, its
 arguments) and a `cmd_*` that runs it; `COMMANDS` lists the adders, so a new
@@ -22,6 +22,7 @@ import apsw
 
 from . import log as lsvfs_log
 from . import registry
+from .bookmark import DEFAULT_SOCKET, DEFAULT_TIMEOUT, bookmark
 from .demo import run_demo
 from .errors import LsvfsError, ReplicaError
 from .ltx import parse_txid
@@ -396,8 +397,28 @@ def cmd_mirror(args: argparse.Namespace) -> int:
         leader.close()
 
 
+def add_bookmark(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = _sub(sub, common, "bookmark", "on the primary: the TXID a replica must reach to hold your writes",
+             "Ask the `litestream replicate` that manages DB_PATH, over its control socket, to sync and wait\n"
+             "until the replica holds every commit made so far, and print that TXID (16 hex digits): a\n"
+             "reader that has reached it sees those commits. The socket must be enabled in litestream.yml\n"
+             "(docs/reference.md, \"Read your writes\").",
+             "  lsvfs bookmark /var/lib/app/app.db --socket /run/litestream/control.sock")
+    p.add_argument("db_path", help="the primary database, as litestream.yml's dbs list it")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                   help=f"Litestream's control socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--timeout", type=parse_duration, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"give up after SECONDS in all (default {DEFAULT_TIMEOUT:g})")
+    p.set_defaults(func=cmd_bookmark)
+
+
+def cmd_bookmark(args: argparse.Namespace) -> int:
+    print(bookmark(args.db_path, socket=args.socket, timeout=args.timeout))
+    return 0
+
+
 COMMANDS: tuple[Adder, ...] = (add_query, add_shell, add_ls, add_restore, add_verify, add_hydrate, add_stats,
-                               add_mirror, add_demo)
+                               add_mirror, add_bookmark, add_demo)
 """Subcommands in --help order."""
 
 

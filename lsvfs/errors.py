@@ -68,3 +68,8 @@ class MissingFileError(StorageError):
 
 class MissingExtraError(StorageError):
     """The client library for a URL scheme is not installed; names the extra to install."""
+
+
+class BookmarkError(LsvfsError):
+    """No bookmark: Litestream's control socket is off or unreachable, does not manage the
+    database, failed to sync it, or did not confirm the upload in time."""

@@ -23,10 +23,12 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -405,6 +407,7 @@ class ReplicatedPrimary:
         log_level: str = "INFO",
         start: bool = True,
         target: Any = None,
+        control_socket: bool = False,
     ) -> None:
         if storage not in ("file", "s3") and target is None:
             raise ValueError(f"storage {storage!r} needs a ReplicaTarget (target=...) from tests/backends.py")
@@ -444,6 +447,12 @@ class ReplicatedPrimary:
         self.last_txid: int | None = None
         self.files_listed = 0
         """How many files the last listing of the replica found (every level)."""
+        self.socket_path: Path | None = None
+        """litestream's control socket, with `control_socket`: under a short dir of its own in /tmp,
+        since an AF_UNIX path holds at most 107 bytes and pytest's tmp paths can be longer. It
+        answers once litestream has started (after a `wait_replicated()` it does)."""
+        if control_socket:
+            self.socket_path = Path(tempfile.mkdtemp(prefix="ls", dir="/tmp")) / "ctl.sock"
 
         self.conn = apsw.Connection(str(self.db_path))
         self.conn.set_busy_timeout(5000)
@@ -505,6 +514,8 @@ class ReplicatedPrimary:
         # JSON scalars are valid YAML, so json.dumps quotes every value safely.
         q = json.dumps
         lines = [f"logging:\n  level: {q(log_level)}", "shutdown-sync-timeout: 2s"]
+        if self.socket_path is not None:
+            lines.append(f"socket:\n  enabled: true\n  path: {q(str(self.socket_path))}")
         if snapshot_interval is not None or snapshot_retention is not None:
             lines.append("snapshot:")
             if snapshot_interval is not None:
@@ -585,6 +596,8 @@ class ReplicatedPrimary:
             self._closed = True
             with contextlib.suppress(Exception):
                 self.conn.close()
+            if self.socket_path is not None:
+                shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def log_text(self, tail: int | None = 60) -> str:
         """The litestream log (its last `tail` lines; None = all)."""
