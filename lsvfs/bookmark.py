@@ -1,4 +1,6 @@
-"""Read your writes, primary side: the TXID a replica must reach to hold your commits.
+"""Read your writes: bookmarks taken on the primary, awaited on replicas.
+
+A bookmark is the TXID a replica must reach to hold your commits.
 
 After a commit on the primary, `bookmark()` asks the `litestream replicate` that manages the
 database, over its control socket (Litestream 0.5.17: `POST /sync` with `wait`), to sync and wait
@@ -19,7 +21,10 @@ import socket as socketlib
 import time
 from typing import Any, TypeGuard, cast
 
+from . import registry
 from .errors import BookmarkError
+from .ltx import parse_txid
+from .options import resolve
 from .storage.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,24 @@ def bookmark(db_path: str | os.PathLike[str], *, socket: str | os.PathLike[str] 
     txid = _replicated_txid(status, answer, path, sock_path, timeout)
     log.debug("bookmark of %s: TXID %016x (%s)", path, txid, answer.get("status"))
     return f"{txid:016x}"
+
+
+def wait_for(url: str, txid: int | str, timeout: float | None = None, **options: Any) -> str:
+    """Wait until this process's replica of `url` reaches `txid` (a bookmark),
+    polling now; the TXID reached (16 hex digits).
+
+    For code that holds no connection (a pool's): every connection to `url`
+    reads at least that TXID from its next read transaction. The replica is
+    opened with `options` if no connection has it open. WaitTimeout after
+    `timeout` seconds (the replica's wait_timeout if None); LineageError if the
+    replica is replaced meanwhile.
+    """
+    want = parse_txid(txid) if isinstance(txid, str) else txid
+    rep = registry.acquire(url, resolve({k: v for k, v in options.items() if v is not None}))
+    try:
+        return f"{rep.wait_for(want, timeout=timeout).txid:016x}"
+    finally:
+        registry.release(rep)
 
 
 def _exchange(sock_path: str, request: bytes, deadline: float) -> bytes:

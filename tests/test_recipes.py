@@ -182,6 +182,8 @@ def django_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated
     sys.path.insert(0, str(app))
     p = ReplicatedPrimary(tmp_path_factory.mktemp("django") / "p", control_socket=True)
     assert p.replica_dir is not None
+    slow = p.workdir / "replica-slow"  # the same replica by another path: a Replica of its own
+    slow.symlink_to(p.replica_dir, target_is_directory=True)
     try:
         settings.configure(
             INSTALLED_APPS=["shop"],
@@ -189,9 +191,8 @@ def django_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated
                 "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(p.db_path)},
                 "replica": {"ENGINE": "django.db.backends.sqlite3",
                             "NAME": lsvfs.uri(p.replica_url, poll_interval="50ms")},
-                # The same replica spelled as a path: a Replica of its own, polling slowly.
                 "bookmarked": {"ENGINE": "django.db.backends.sqlite3",
-                               "NAME": lsvfs.uri(str(p.replica_dir), poll_interval=SLOW_POLL)},
+                               "NAME": lsvfs.uri(str(slow), poll_interval=SLOW_POLL)},
             },
             LSVFS_BOOKMARKS={"primary": str(p.db_path), "socket": p.socket_path, "replica": "bookmarked"},
             DATABASE_ROUTERS=["shop.routers.ReplicaRouter"],
