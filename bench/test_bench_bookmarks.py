@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,17 @@ from replicas import benchmarks_enabled
 from test_bench_remote import RTT_S
 
 import lsvfs
-from replication import (TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY, MotoS3, ReplicatedPrimary,
-                         s3_url)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import servers  # noqa: E402
+from replication import (  # noqa: E402
+    TEST_ACCESS_KEY_ID,
+    TEST_REGION,
+    TEST_SECRET_ACCESS_KEY,
+    MotoS3,
+    ReplicatedPrimary,
+    s3_url,
+)
 
 POLL = 1.0
 
@@ -44,13 +54,17 @@ def _quantile(values: list[float], q: float) -> float:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReplicatedPrimary, str]]:
+    """moto in a process of its own (not the reader's GIL), Litestream writing to it
+    directly, the reader through the proxy."""
     saved = dict(os.environ)
     os.environ.update(AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY=TEST_SECRET_ACCESS_KEY,
                       AWS_DEFAULT_REGION=TEST_REGION, AWS_EC2_METADATA_DISABLED="true")
-    moto = MotoS3().start()
-    p = ReplicatedPrimary(tmp_path_factory.mktemp("bookmarks"), storage="s3", s3=moto, sync_interval="1s",
-                          control_socket=True)
-    proxy = LatencyProxy(int(moto.endpoint.rsplit(":", 1)[1]), RTT_S / 2)
+    scratch = tmp_path_factory.mktemp("bookmarks")
+    server = servers.ServerProcess("s3", scratch / "moto")
+    moto = MotoS3()
+    moto.endpoint = server.facts["endpoint"]
+    p = ReplicatedPrimary(scratch / "primary", storage="s3", s3=moto, sync_interval="1s", control_socket=True)
+    proxy = LatencyProxy(server.port, RTT_S / 2)
     try:
         p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         p.wait_replicated()
@@ -59,7 +73,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Replicated
     finally:
         proxy.close()
         p.close()
-        moto.stop()
+        server.stop()
         os.environ.clear()
         os.environ.update(saved)
 
@@ -73,6 +87,7 @@ def test_commit_to_visible(benchmark: Any, request: pytest.FixtureRequest, setup
     rep = lsvfs.open_replicas()[url]
     latencies: list[float] = []
     marks: list[float] = []
+    floors: list[float] = []
 
     def run() -> None:
         first = int(p.execute("SELECT coalesce(max(id), 0) FROM t")[0][0]) + 1
@@ -83,16 +98,19 @@ def test_commit_to_visible(benchmark: Any, request: pytest.FixtureRequest, setup
                 mark = lsvfs.bookmark(p.db_path, socket=p.socket_path)
                 marks.append(time.monotonic() - start)
                 conn.execute(f"PRAGMA litestream_min_txid = '{mark}'").fetchall()
+                floors.append(time.monotonic() - start)
                 assert conn.execute("SELECT max(id) FROM t").fetchall() == [(row,)]
             else:
                 while conn.execute("SELECT max(id) FROM t").fetchall() != [(row,)]:
                     time.sleep(0.005)
             latencies.append(time.monotonic() - start)
 
-    lists = rep.stats()["storage"]["list"]["requests"]
+    before = rep.stats()["storage"]
     try:
         benchmark.pedantic(run, rounds=1, iterations=1)
-        lists = rep.stats()["storage"]["list"]["requests"] - lists
+        after = rep.stats()["storage"]
+        lists = after["list"]["requests"] - before["list"]["requests"]
+        reads = sum(after[k]["requests"] - before[k]["requests"] for k in ("ranged_read", "whole_read"))
     finally:
         conn.close()
     benchmark.extra_info.update({
@@ -100,8 +118,10 @@ def test_commit_to_visible(benchmark: Any, request: pytest.FixtureRequest, setup
         "p50_s": round(statistics.median(latencies), 4), "p99_s": round(_quantile(latencies, 0.99), 4),
         "max_s": round(max(latencies), 4),
         "bookmark_p50_s": round(statistics.median(marks), 4) if marks else None,
-        "lists_per_commit": round(lists / commits, 2),
+        "floor_set_p50_s": round(statistics.median(floors), 4) if floors else None,
+        "lists_per_commit": round(lists / commits, 2), "reads_per_commit": round(reads / commits, 2),
     })
     print(f"\n{mode}: p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {_quantile(latencies, 0.99) * 1000:.0f} ms"
           + (f" (bookmark itself p50 {statistics.median(marks) * 1000:.0f} ms)" if marks else "")
-          + f", {lists / commits:.2f} LISTs per commit")
+          + (f" (floor reached p50 {statistics.median(floors) * 1000:.0f} ms)" if floors else "")
+          + f", {lists / commits:.2f} LISTs and {reads / commits:.2f} reads per commit")

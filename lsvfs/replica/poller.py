@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing new."""
 ASKED_SPACING = 0.05
-"""Least seconds from the end of one poll to a poll that waiting readers asked
-for: however many wait, at most one poll is in flight and twenty start a second."""
+"""Least seconds from the start of one poll to that of a poll waiting readers
+asked for: however many wait, one poll is in flight and at most twenty start a second."""
 
 
 class Poller:
@@ -60,7 +60,7 @@ class Poller:
         self._asked = threading.Event()  # a reader waits for a newer TXID: poll now
         self._ended = threading.Condition()  # notified at the end of every poll
         self.polls_ended = 0
-        self._last_end = 0.0  # time.monotonic() of the last poll's end
+        self._last_start = 0.0  # time.monotonic() of the last poll's start
         # A poll holds the lock from start to end: two at once would each build on
         # the same snapshot and the slower could publish an older TXID over a newer
         # one. It guards every field below.
@@ -97,7 +97,7 @@ class Poller:
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self._asked.wait(self._options.poll_interval):
-                self._stop.wait(self._last_end + ASKED_SPACING - time.monotonic())
+                self._stop.wait(self._last_start + ASKED_SPACING - time.monotonic())
             self._asked.clear()
             if not self._stop.is_set():
                 self.poll()
@@ -109,13 +109,13 @@ class Poller:
     def ask(self) -> None:
         """Poll as soon as may be: a reader waits for a TXID newer than ours.
         The thread polls; without one the caller does, unless a poll is in
-        progress or one ended less than ASKED_SPACING ago."""
+        progress or one started less than ASKED_SPACING ago."""
         shared = getattr(self._storage.inner, "ask_leader", None)
         if shared is not None:
             shared()  # with shared_dir the leader polls storage; we read its mirror
         if self._thread is not None:
             self._asked.set()
-        elif time.monotonic() - self._last_end >= ASKED_SPACING and self._lock.acquire(blocking=False):
+        elif time.monotonic() - self._last_start >= ASKED_SPACING and self._lock.acquire(blocking=False):
             try:
                 self._poll_once()
             finally:
@@ -144,10 +144,10 @@ class Poller:
             return self._poll_once()
 
     def _poll_once(self) -> bool:
+        self._last_start = time.monotonic()
         try:
             return self._poll_counted()
         finally:
-            self._last_end = time.monotonic()
             with self._ended:
                 self.polls_ended += 1
                 self._ended.notify_all()

@@ -29,7 +29,7 @@ from .mirror import Mirror
 log = logging.getLogger(__name__)
 
 ASKED_SPACING = 0.05
-"""Least seconds between the end of a poll and one a ring asked for (see doorbell.py)."""
+"""Least seconds between the starts of a poll and of one a ring asked for (see doorbell.py)."""
 FIRST_DELAY = 0.5
 MOST_DELAY = 30.0
 """Bounds of the wait after a failed poll (doubling between them)."""
@@ -51,7 +51,7 @@ class Leader:
         self._last_error: str | None = None
         self._lock = threading.Lock()
         self._closing = False
-        self._last_end = 0.0  # time.monotonic() the loop's last step ended
+        self._last_start = 0.0  # time.monotonic() the loop's last step started
 
     @property
     def leading(self) -> bool:
@@ -112,18 +112,18 @@ class Leader:
         while not stop.is_set():
             if self.leading and delay == interval:
                 if self.doorbell.wait(delay):  # rings coming together make one poll
-                    stop.wait(self._last_end + ASKED_SPACING - time.monotonic())
+                    stop.wait(self._last_start + ASKED_SPACING - time.monotonic())
                     self.doorbell.wait(0)
             else:
                 stop.wait(delay)
             if stop.is_set():
                 return
             delay = interval
+            self._last_start = time.monotonic()
             try:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure; logged
                 delay = max(interval, self.failed(exc))
-            self._last_end = time.monotonic()
 
     def ask(self) -> None:
         """Ask the leader, this process or another, to poll now."""
