@@ -272,3 +272,24 @@ def test_a_follower_asks_the_leader_to_poll(replicated_primary: MakePrimary, tmp
     finally:
         leader.terminate()
         leader.wait(10)
+
+
+def test_a_replica_without_a_polling_thread_polls_in_the_waiting_reader(file_primary: ReplicatedPrimary) -> None:
+    """poll_interval=0: nothing polls in the background, so the reader waiting
+    for its floor polls itself (and a floor never reached still ends)."""
+    p = file_primary
+    p.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    p.wait_replicated()
+    with closing(lsvfs.connect(p.replica_url, poll_interval=0, wait_timeout=0.3)) as conn:
+        rep = lsvfs.open_replicas()[p.replica_url]
+        assert rep.poller.thread is None
+        for i in range(1, 4):
+            p.execute("INSERT INTO t VALUES (?)", (i,))
+            mark = f"{p.wait_replicated():016x}"
+            assert conn.execute("SELECT count(*) FROM t").fetchall() == [(i - 1,)]  # nobody polled
+            _floor(conn, mark)
+            assert conn.execute("SELECT count(*) FROM t").fetchall() == [(i,)]
+        polls = rep.stats()["polls"]
+        with pytest.raises(apsw.BusyError):
+            _floor(conn, f"{int(mark, 16) + 9:016x}")
+        assert 1 <= rep.stats()["polls"] - polls <= 0.3 / ASKED_SPACING + 2
