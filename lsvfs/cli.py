@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import apsw
 
@@ -30,7 +31,7 @@ from .options import NAMES, Options, parse_duration, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
 from .pragmas import named, pragma
-from .progress import ProgressBar
+from .progress import ProgressBar, StatusLine
 from .restore import restore, verify
 from .shared.directory import poll_age, prepare, read_status
 from .shared.leader import Leader
@@ -357,7 +358,8 @@ def add_mirror(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
              "Keep DIR a local mirror of the replica for every process opened with the same\n"
              "shared_dir (LSVFS_SHARED_DIR), so that none of them talks to storage: a sidecar or\n"
              "systemd unit next to the workers. Leads as soon as no other process does (it waits\n"
-             "for a worker that leads to stop); one log line per poll with -v. --once fills DIR and\n"
+             "for a worker that leads to stop); one log line per poll with -v, else on a terminal\n"
+             "a progress bar for the first fill and then a status line. --once fills DIR and\n"
              "exits (a warm-up step in a container build).",
              "  lsvfs mirror s3://bucket/app.db --shared-dir /var/cache/lsvfs/app -v")
     p.add_argument("url", help=URL_HELP)
@@ -368,27 +370,46 @@ def add_mirror(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.set_defaults(func=cmd_mirror)
 
 
+def _mirror_status(root: Path) -> str:
+    """A running mirror's state in one line: what the directory holds, how fresh, who leads."""
+    status = read_status(root)
+    age = poll_age(status)
+    if status is None or age is None:
+        return "no good poll yet"
+    who = "" if status.get("pid") == os.getpid() else f" (pid {status.get('pid')} leads)"
+    return (f"TXID {status.get('txid')}, {status.get('files')} files, {int(status.get('bytes') or 0) / 1e6:.1f} MB, "
+            f"last poll {age:.1f}s ago{who}")
+
+
 def cmd_mirror(args: argparse.Namespace) -> int:
     require_replica(args.url)
     root = prepare(args.shared_dir, args.url)
     leader = Leader(root, redact_url(args.url), lambda: open_storage(args.url))
     try:
         if not args.once:
-            try:
-                leader.step()
-            except Exception as exc:  # noqa: BLE001 - a sidecar keeps trying; logged
-                leader.failed(exc)
-            leader.run(threading.Event(), args.poll_interval)  # until interrupted or killed
+            with ProgressBar("mirroring") as bar:
+                try:
+                    leader.step(bar)
+                except Exception as exc:  # noqa: BLE001 - a sidecar keeps trying; logged
+                    leader.failed(exc)
+            with StatusLine() as line:
+                # With the per-poll log lines on (-v), a line redrawn in place would only garble them.
+                show = line.enabled and not logging.getLogger(Leader.__module__).isEnabledFor(logging.INFO)
+                stepped = (lambda: line(_mirror_status(root))) if show else None
+                if stepped is not None:
+                    stepped()
+                leader.run(threading.Event(), args.poll_interval, stepped)  # until interrupted or killed
             return 0
         deadline = time.monotonic() + ONCE_WAIT
-        while not leader.step():  # another process leads: done once it has polled since we started
-            age = poll_age(read_status(root))
-            if age is not None and age < args.poll_interval:
-                break
-            if time.monotonic() > deadline:
-                raise ReplicaError(f"{root}: led by pid {(read_status(root) or {}).get('pid')}, which has not "
-                                   f"polled {redact_url(args.url)} successfully for {ONCE_WAIT:g}s")
-            time.sleep(max(args.poll_interval, 0.05))
+        with ProgressBar("mirroring") as bar:
+            while not leader.step(bar):  # another process leads: done once it has polled since we started
+                age = poll_age(read_status(root))
+                if age is not None and age < args.poll_interval:
+                    break
+                if time.monotonic() > deadline:
+                    raise ReplicaError(f"{root}: led by pid {(read_status(root) or {}).get('pid')}, which has "
+                                       f"not polled {redact_url(args.url)} successfully for {ONCE_WAIT:g}s")
+                time.sleep(max(args.poll_interval, 0.05))
         status = read_status(root) or {}
         print(f"mirrored {redact_url(args.url)} in {root}: TXID {status.get('txid')}, {status.get('files')} files, "
               f"{status.get('bytes')} bytes (leader pid {status.get('pid')})", flush=True)

@@ -1,8 +1,9 @@
-"""A progress bar for long CLI work (restore, verify): on a terminal only.
+"""Progress for long CLI work on a terminal only: a bar (restore, verify, the
+first fill of a mirror) and a status line redrawn in place (a running mirror).
 
-Piped or redirected output must stay clean for scripts and logs, so the bar
-draws only when its stream is a terminal, and ends its line when done or
-when closed early (an error mid-restore must not leave the cursor mid-bar).
+Piped or redirected output must stay clean for scripts and logs, so both draw
+only when their stream is a terminal, and end their line when done or when
+closed early (an error mid-restore must not leave the cursor mid-bar).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ INTERVAL = 0.1
 """Seconds between redraws: a fast local restore calls back thousands of times."""
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    return bool(getattr(stream, "isatty", None) and stream.isatty())
+
+
 class ProgressBar:
     """Callable as a `restore`/`verify` progress callback: (bytes done, bytes in total)."""
 
     def __init__(self, label: str, stream: TextIO | None = None) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = bool(getattr(self.stream, "isatty", None) and self.stream.isatty())
+        self.enabled = _is_terminal(self.stream)
         self._last = 0.0
         self._open = False
 
@@ -47,6 +52,35 @@ class ProgressBar:
             self._open = False
 
     def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StatusLine:
+    """One line of state redrawn in place (each call replaces the last), for a
+    command that runs until stopped; `close` ends it so what follows has its own line."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _is_terminal(self.stream)
+        self._open = False
+
+    def __call__(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self.stream.write(f"\r{text}\x1b[K")  # erase what a longer previous line left
+        self.stream.flush()
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+    def __enter__(self) -> StatusLine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import gc
 import io
 import os
-import pty
-import select
 import shutil
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 import apsw
 import pytest
 import ltx_writer
-from cli_support import one_error_line
+from cli_support import one_error_line, run_with_pty_stderr
 from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 
 import lsvfs
@@ -330,40 +328,6 @@ def test_restore_txid_and_timestamp_options(frozen: Frozen, tmp_path: Path) -> N
 
 
 # ---- progress bar ----------------------------------------------------------------
-
-def run_with_pty_stderr(args: list[str], timeout: float = 60) -> tuple[int, str, str]:
-    """Run with stderr on a pseudo-terminal; returns (status, stdout, everything written to the pty)."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
-    finally:
-        os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed its end
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-        out = proc.stdout.read() if proc.stdout else b""
-        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        os.close(master)
-    return rc, out.decode(), b"".join(chunks).decode(errors="replace")
-
 
 def test_progress_bar_on_a_terminal_only(frozen: Frozen, tmp_path: Path) -> None:
     """With stderr on a tty, restore and verify draw a bar ending at 100%; piped, they print none."""

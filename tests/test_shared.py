@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import run_with_pty_stderr
 from replication import MakePrimary, ReplicatedPrimary, wait_until
 from shared_support import (
     ACCOUNTS,
@@ -337,6 +339,45 @@ def test_mirror_command_fills_once_then_leads_as_a_sidecar(file_primary: Replica
         side.wait(timeout=10)
     lines = [line for line in log_path.read_text().splitlines() if f"mirrored {url} at TXID" in line]
     assert len(lines) >= 2, log_path.read_text()[-2000:]
+
+
+def test_mirror_command_shows_progress_on_a_terminal_only(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    """With stderr on a terminal, `lsvfs mirror` draws a bar for its first fill (--once too),
+    then a status line redrawn after each poll, ended by Ctrl-C so the last message has a
+    line of its own; with -v the per-poll log lines instead; piped, neither: stderr stays empty."""
+    bank(file_primary)
+    txid = file_primary.wait_replicated()
+    url = file_primary.replica_url
+    command = [sys.executable, "-m", "lsvfs", "mirror", url, "--poll-interval", "200ms", "--shared-dir"]
+
+    rc, out, tty = run_with_pty_stderr([*command, str(tmp_path / "once"), "--once"])
+    assert rc == 0 and "mirroring [" in tty and "100.0%" in tty, repr(tty)
+    assert out.startswith(f"mirrored {url} in ")
+
+    rc, out, tty = run_with_pty_stderr([*command, str(tmp_path / "run")], 30, lambda t: t.count("last poll") >= 3)
+    assert rc == 130 and out == "", repr(tty)
+    assert tty.index("mirroring [") < tty.index("100.0%") < tty.index(f"\rTXID {txid:016x}, "), repr(tty)
+    assert re.search(r"\rTXID [0-9a-f]{16}, \d+ files, \d+\.\d MB, last poll \d+\.\ds ago\x1b\[K", tty), repr(tty)
+    assert tty.replace("\r\n", "\n").rstrip("\n").split("\n")[-1] == "lsvfs mirror: interrupted", repr(tty)
+
+    rc, _, tty = run_with_pty_stderr([*command, str(tmp_path / "run"), "-v"], 30,
+                                     until=lambda t: t.count(f"mirrored {url} at TXID") >= 2)
+    assert rc == 130 and "last poll" not in tty and "mirroring [" not in tty, repr(tty)
+
+    once = subprocess.run([*command, str(tmp_path / "piped"), "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0 and once.stderr == "", once.stderr
+    side = subprocess.Popen([*command, str(tmp_path / "piped")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_until(lambda: status(tmp_path / "piped")["pid"] == side.pid, 30, what="the piped mirror leading")
+        first = status(tmp_path / "piped")["last_poll_ok"]
+        wait_until(lambda: status(tmp_path / "piped")["last_poll_ok"] != first, 30, what="another poll")
+        side.send_signal(signal.SIGINT)
+        out, err = side.communicate(timeout=30)
+    finally:
+        side.kill()
+        side.wait(timeout=10)
+    assert (side.returncode, out, err) == (130, "", "lsvfs mirror: interrupted\n")
 
 
 def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary: MakePrimary, tmp_path: Path,

@@ -24,7 +24,7 @@ from ..storage.base import StorageClient
 from .directory import write_status
 from .doorbell import Doorbell, ring
 from .election import Election
-from .mirror import Mirror
+from .mirror import Mirror, Progress
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ class Leader:
     def leading(self) -> bool:
         return self.election.leading
 
-    def step(self) -> bool:
-        """Try to lead; when leading, one poll and its status. True if a poll succeeded."""
+    def step(self, progress: Progress | None = None) -> bool:
+        """Try to lead; when leading, one poll and its status. True if a poll succeeded.
+        `progress` sees the poll's downloads (`lsvfs mirror`'s bar for its first fill)."""
         with self._lock:
             if not self.election.try_lead():
                 return False
@@ -71,7 +72,7 @@ class Leader:
                     mirror.close()
                     raise
                 self.mirror = mirror
-            self.mirror.poll()
+            self.mirror.poll(progress)
             if self._closing:
                 return False  # stopped part way: not a poll to publish
             self.polls += 1
@@ -105,9 +106,10 @@ class Leader:
         self._last_error = text
         return delay
 
-    def run(self, stop: threading.Event, interval: float) -> None:
+    def run(self, stop: threading.Event, interval: float, stepped: Callable[[], None] | None = None) -> None:
         """Step every `interval` seconds (longer after failures), or sooner when
-        rung while leading and well, until `stop` is set."""
+        rung while leading and well, until `stop` is set; `stepped` is called
+        after each step (`lsvfs mirror`'s status line on a terminal)."""
         delay = interval
         while not stop.is_set():
             if self.leading and delay == interval:
@@ -124,6 +126,8 @@ class Leader:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure; logged
                 delay = max(interval, self.failed(exc))
+            if stepped is not None:
+                stepped()
 
     def ask(self) -> None:
         """Ask the leader, this process or another, to poll now."""

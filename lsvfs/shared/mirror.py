@@ -35,6 +35,8 @@ FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing amiss."""
 
 Key = tuple[int, int, int]
+Progress = Callable[[int, int], None]
+"""Called with (bytes downloaded, bytes to download) as a poll's files arrive (`lsvfs mirror`'s bar)."""
 
 
 def _key(f: FileInfo) -> Key:
@@ -110,16 +112,16 @@ class Mirror:
 
     # ---- polling --------------------------------------------------------------
 
-    def poll(self) -> None:
+    def poll(self, progress: Progress | None = None) -> None:
         """One poll: L0 from the newest local L0 file when that file is still
         listed as we copied it and L0 continues; every level otherwise, and
         every FULL_SCAN_EVERY polls (retention, compactions, a new lineage)."""
         local = {_key(f): f for f in list_all(self.local)}
-        if self._since_full >= FULL_SCAN_EVERY or not local or not self._l0_poll(local):
-            self._full_poll(local)
+        if self._since_full >= FULL_SCAN_EVERY or not local or not self._l0_poll(local, progress):
+            self._full_poll(local, progress)
         self._count()
 
-    def _l0_poll(self, local: dict[Key, FileInfo]) -> bool:
+    def _l0_poll(self, local: dict[Key, FileInfo], progress: Progress | None) -> bool:
         """False when L0 alone cannot tell what changed."""
         top = max(f.max_txid for f in local.values())
         l0 = [f for f in local.values() if f.level == 0]
@@ -135,10 +137,10 @@ class Mirror:
         if any(f.min_txid > reached + 1 for f in new):
             return False  # L0 has a gap a higher level covers
         self._since_full += 1
-        self._download(chain)
+        self._download(chain, progress)
         return True
 
-    def _full_poll(self, local: dict[Key, FileInfo]) -> None:
+    def _full_poll(self, local: dict[Key, FileInfo], progress: Progress | None) -> None:
         self._since_full = 0
         files = list_all(self.remote)
         if not files:
@@ -153,10 +155,10 @@ class Mirror:
             log.warning("%s: %s holds another lineage of the replica (%s); rebuilding it", self.name, self.root,
                         f"{rewritten[0].name} was rewritten" if rewritten else "its newest TXID went back")
             self._remove(stale)  # first: never an old lineage continued by a new one
-            self._download(build(files))
+            self._download(build(files), progress)
             return
         held = {_key(f) for f in kept}
-        self._download([f for f in self._wanted(files, kept) if _key(f) not in held])
+        self._download([f for f in self._wanted(files, kept) if _key(f) not in held], progress)
         self._remove(stale)  # after: what retention deleted is bridged before it goes
 
     @staticmethod
@@ -177,12 +179,18 @@ class Mirror:
             log.debug("%s: removing %s (gone or rewritten remotely)", self.name, f.name)
             self.local.path_of(f).unlink(missing_ok=True)
 
-    def _download(self, files: list[FileInfo]) -> None:
+    def _download(self, files: list[FileInfo], progress: Progress | None) -> None:
         """Each file in TXID order, so what readers see grows as a chain."""
+        total, done = sum(f.size for f in files), 0
+        if progress is not None and files:
+            progress(0, total)
         for f in sorted(files, key=lambda f: (f.max_txid, -f.level)):
             if self._stopping():
                 return  # closing: what is there is complete; the next leader goes on
             self._fetch(f)
+            done += f.size
+            if progress is not None:
+                progress(done, total)
 
     def _fetch(self, f: FileInfo) -> None:
         check_level(f.level)
