@@ -64,7 +64,9 @@ class Workers:
 
     def finish(self, txid: int) -> dict[str, dict[str, Any]]:
         """Tell every live worker the final TXID; their results by name."""
-        (self.control / "stop").write_text(f"{txid:016x}")
+        tmp = self.control / ".stop.tmp"  # whole or absent: a worker seeing it empty would take TXID 0
+        tmp.write_text(f"{txid:016x}")
+        tmp.rename(self.control / "stop")
         out: dict[str, dict[str, Any]] = {}
         live = {name: proc for name, proc in self.procs.items() if proc.returncode is None or proc.returncode >= 0}
         for name, proc in live.items():  # each reports while all are still open
