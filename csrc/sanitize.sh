@@ -35,8 +35,8 @@ if [ "$MODE" = thread ]; then
     PRELOAD="$(gcc -print-file-name=libtsan.so)"
     export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:log_path=$REPORTS/tsan"
     DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_fuzz_stress_and_chaos.py tests/test_core.py
-                   tests/test_prefetch_and_hydration.py
-                   -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared or hydration_readers or hydration_moves_on")
+                   tests/test_prefetch_and_hydration.py tests/test_read_your_writes.py
+                   -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared or hydration_readers or hydration_moves_on or hundred_waiters")
 else
     # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
     # overflow and so hides it (and bad shifts) from UBSan.
@@ -55,7 +55,11 @@ else
                    tests/test_faults_and_recovery.py::test_s10_poller_survives_listing_failures_and_allocation_failure
                    # hydration: C reads of the file while it advances under live writes
                    tests/test_prefetch_and_hydration.py::test_long_read_transaction_keeps_its_txid_while_hydration_moves_on
-                   tests/test_prefetch_and_hydration.py::test_hydration_under_live_writes_equals_the_restore_at_every_txid)
+                   tests/test_prefetch_and_hydration.py::test_hydration_under_live_writes_equals_the_restore_at_every_txid
+                   # read-your-writes floors: the lock calling into Python to wait, busy retries, pins
+                   tests/test_read_your_writes.py::test_a_floor_never_reached_fails_with_the_busy_code_and_clearing_it_reads_again
+                   tests/test_read_your_writes.py::test_a_busy_handler_retrying_does_not_wait_again
+                   tests/test_read_your_writes.py::test_a_pin_wins_over_a_floor)
 fi
 
 echo "== building sanitized lsvfs._core in $TMP/build"
