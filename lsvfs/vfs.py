@@ -76,8 +76,7 @@ class OpenFile:
         self.handle = ffi.new_handle(self)
         self.last_error = ""
         self.chosen: Snapshot | None = None  # pinned by PRAGMA litestream_txid / _time
-        self.floor = 0  # PRAGMA litestream_min_txid, of lineage floor_lineage
-        self.floor_lineage = 0
+        self.floor = 0  # PRAGMA litestream_min_txid (C holds it with its lineage)
         self.gave_up = -BUSY_RETRY_WINDOW  # time.monotonic() a wait for the floor last timed out
 
     def fail(self, rc: int, exc: BaseException, what: str = "read") -> int:
@@ -154,7 +153,7 @@ class OpenFile:
                              f"(PRAGMA litestream_txid or litestream_time), which can never reach {txid:016x}; "
                              "set PRAGMA litestream_txid = LATEST first")
         lineage = self.replica.lineages.number
-        self.floor, self.floor_lineage = txid, lineage
+        self.floor = txid
         lib.lsvfs_file_set_floor(self.file, txid, lineage)
         if txid and self.chosen is None:
             self.replica.wait_for(txid, lineage)
