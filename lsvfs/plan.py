@@ -56,6 +56,13 @@ def list_all(storage: StorageClient, min_txid: int = 0, pool: Executor | None = 
     return [f for files in per_level for f in files]
 
 
+def list_past(storage: StorageClient, pool: Executor | None = None) -> list[FileInfo]:
+    """Every file a past state may be built from: list_all, or `list_past()`
+    of a storage that lists only what the newest state needs (a shared mirror)."""
+    past = getattr(getattr(storage, "inner", storage), "list_past", None)
+    return past() if past is not None else list_all(storage, pool=pool)
+
+
 def extend(files: list[FileInfo], start: int) -> list[FileInfo]:
     """The chain of files that carries the state at `start` furthest.
 

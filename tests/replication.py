@@ -862,6 +862,10 @@ class ReplicatedPrimary:
         except ReplicaError as e:  # a gap while litestream compacts: try again
             raise ReplicationError(str(e)) from e
 
+    def newest_listed(self) -> int:
+        """The highest TXID any file of the replica reaches now (0 before the first file)."""
+        return max((f.max_txid for fs in self.replica_files().values() for f in fs), default=0)
+
     def open_storage(self) -> Any:
         """An lsvfs storage client for this replica (caller closes it)."""
         from lsvfs.storage import open_storage

@@ -22,7 +22,6 @@ from replication import MakePrimary, MotoS3, ReplicatedPrimary
 
 import lsvfs
 from lsvfs.bookmark import enable_hint
-from lsvfs.plan import list_all
 
 
 @pytest.fixture
@@ -33,15 +32,6 @@ def short_dir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def newest_listed(p: ReplicatedPrimary) -> int:
-    """The highest TXID any file of the replica reaches."""
-    st = p.open_storage()
-    try:
-        return max(f.max_txid for f in list_all(st))
-    finally:
-        st.close()
 
 
 def row_at(p: ReplicatedPrimary, txid: int, k: int, out: Path) -> int:
@@ -72,7 +62,7 @@ def test_bookmark_covers_every_commit_before_it(make_primary: MakePrimary, stora
         mark = lsvfs.bookmark(p.db_path, socket=p.socket_path)
         assert len(mark) == 16 and mark == mark.lower() and int(mark, 16) > before, (mark, before)
         txid = int(mark, 16)
-        assert newest_listed(p) >= txid
+        assert p.newest_listed() >= txid
         assert row_at(p, txid, k, tmp_path / f"r{k}.db") == 1
         before = txid
 
@@ -85,7 +75,7 @@ def test_relative_path_is_the_callers(make_primary: MakePrimary, monkeypatch: py
     monkeypatch.chdir(p.workdir / "restores")
     p.insert_rows(1)
     mark = lsvfs.bookmark("../primary.db", socket=str(p.socket_path))
-    assert newest_listed(p) >= int(mark, 16)
+    assert p.newest_listed() >= int(mark, 16)
 
 
 def test_no_socket_says_how_to_enable_it(make_primary: MakePrimary, short_dir: Path) -> None:
@@ -103,7 +93,7 @@ def test_no_socket_says_how_to_enable_it(make_primary: MakePrimary, short_dir: P
     p.wait_replicated()
     p.insert_rows(1)
     mark = lsvfs.bookmark(p.db_path, socket=sock)
-    assert newest_listed(p) >= int(mark, 16)
+    assert p.newest_listed() >= int(mark, 16)
 
 
 def test_nothing_listening(tmp_path: Path, short_dir: Path) -> None:
@@ -157,7 +147,7 @@ def test_cli(make_primary: MakePrimary, tmp_path: Path, short_dir: Path) -> None
     assert r.returncode == 0, r.stderr
     mark = r.stdout.strip()
     assert r.stdout == mark + "\n" and len(mark) == 16 and int(mark, 16) >= 1
-    assert newest_listed(p) >= int(mark, 16)
+    assert p.newest_listed() >= int(mark, 16)
 
     line = one_error_line(cli("bookmark", str(tmp_path / "other.db"), "--socket", str(p.socket_path)), "bookmark")
     assert "does not manage" in line and str(tmp_path / "other.db") in line

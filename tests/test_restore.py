@@ -56,14 +56,6 @@ def assert_same_pages(got: bytes, want: bytes, page_size: int, what: str) -> Non
                          f"{' ...' if len(bad) > 20 else ''}")
 
 
-def newest_txid(p: ReplicatedPrimary) -> int:
-    st = p.open_storage()
-    try:
-        return max(f.max_txid for f in list_all(st))
-    finally:
-        st.close()
-
-
 def record(p: ReplicatedPrimary, label: str, states: list[State]) -> State:
     """Wait until the replica holds everything committed, then note its TXID, bytes and the time.
 
@@ -73,7 +65,7 @@ def record(p: ReplicatedPrimary, label: str, states: list[State]) -> State:
     """
     reported = p.wait_replicated()
     image = p.image()
-    txid = newest_txid(p)
+    txid = p.newest_listed()
     assert txid >= reported
     s = State(label, txid, image, now_ms())
     states.append(s)
@@ -216,7 +208,7 @@ def test_multi_level_replica_with_l0_gap(make_primary: MakePrimary, tmp_path: Pa
     image = p.image()
     p.stop()  # freeze the replica: nothing compacts or expires under the restores below
     assert p.image() == image
-    txid = newest_txid(p)
+    txid = p.newest_listed()
     assert txid >= reported
 
     storage_client = p.open_storage()

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from cli_support import run_with_pty_stderr
 from replication import MakePrimary, ReplicatedPrimary, wait_until
@@ -41,8 +42,13 @@ from test_prefetch_and_hydration import hydrated_at
 
 import lsvfs
 from lsvfs import registry
-from lsvfs.errors import SharedDirError
+from lsvfs.errors import LsvfsError, SharedDirError
+from lsvfs.plan import Target, build, list_all
+from lsvfs.shared import mirror as mirror_module
 from lsvfs.shared.mirror import Mirror
+from lsvfs.storage import open_storage
+from lsvfs.storage.base import SNAPSHOT_LEVEL
+from lsvfs.storage.file import FileStorage
 
 
 @pytest.fixture
@@ -305,6 +311,49 @@ def test_damaged_file_is_fetched_again_by_the_next_leader(file_primary: Replicat
         conn.close()
 
 
+def test_a_new_leader_proves_the_mirror_over_polls_not_before_leading(
+        file_primary: ReplicatedPrimary, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking over reads no file, so failover never waits for a whole mirror
+    to be read: each poll checks SCRUB_BYTES of the files taken over, newest
+    first. Damage in the last one checked is still found, and fetched again."""
+    bank(file_primary)
+    rng = random.Random(3)
+    for _ in range(4):
+        transfer(file_primary, rng)
+        file_primary.wait_replicated()
+    url, shared = file_primary.replica_url, tmp_path / "shared"
+    lsvfs.connect(url, shared_dir=str(shared), poll_interval=0).close()
+    local = FileStorage(shared)
+    files = sorted(list_all(local), key=lambda f: f.max_txid)
+    victim = local.path_of(files[0])
+    local.close()
+    assert len(files) >= 3, files
+    data = bytearray(victim.read_bytes())
+    data[200] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    monkeypatch.setattr(mirror_module, "SCRUB_BYTES", 1)  # one file per poll
+    caplog.set_level(logging.WARNING)
+    m = Mirror(open_storage(url), shared, "test")
+    try:
+        m.take_over()
+        assert m.unchecked == len(files)
+        for polls in range(1, len(files)):
+            m.poll()
+            assert (m.unchecked, "is damaged" in caplog.text) == (len(files) - polls, False)
+        m.poll()
+        assert m.unchecked == 0 and "is damaged" in caplog.text and victim.name in caplog.text
+        m.poll()
+    finally:
+        m.close()
+    assert check_mirror(shared) >= len(files)
+    conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=0)
+    try:
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+    finally:
+        conn.close()
+
+
 def test_mirror_command_fills_once_then_leads_as_a_sidecar(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
     """`lsvfs mirror --once` fills the directory and exits; `lsvfs mirror` leads
     until killed, one log line per poll with -v, and a worker started with the
@@ -438,3 +487,66 @@ def test_pinning_and_hydration_read_through_the_mirror(file_primary: ReplicatedP
     finally:
         pinned.close()
         conn.close()
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_time_travel_reaches_past_the_mirror(replicated_primary: MakePrimary, storage: str, tmp_path: Path) -> None:
+    """The mirror holds what the newest state needs (a snapshot and what
+    follows it), not the replica's history. A follower pinning a TXID or a
+    time from before the snapshot plans over the remote listing as well and
+    reads the files the mirror lacks from remote storage: exactly the state
+    `litestream restore -txid` gives. Until then it made no storage request."""
+    p = replicated_primary(storage, snapshot_interval="1s")
+    bank(p)
+    rng = random.Random(11)
+    for _ in range(3):  # a TXID some L0 files in: the remote chain to it is more than one file
+        transfer(p, rng)
+        before = p.wait_replicated()
+    old = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    time.sleep(1.1)  # a second between the states, for time travel by time
+
+    def snapshot_past_before() -> bool:
+        transfer(p, rng)
+        p.wait_replicated()
+        return any(f.max_txid > before for f in p.replica_files()[SNAPSHOT_LEVEL])
+
+    wait_until(snapshot_past_before, 30, what="a snapshot newer than the pinned TXID")
+    after = p.wait_replicated()
+    new = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    url, shared = p.replica_url, tmp_path / "shared"
+    side = subprocess.Popen([sys.executable, "-m", "lsvfs", "mirror", url, "--shared-dir", str(shared),
+                             "--poll-interval", "200ms"], stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (shared / "status.json").exists() and status(shared)["pid"] == side.pid, 30,
+                   what="the sidecar leading")
+        conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
+        try:
+            wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= after, 30, what="the newest TXID")
+            mirror = FileStorage(shared)
+            try:
+                with pytest.raises(LsvfsError):
+                    build(list_all(mirror), Target(before))  # the mirror alone cannot go back there
+            finally:
+                mirror.close()
+            rep = registry.open_replicas()[url]
+            assert (rep.stats()["shared"]["remote"], rep.stats()["shared"]["history"]) == (None, None)
+            restored = apsw.Connection(str(p.restore(tmp_path / "before.db", txid=before).path))
+            assert [list(r) for r in restored.execute("SELECT id, balance FROM bank ORDER BY id")] == old
+            restored.close()
+
+            conn.execute(f"PRAGMA litestream_txid = '{before:016x}'").fetchall()
+            assert int(one(conn, "PRAGMA litestream_txid"), 16) == before
+            assert [list(r) for r in conn.execute("SELECT id, balance FROM bank ORDER BY id")] == old
+            stamp = one(conn, "PRAGMA litestream_time")
+            conn.execute("PRAGMA litestream_txid = LATEST").fetchall()
+            assert [list(r) for r in conn.execute("SELECT id, balance FROM bank ORDER BY id")] == new
+            conn.execute(f"PRAGMA litestream_time = '{stamp}'").fetchall()
+            assert int(one(conn, "PRAGMA litestream_txid"), 16) == before
+            assert [list(r) for r in conn.execute("SELECT id, balance FROM bank ORDER BY id")] == old
+            history = rep.stats()["shared"]["history"]
+            assert history["list"]["requests"] > 0 and history["ranged_read"]["requests"] > 0, history
+        finally:
+            conn.close()
+    finally:
+        side.kill()
+        side.wait(timeout=10)

@@ -26,7 +26,8 @@ from ..fetcher import Fetcher
 from ..hydration import Hydrator
 from ..lru import LRU
 from ..options import Options, Verify
-from ..plan import Target, list_all, plan_for
+from ..plan import Target, list_all, list_past, plan_for
+from ..shared.storage import RemoteFile
 from ..slots import FileSlots
 from ..stats import CountingStorage, cache_stats, local_reads
 from ..storage import open_storage
@@ -199,7 +200,8 @@ class Replica:
             snap = self._historic.get(key)
             if snap is not None:
                 return snap
-        chain = self.retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms)), self.name)
+        chain = self.retry(lambda: plan_for(self.storage, Target(txid, timestamp_ms),
+                                            list_past(self.storage, self._pool), self._pool), self.name)
         snap = self.loader.build(None, chain)
         with self._lock:
             self._historic.put(key, snap)
@@ -255,6 +257,8 @@ class Replica:
 
     def _slot_new(self, slot: int, f: FileInfo) -> None:
         assert isinstance(self.storage.inner, FileStorage)
+        if isinstance(f, RemoteFile):
+            return  # a shared mirror's trip into the past: read through Python from remote storage
         if lib.lsvfs_replica_set_local(self.c, slot, os.fsencode(self.storage.inner.path_of(f))):
             raise MemoryError("replica: out of memory")
 

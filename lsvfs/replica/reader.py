@@ -23,7 +23,7 @@ from ..fetcher import AHEAD, PREFETCH, URGENT, Fetcher, Job
 from ..futures import claim
 from ..lru import LRU
 from ..options import Options, Prefetch, Verify
-from ..plan import Target, plan_for
+from ..plan import Target, list_past, plan_for
 from ..ranges import Range, plan
 from ..stats import CountingStorage
 from ..storage.base import FileInfo
@@ -171,8 +171,8 @@ class PageReader:
             fut, owner = claim(self._rebased, txid)
         if owner:
             try:
-                snap = self._loader.build(None, self._retry(lambda: plan_for(self._storage, Target(txid)),
-                                                            self._name))
+                snap = self._loader.build(None, self._retry(
+                    lambda: plan_for(self._storage, Target(txid), list_past(self._storage)), self._name))
                 with self._lock:
                     self._rebased_done.put(txid, snap)
                 fut.set_result(snap)

@@ -67,7 +67,7 @@ class Leader:
             if self.mirror is None:
                 mirror = Mirror(self._open_remote(), self.root, self.name, lambda: self._closing)
                 try:
-                    mirror.check_local()
+                    mirror.take_over()
                 except BaseException:
                     mirror.close()
                     raise

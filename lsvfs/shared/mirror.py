@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import ltx
-from ..errors import ReplicaError
+from ..errors import MissingFileError, ReplicaError
 from ..plan import build, extend, list_all
 from ..stats import CountingStorage
 from ..storage.base import FileInfo, StorageClient, check_level, format_filename, parse_filename
@@ -35,6 +35,9 @@ FULL_SCAN_EVERY = 10
 """Polls between listings of every level even when L0 shows nothing amiss."""
 
 Key = tuple[int, int, int]
+SCRUB_BYTES = 64 << 20
+"""Bytes of the files a new leader took over that each poll checks: a big
+mirror is proven over a few polls, not before the first one."""
 Progress = Callable[[int, int], None]
 """Called with (bytes downloaded, bytes to download) as a poll's files arrive (`lsvfs mirror`'s bar)."""
 
@@ -64,6 +67,7 @@ class Mirror:
         self.name = name
         self._since_full = FULL_SCAN_EVERY  # the first poll lists every level
         self._seen: dict[Key, datetime | None] = {}  # remote times found to be of the files we hold
+        self._unchecked: list[FileInfo] = []  # taken over, not yet proven (see scrub)
         self.files = 0
         self.bytes = 0
         self.txid = 0
@@ -92,23 +96,38 @@ class Mirror:
 
     # ---- taking over --------------------------------------------------------
 
-    def check_local(self) -> None:
-        """Before leading: remove temp files a killed leader left, and any LTX
-        file that fails its CRC (damage), with a WARNING; a later poll fetches it again."""
+    def take_over(self) -> None:
+        """Before leading: remove temp files a killed leader left, and queue
+        every LTX file for scrub(). Checking them all here would make failover
+        as slow as reading the whole mirror."""
         for level_dir in (self.root / "ltx").glob("*"):
             for tmp in level_dir.glob(f"*{TEMP_SUFFIX}"):
                 log.info("%s: removing %s, left half-written by a previous leader", self.name, tmp)
                 tmp.unlink(missing_ok=True)
-        for f in list_all(self.local):
+        self._unchecked = sorted(list_all(self.local), key=lambda f: f.max_txid)
+
+    def scrub(self, budget: int) -> None:
+        """Check the CRC-64 of queued files, newest first, until `budget` bytes
+        are read; a damaged one is removed with a WARNING and the next listing
+        of every level fetches it again."""
+        while self._unchecked and budget > 0:
+            f = self._unchecked.pop()
+            budget -= f.size
             try:
                 data = self.local.read_all(f)
                 ltx.check_name(f, ltx.Header.decode(data, f.name))
                 ltx.decode(data, f.name, want_pages=False)
-            except ReplicaError:
-                raise
+            except MissingFileError:
+                continue  # gone since (retention, another lineage): nothing to check
             except Exception as exc:  # noqa: BLE001 - any failure means the copy cannot be trusted
                 log.warning("%s: %s in %s is damaged (%s); fetching it again", self.name, f.name, self.root, exc)
                 self.local.path_of(f).unlink(missing_ok=True)
+                self._since_full = FULL_SCAN_EVERY
+
+    @property
+    def unchecked(self) -> int:
+        """Files taken over that scrub() has yet to check."""
+        return len(self._unchecked)
 
     # ---- polling --------------------------------------------------------------
 
@@ -116,6 +135,7 @@ class Mirror:
         """One poll: L0 from the newest local L0 file when that file is still
         listed as we copied it and L0 continues; every level otherwise, and
         every FULL_SCAN_EVERY polls (retention, compactions, a new lineage)."""
+        self.scrub(SCRUB_BYTES)
         local = {_key(f): f for f in list_all(self.local)}
         if self._since_full >= FULL_SCAN_EVERY or not local or not self._l0_poll(local, progress):
             self._full_poll(local, progress)

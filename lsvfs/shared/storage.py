@@ -2,9 +2,13 @@
 
 It is a FileStorage on the shared directory, so listings are readdirs and the
 C read path preads pages itself (no GIL), and it never touches remote storage
-unless this process leads. A thread per process keeps trying to lead (see
-leader.py). Lag is the age of the leader's last good poll, as published in
-the directory, so every process reports the same staleness.
+unless this process leads or travels back in time. A thread per process keeps
+trying to lead (see leader.py). Lag is the age of the leader's last good poll,
+as published in the directory, so every process reports the same staleness.
+
+The mirror holds what the newest state needs, not the replica's history: a
+pin or time before its files is planned over the remote listing as well,
+and the files the mirror lacks are read from remote storage (RemoteFile).
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import LsvfsError, ReplicaError
-from ..storage.base import StorageClient
+from ..plan import list_all
+from ..stats import CountingStorage
+from ..storage.base import FileInfo, StorageClient
 from ..storage.file import FileStorage
 from ..storage.redact import redact_url
 from .directory import poll_age, prepare, read_status
@@ -31,6 +38,12 @@ CLOSE_WAIT = 1.0
 """Seconds close() waits for a poll in progress."""
 
 
+@dataclass(frozen=True)
+class RemoteFile(FileInfo):
+    """A file of the remote replica that the mirror lacks: read remotely, and
+    never equal to a mirror file of the same name (a slot of its own)."""
+
+
 class SharedStorage(FileStorage):
     """A directory replica kept current by whichever process leads."""
 
@@ -40,6 +53,9 @@ class SharedStorage(FileStorage):
         super().__init__(root)
         self.name = redact_url(url)
         self.leader = Leader(root, self.name, open_remote)
+        self._open_remote = open_remote
+        self._history: CountingStorage | None = None  # opened by the first trip into the past
+        self._history_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rung = -ASKED_SPACING
@@ -82,6 +98,31 @@ class SharedStorage(FileStorage):
             self._rung = now
             self.leader.ask()
 
+    def list_past(self) -> list[FileInfo]:
+        """Every file a past state may be built from: the mirror's, and the
+        remote replica's that the mirror lacks (one remote listing)."""
+        mine = list_all(self)
+        held = {(f.level, f.min_txid, f.max_txid) for f in mine}
+        remote = list_all(self._remote())
+        return mine + [RemoteFile(**{k.name: getattr(f, k.name) for k in fields(f)})
+                       for f in remote if (f.level, f.min_txid, f.max_txid) not in held]
+
+    def _remote(self) -> CountingStorage:
+        with self._history_lock:
+            if self._history is None:
+                self._history = CountingStorage(self._open_remote())
+            return self._history
+
+    def read(self, info: FileInfo, offset: int, length: int) -> bytes:
+        if isinstance(info, RemoteFile):
+            return self._remote().read(info, offset, length)
+        return super().read(info, offset, length)
+
+    def read_all(self, info: FileInfo) -> bytes:
+        if isinstance(info, RemoteFile):
+            return self._remote().read_all(info)
+        return super().read_all(info)
+
     def shared_lag(self) -> float:
         """Seconds since the leader's last good poll, as every process sees it."""
         age = poll_age(read_status(self.root))
@@ -94,7 +135,8 @@ class SharedStorage(FileStorage):
         return {"dir": str(self.root), "leader": self.leader.leading, "leader_pid": status.get("pid"),
                 "leader_poll_age": None if age is None else round(age, 3), "txid": status.get("txid"),
                 "files": status.get("files"), "bytes": status.get("bytes"),
-                "remote": self.leader.remote_counts(), "polls": self.leader.polls,
+                "remote": self.leader.remote_counts(),
+                "history": None if self._history is None else self._history.counts(), "polls": self.leader.polls,
                 "poll_errors": self.leader.poll_errors}
 
     def close(self) -> None:
@@ -104,4 +146,7 @@ class SharedStorage(FileStorage):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=CLOSE_WAIT)
         self.leader.close()
+        with self._history_lock:
+            if self._history is not None:
+                self._history.close()
         super().close()
