@@ -7,7 +7,8 @@ on the wire (and as the processes' storage clients counted them), bytes
 downloaded, each against N = 1 of the same kind (target with shared_dir: N = 8
 ≤ 1.2x); the largest RSS of the processes after the first against page table
 + cache budget + 30 MiB; aggregate lookups/s against N = 1 (target ≥ 1.7x for
-N ≥ 2); then the leader failover in poll intervals (target ≤ 2).
+N ≥ 2), next to local SQLite's own ratio for the same burst in N processes;
+then the leader failover in poll intervals (target ≤ 2).
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ def readers_table(by: dict[tuple[int, bool], dict[str, Any]]) -> list[str]:
     return lines
 
 
+def scaling_table(by: dict[tuple[int, bool], dict[str, Any]], local: dict[int, dict[str, Any]]) -> list[str]:
+    """Aggregate lookups/s against N = 1: local SQLite's, and lsvfs's with and without shared_dir."""
+    lines = ["| readers | local SQLite lookups/s | × N=1 | lsvfs shared_dir × N=1 | lsvfs alone × N=1 |",
+             "|---|---|---|---|---|"]
+
+    def ratio(table: dict[Any, dict[str, Any]], key: Any, one: Any) -> str:
+        if key not in table or one not in table:
+            return ""
+        return f"{table[key]['lookups_per_s'] / table[one]['lookups_per_s']:.2f}x"
+
+    for n in sorted(local):
+        lines.append(f"| {n} | {local[n]['lookups_per_s']:.0f} | {ratio(local, n, 1)} "
+                     f"| {ratio(by, (n, True), (1, True))} | {ratio(by, (n, False), (1, False))} |")
+    return lines
+
+
 def _rss_target(info: dict[str, Any], i: int) -> int:
     """The issue's RSS target for process i: its page table + its cache budget + 30 MiB."""
     return int(info["page_table_bytes"][i] + info["cache_max_bytes"][i] + info["rss_slack_bytes"])
@@ -69,11 +86,14 @@ def main(path: str) -> None:
     with open(path) as fh:
         data = json.load(fh)
     by: dict[tuple[int, bool], dict[str, Any]] = {}
+    local: dict[int, dict[str, Any]] = {}
     failover: dict[str, Any] | None = None
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         if info.get("bench") == "readers":
             by[(info["n"], info["shared"])] = info
+        elif info.get("bench") == "local":
+            local[info["n"]] = info
         elif info.get("bench") == "failover":
             failover = info
     if by:
@@ -82,6 +102,9 @@ def main(path: str) -> None:
               f"{first['poll_seconds']:g} s of polling, {first['lookups_per_process']} lookups per process, "
               f"{first['delay_ms']:g} ms proxy delay each way\n")
         print("\n".join(readers_table(by)))
+    if local:
+        print("\nThe same burst in local SQLite, N processes on a copy of the database:\n")
+        print("\n".join(scaling_table(by, local)))
     if failover is not None:
         intervals = failover["failover_intervals"]
         target = failover["targets"]["failover_intervals"]

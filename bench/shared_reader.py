@@ -3,7 +3,7 @@
     python bench/shared_reader.py CONFIG_JSON
 
 CONFIG_JSON: {"url", "shared_dir" ("" for none), "poll", "mode", "control", "name",
-and for mode "bench": "poll_seconds", "lookups", "rows"}.
+and for modes "bench" and "local": "poll_seconds", "lookups", "rows"; "path" for "local"}.
 
 - `bench`: open, full scan, POLL_SECONDS of polling (one small query each poll
   interval, so every read transaction sees what the poller found) while the
@@ -14,6 +14,8 @@ and for mode "bench": "poll_seconds", "lookups", "rows"}.
   what this process's storage client made (with shared_dir, a follower has
   none: only the leader talks to storage), after the scan, the polling and at the end.
 - `idle` (the failover benchmark): open and full scan only.
+- `local` (the baseline): local SQLite (apsw) on the database file at PATH,
+  read-only: open, full scan, `CONTROL/NAME.polled`, then the same burst.
 
 Either way the process then writes CONTROL/NAME.json and stays open until its
 stdin closes (or it is killed), so no leader leaves while others still measure.
@@ -29,6 +31,8 @@ import time
 from array import array
 from pathlib import Path
 from typing import Any
+
+import apsw
 
 import lsvfs
 
@@ -61,21 +65,13 @@ def txid(conn: Any) -> int:
     return int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
 
 
-def bench(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any]) -> None:
-    url, name = cfg["url"], cfg["name"]
-    rng = random.Random(os.getpid())
-    out["scanned"] = client_counts(url)
-    end = time.monotonic() + cfg["poll_seconds"]
-    while time.monotonic() < end:
-        conn.execute(LOOKUP_SQL, (rng.randint(1, cfg["rows"]),)).fetchall()
-        time.sleep(cfg["poll"])
-    out["polled"] = client_counts(url)
-    (control / f"{name}.polled").write_text(str(os.getpid()))
+def burst(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any], rng: random.Random) -> Any:
+    """Wait for the barrier (`CONTROL/go`), then the point lookups, then VmRSS; the go file's JSON."""
     go = control / "go"
     deadline = time.monotonic() + GO_WAIT
     while not go.exists():
         if time.monotonic() > deadline:
-            raise SystemExit(f"{name}: no go file after {GO_WAIT:g}s")
+            raise SystemExit(f"{cfg['name']}: no go file after {GO_WAIT:g}s")
         time.sleep(0.001)
     want = json.loads(go.read_text())
     # An array, not a list: a million ints would add ~30 MiB to the RSS measured after the burst.
@@ -86,6 +82,20 @@ def bench(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any]) ->
     out.update(burst_start=start, burst_end=time.monotonic(), lookups=len(ids))
     del ids
     out["rss_bytes"] = vm_rss()
+    return want
+
+
+def bench(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any]) -> None:
+    url, name = cfg["url"], cfg["name"]
+    rng = random.Random(os.getpid())
+    out["scanned"] = client_counts(url)
+    end = time.monotonic() + cfg["poll_seconds"]
+    while time.monotonic() < end:
+        conn.execute(LOOKUP_SQL, (rng.randint(1, cfg["rows"]),)).fetchall()
+        time.sleep(cfg["poll"])
+    out["polled"] = client_counts(url)
+    (control / f"{name}.polled").write_text(str(os.getpid()))
+    want = burst(cfg, conn, control, out, rng)
     rep = lsvfs.open_replicas()[url]
     out["page_table_bytes"] = rep.current().table.memory
     out["cache_max_bytes"] = rep.stats()["cache"]["max_bytes"]
@@ -103,13 +113,19 @@ def main(cfg: dict[str, Any]) -> None:
     if cfg["shared_dir"]:
         options["shared_dir"] = cfg["shared_dir"]
     started = time.monotonic()
-    conn = lsvfs.connect(cfg["url"], **options)
+    if cfg["mode"] == "local":
+        conn = apsw.Connection(cfg["path"], flags=apsw.SQLITE_OPEN_READONLY)
+    else:
+        conn = lsvfs.connect(cfg["url"], **options)
     scan = conn.execute(SCAN_SQL).fetchall()[0]
     out: dict[str, Any] = {"pid": os.getpid(), "name": cfg["name"], "open_scan_s": time.monotonic() - started,
                            "scan": list(scan)}
     try:
         if cfg["mode"] == "bench":
             bench(cfg, conn, control, out)
+        elif cfg["mode"] == "local":
+            (control / f"{cfg['name']}.polled").write_text(str(os.getpid()))
+            burst(cfg, conn, control, out, random.Random(os.getpid()))
         tmp = control / f".{cfg['name']}.tmp"
         tmp.write_text(json.dumps(out))
         os.replace(tmp, control / f"{cfg['name']}.json")

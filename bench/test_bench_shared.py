@@ -21,6 +21,10 @@ burst's start to the last one's end). Every reader must then reach the
 primary's final TXID and read its rows; with `shared_dir` exactly one process
 leads and no other ever made a request. The timed figure is the burst's span.
 
+`test_local_readers[N]`: the baseline for the lookups/s ratio: N processes
+of local SQLite (apsw, read-only) on a copy of the primary's database make the
+same burst, so the table shows what this machine gives N processes at all.
+
 `test_failover`: three shared readers; SIGKILL the leader (pid from
 status.json), time until another process publishes a good poll, in poll
 intervals; a new reader replaces the killed one each round.
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from latency_proxy import LatencyProxy
 from replicas import benchmarks_enabled
@@ -248,6 +253,51 @@ def test_readers(benchmark: Any, shared_remote: Remote, n: int, shared: str, tmp
         "wire": run["wire"], "wire_requests": wire_requests, "burst_s": run["burst_s"],
         "wall_s": run["wall_s"], "lookups_per_s": lookups / run["burst_s"], "targets": TARGETS,
     })
+    RESULTS.append(benchmark.extra_info)
+
+
+@pytest.fixture(scope="module")
+def local_copy(shared_remote: Remote, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The primary's database as a local file in rollback mode (read-only readers need no -shm)."""
+    path = tmp_path_factory.mktemp("local") / "copy.db"
+    src, dst = apsw.Connection(str(shared_remote.primary.db_path)), apsw.Connection(str(path))
+    with dst.backup("main", src, "main") as b:
+        b.step()
+    dst.execute("PRAGMA journal_mode=DELETE")
+    dst.close()
+    src.close()
+    return path
+
+
+@pytest.mark.parametrize("n", READERS)
+def test_local_readers(benchmark: Any, shared_remote: Remote, local_copy: Path, n: int, tmp_path: Path,
+                       pytestconfig: pytest.Config) -> None:
+    sizes = _sizes(pytestconfig)
+
+    def one() -> tuple[float, list[dict[str, Any]]]:
+        control = tmp_path / "control"
+        control.mkdir()
+        procs = [_spawn(shared_remote, {"shared_dir": "", "mode": "local", "path": str(local_copy),
+                                        "control": str(control), "name": f"r{i}", "lookups": sizes["lookups"],
+                                        "rows": shared_remote.rows}) for i in range(n)]
+        try:
+            _wait_files([control / f"r{i}.polled" for i in range(n)], procs, READER_TIMEOUT)
+            (control / "go").write_text("{}")
+            done = [control / f"r{i}.json" for i in range(n)]
+            _wait_files(done, procs, READER_TIMEOUT)
+            out = [json.loads(path.read_text()) for path in done]
+            for proc in procs:
+                proc.communicate(timeout=READER_TIMEOUT)
+                assert proc.returncode == 0, f"reader exited {proc.returncode}"
+        finally:
+            _kill(procs)
+        return max(r["burst_end"] for r in out) - min(r["burst_start"] for r in out), out
+
+    readers = bench_runs(benchmark, 1, one)[0]
+    assert all(r["scan"][0] == shared_remote.rows for r in readers)
+    span = max(r["burst_end"] for r in readers) - min(r["burst_start"] for r in readers)
+    benchmark.extra_info.update({"bench": "local", "n": n, "burst_s": span,
+                                 "lookups_per_s": sum(r["lookups"] for r in readers) / span})
     RESULTS.append(benchmark.extra_info)
 
 
