@@ -20,6 +20,13 @@ def one_error_line(r: subprocess.CompletedProcess[str], command: str) -> str:
     return lines[0]
 
 
+def ctrl_c_works() -> None:
+    """A child's preexec_fn: SIGINT as at a terminal. A suite started in the background by a
+    non-interactive shell (`pytest &` in a script) passes SIGINT on ignored, and Python then
+    installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_with_pty_stderr(args: list[str], timeout: float = 60,
                         until: Callable[[str], bool] | None = None) -> tuple[int, str, str]:
     """Run with stderr on a pseudo-terminal; returns (status, stdout, everything written to the pty).
@@ -29,7 +36,8 @@ def run_with_pty_stderr(args: list[str], timeout: float = 60,
     then is kept too."""
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                                preexec_fn=ctrl_c_works)
     finally:
         os.close(slave)
     chunks: list[bytes] = []

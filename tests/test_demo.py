@@ -10,6 +10,8 @@ import sys
 import tempfile
 import time
 
+from cli_support import ctrl_c_works
+
 
 def demo_dirs() -> set[str]:
     return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("lsvfs-demo-")}
@@ -38,11 +40,8 @@ def test_demo_shows_the_replica_advancing_and_cleans_up() -> None:
 
 def test_demo_cleans_up_on_ctrl_c() -> None:
     before = demo_dirs()
-    # As from a terminal: a suite started in the background by a non-interactive shell
-    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "lsvfs", "demo", "--seconds", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_works,
                             start_new_session=True)  # its own group: a failed run takes litestream with it
     try:
         assert proc.stdout is not None

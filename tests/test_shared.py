@@ -23,7 +23,7 @@ from typing import Any
 
 import apsw
 import pytest
-from cli_support import run_with_pty_stderr
+from cli_support import ctrl_c_works, run_with_pty_stderr
 from replication import MakePrimary, ReplicatedPrimary, wait_until
 from shared_support import (
     ACCOUNTS,
@@ -416,7 +416,7 @@ def test_mirror_command_shows_progress_on_a_terminal_only(file_primary: Replicat
     once = subprocess.run([*command, str(tmp_path / "piped"), "--once"], capture_output=True, text=True, timeout=60)
     assert once.returncode == 0 and once.stderr == "", once.stderr
     side = subprocess.Popen([*command, str(tmp_path / "piped")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=ctrl_c_works)
     try:
         wait_until(lambda: status(tmp_path / "piped")["pid"] == side.pid, 30, what="the piped mirror leading")
         first = status(tmp_path / "piped")["last_poll_ok"]
