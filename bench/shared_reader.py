@@ -65,8 +65,16 @@ def txid(conn: Any) -> int:
     return int(conn.execute("PRAGMA litestream_txid").fetchall()[0][0], 16)
 
 
-def burst(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any], rng: random.Random) -> Any:
-    """Wait for the barrier (`CONTROL/go`), then the point lookups, then VmRSS; the go file's JSON."""
+def lookup_ids(cfg: dict[str, Any], rng: random.Random) -> array[int]:
+    """The burst's row ids, drawn before the barrier: drawn after it, a million
+    draws per process would count in the span as lookups, and more so the more
+    processes share the cores. An array, not a list: a list would add ~30 MiB
+    to the RSS measured after the burst."""
+    return array("q", (rng.randint(1, cfg["rows"]) for _ in range(cfg["lookups"])))
+
+
+def burst(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any], ids: array[int]) -> Any:
+    """Wait for the barrier (`CONTROL/go`), then the point lookups; the go file's JSON."""
     go = control / "go"
     deadline = time.monotonic() + GO_WAIT
     while not go.exists():
@@ -74,14 +82,10 @@ def burst(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any], rn
             raise SystemExit(f"{cfg['name']}: no go file after {GO_WAIT:g}s")
         time.sleep(0.001)
     want = json.loads(go.read_text())
-    # An array, not a list: a million ints would add ~30 MiB to the RSS measured after the burst.
-    ids = array("q", (rng.randint(1, cfg["rows"]) for _ in range(cfg["lookups"])))
     start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the host
     for i in ids:
         conn.execute(LOOKUP_SQL, (i,)).fetchall()
     out.update(burst_start=start, burst_end=time.monotonic(), lookups=len(ids))
-    del ids
-    out["rss_bytes"] = vm_rss()
     return want
 
 
@@ -94,8 +98,11 @@ def bench(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any]) ->
         conn.execute(LOOKUP_SQL, (rng.randint(1, cfg["rows"]),)).fetchall()
         time.sleep(cfg["poll"])
     out["polled"] = client_counts(url)
+    ids = lookup_ids(cfg, rng)
     (control / f"{name}.polled").write_text(str(os.getpid()))
-    want = burst(cfg, conn, control, out, rng)
+    want = burst(cfg, conn, control, out, ids)
+    del ids
+    out["rss_bytes"] = vm_rss()
     rep = lsvfs.open_replicas()[url]
     out["page_table_bytes"] = rep.current().table.memory
     out["cache_max_bytes"] = rep.stats()["cache"]["max_bytes"]
@@ -124,8 +131,9 @@ def main(cfg: dict[str, Any]) -> None:
         if cfg["mode"] == "bench":
             bench(cfg, conn, control, out)
         elif cfg["mode"] == "local":
+            ids = lookup_ids(cfg, random.Random(os.getpid()))
             (control / f"{cfg['name']}.polled").write_text(str(os.getpid()))
-            burst(cfg, conn, control, out, random.Random(os.getpid()))
+            burst(cfg, conn, control, out, ids)
         tmp = control / f".{cfg['name']}.tmp"
         tmp.write_text(json.dumps(out))
         os.replace(tmp, control / f"{cfg['name']}.json")
