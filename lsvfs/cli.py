@@ -202,7 +202,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     require_replica(args.url)
     storage = open_storage(args.url)
     try:
-        files = sorted(list_all(storage), key=lambda f: (f.level, f.min_txid, f.max_txid))
+        files = sorted(list_all(storage), key=lambda f: f.key)
     finally:
         storage.close()
     if not files:

@@ -198,7 +198,7 @@ class Poller:
             return self._poll_every_level(cur)
         listed = self._storage.list_files(0, anchor.min_txid if anchor is not None else cur.txid + 1)
         if anchor is not None:
-            now = next((f for f in listed if _name_key(f) == _name_key(anchor)), None)
+            now = next((f for f in listed if f.key == anchor.key), None)
             if now is None or now.size != anchor.size or (now != anchor and not self._is_tip(now)):
                 return self._poll_every_level(cur)
             self._l0_anchor = now
@@ -280,16 +280,16 @@ class Poller:
         newest = max(f.max_txid for f in files)
         if newest < cur.txid:
             return f"its newest TXID went back from {cur.txid:016x} to {newest:016x}"
-        listed = {_name_key(f): f for f in files}
+        listed = {f.key: f for f in files}
         tip = self._lineages.tip()
         ours = [self._slots.file(slot) for slot in cur.live]
         for f in ours + ([tip[0]] if tip is not None else []):
-            g = listed.get(_name_key(f))
+            g = listed.get(f.key)
             if g is not None and g.size != f.size:
                 return f"{f.name} was rewritten ({g.size} bytes, was {f.size})"
         if tip is None:
             return None
-        g = listed.get(_name_key(tip[0]))
+        g = listed.get(tip[0].key)
         if g is not None and g != tip[0] and not self._is_tip(g):
             return f"{g.name} was rewritten (its header time is not {format_time(tip[1])} any more)"
         if g is not None or tip[0].max_txid != cur.txid:
@@ -311,7 +311,7 @@ class Poller:
         replica's time is set after it is written), still is our tip: its
         header time says."""
         tip = self._lineages.tip()
-        if tip is None or _name_key(f) != _name_key(tip[0]):
+        if tip is None or f.key != tip[0].key:
             return False
         stamp = ltx.Header.decode(self._storage.read(f, 0, ltx.HEADER_SIZE), f.name).timestamp
         if stamp != tip[1]:
@@ -338,7 +338,3 @@ class Poller:
         self._set_anchor(files, new.txid)
         self._last_gap = None
         return True
-
-
-def _name_key(f: FileInfo) -> tuple[int, int, int]:
-    return f.level, f.min_txid, f.max_txid

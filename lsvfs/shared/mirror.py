@@ -42,10 +42,6 @@ Progress = Callable[[int, int], None]
 """Called with (bytes downloaded, bytes to download) as a poll's files arrive (`lsvfs mirror`'s bar)."""
 
 
-def _key(f: FileInfo) -> Key:
-    return (f.level, f.min_txid, f.max_txid)
-
-
 def _same(local: FileInfo, remote: FileInfo) -> bool:
     """The local copy is of this remote file: same size and (where listed) time."""
     if local.size != remote.size:
@@ -82,7 +78,7 @@ class Mirror:
         (a writer may set a file's time after it was first listed), and an
         answer of yes remembered, so the local file, which readers list, is
         never touched for it."""
-        if _same(local, remote) or self._seen.get(_key(remote)) == remote.modified:
+        if _same(local, remote) or self._seen.get(remote.key) == remote.modified:
             return True
         if local.size != remote.size or local.size < ltx.HEADER_SIZE + ltx.TRAILER_SIZE:
             return False
@@ -91,7 +87,7 @@ class Mirror:
             return False
         log.debug("%s: %s is listed with another time (%s, copied at %s), same header and trailer: the same file",
                   self.name, remote.name, remote.modified, local.modified)
-        self._seen[_key(remote)] = remote.modified
+        self._seen[remote.key] = remote.modified
         return True
 
     # ---- taking over --------------------------------------------------------
@@ -136,7 +132,7 @@ class Mirror:
         listed as we copied it and L0 continues; every level otherwise, and
         every FULL_SCAN_EVERY polls (retention, compactions, a new lineage)."""
         self.scrub(SCRUB_BYTES)
-        local = {_key(f): f for f in list_all(self.local)}
+        local = {f.key: f for f in list_all(self.local)}
         if self._since_full >= FULL_SCAN_EVERY or not local or not self._l0_poll(local, progress):
             self._full_poll(local, progress)
         self._count()
@@ -148,10 +144,10 @@ class Mirror:
         anchor = max(l0, key=lambda f: f.max_txid) if l0 else None
         listed = self.remote.list_files(0, anchor.min_txid if anchor is not None else top + 1)
         if anchor is not None:
-            same = [g for g in listed if _key(g) == _key(anchor)]
+            same = [g for g in listed if g.key == anchor.key]
             if not same or not self._same(anchor, same[0]):
                 return False  # retention or a rewrite: look at every level
-        new = [f for f in listed if _key(f) not in local and f.min_txid > top]
+        new = [f for f in listed if f.key not in local and f.min_txid > top]
         chain = extend(new, top)
         reached = chain[-1].max_txid if chain else top
         if any(f.min_txid > reached + 1 for f in new):
@@ -165,11 +161,11 @@ class Mirror:
         files = list_all(self.remote)
         if not files:
             raise ReplicaError(f"replica {self.name} lists no LTX files (removed, or being replaced?)")
-        remote = {_key(f): f for f in files}
+        remote = {f.key: f for f in files}
         stale = [f for k, f in local.items() if k not in remote or not self._same(f, remote[k])]
-        stale_keys = {_key(f) for f in stale}
+        stale_keys = {f.key for f in stale}
         kept = [f for k, f in local.items() if k not in stale_keys]
-        rewritten = [f for f in stale if _key(f) in remote]
+        rewritten = [f for f in stale if f.key in remote]
         went_back = bool(local) and max(f.max_txid for f in files) < max(f.max_txid for f in local.values())
         if rewritten or went_back:
             log.warning("%s: %s holds another lineage of the replica (%s); rebuilding it", self.name, self.root,
@@ -177,8 +173,8 @@ class Mirror:
             self._remove(stale)  # first: never an old lineage continued by a new one
             self._download(build(files), progress)
             return
-        held = {_key(f) for f in kept}
-        self._download([f for f in self._wanted(files, kept) if _key(f) not in held], progress)
+        held = {f.key for f in kept}
+        self._download([f for f in self._wanted(files, kept) if f.key not in held], progress)
         self._remove(stale)  # after: what retention deleted is bridged before it goes
 
     @staticmethod

@@ -102,10 +102,10 @@ class SharedStorage(FileStorage):
         """Every file a past state may be built from: the mirror's, and the
         remote replica's that the mirror lacks (one remote listing)."""
         mine = list_all(self)
-        held = {(f.level, f.min_txid, f.max_txid) for f in mine}
+        held = {f.key for f in mine}
         remote = list_all(self._remote())
         return mine + [RemoteFile(**{k.name: getattr(f, k.name) for k in fields(f)})
-                       for f in remote if (f.level, f.min_txid, f.max_txid) not in held]
+                       for f in remote if f.key not in held]
 
     def _remote(self) -> CountingStorage:
         with self._history_lock:

@@ -107,6 +107,12 @@ class FileInfo:
         """A stable human-readable name, used in every error message."""
         return f"L{self.level}/{format_filename(self.min_txid, self.max_txid)}"
 
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """(level, min_txid, max_txid): the file as its name says, whatever its size and time.
+        Listings and copies are matched on it; another lineage may reuse it for other bytes."""
+        return self.level, self.min_txid, self.max_txid
+
 
 def check_range(offset: int, length: int) -> None:
     """Reject a negative read range (a caller bug, hence ValueError)."""

@@ -274,7 +274,7 @@ class S3Storage:
                     out.append(FileInfo(level, lo, hi, obj.size, obj.modified))
         except Exception as e:  # noqa: BLE001 - translated, never swallowed
             raise self._error(e, "list", root or "/") from e
-        out.sort(key=lambda f: (f.level, f.min_txid, f.max_txid))
+        out.sort(key=lambda f: f.key)
         return out
 
     def _list(self, prefix: str, start_after: str | None = None) -> Iterator[ListedObject]:
