@@ -31,7 +31,7 @@ from .options import NAMES, Options, parse_duration, resolve
 from .output import FORMATS, write_query
 from .plan import list_all
 from .pragmas import named, pragma
-from .progress import ProgressBar, StatusLine
+from .progress import ProgressBar, StatusLine, amount
 from .restore import restore, verify
 from .shared.directory import poll_age, prepare, read_status
 from .shared.leader import Leader
@@ -377,7 +377,7 @@ def _mirror_status(root: Path) -> str:
     if status is None or age is None:
         return "no good poll yet"
     who = "" if status.get("pid") == os.getpid() else f" (pid {status.get('pid')} leads)"
-    return (f"TXID {status.get('txid')}, {status.get('files')} files, {int(status.get('bytes') or 0) / 1e6:.1f} MB, "
+    return (f"TXID {status.get('txid')}, {status.get('files')} files, {amount(int(status.get('bytes') or 0))}, "
             f"last poll {age:.1f}s ago{who}")
 
 

@@ -8,6 +8,7 @@ closed early (an error mid-restore must not leave the cursor mid-bar).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import TextIO
@@ -15,6 +16,15 @@ from typing import TextIO
 WIDTH = 30
 INTERVAL = 0.1
 """Seconds between redraws: a fast local restore calls back thousands of times."""
+UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+
+
+def amount(done: int, total: int | None = None) -> str:
+    """Bytes in the unit that suits the larger figure: "0.4/1.3 kB", "12.0 MB"."""
+    scale, unit = next(((s, u) for s, u in UNITS if max(done, total or 0) >= s), (1.0, "B"))
+    digits = 1 if scale > 1 else 0
+    shown = f"{done / scale:.{digits}f}" if total is None else f"{done / scale:.{digits}f}/{total / scale:.{digits}f}"
+    return f"{shown} {unit}"
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -38,7 +48,7 @@ class ProgressBar:
         self._last = now
         frac = min(done / total, 1.0) if total else 1.0
         bar = "#" * int(frac * WIDTH)
-        self.stream.write(f"\r{self.label} [{bar:<{WIDTH}}] {frac:6.1%} {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+        self.stream.write(f"\r{self.label} [{bar:<{WIDTH}}] {frac:6.1%} {amount(done, total)}")
         self._open = done < total
         if not self._open:
             self.stream.write("\n")
@@ -60,12 +70,15 @@ class ProgressBar:
 
 class StatusLine:
     """One line of state redrawn in place (each call replaces the last), for a
-    command that runs until stopped; `close` ends it so what follows has its own line."""
+    command that runs until stopped; `close` ends it so what follows has its own line.
+    While it is entered, a record lsvfs logs first erases it, so the record starts
+    its own line; the next call draws the state again below it."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = _is_terminal(self.stream)
         self._open = False
+        self._logger = logging.getLogger("lsvfs")
 
     def __call__(self, text: str) -> None:
         if not self.enabled:
@@ -80,8 +93,21 @@ class StatusLine:
             self.stream.flush()
             self._open = False
 
+    def _erase(self, record: logging.LogRecord) -> bool:
+        """A filter on lsvfs's log handlers that passes every record, erasing the line first."""
+        if self._open:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._open = False
+        return True
+
     def __enter__(self) -> StatusLine:
+        if self.enabled:
+            for handler in self._logger.handlers:
+                handler.addFilter(self._erase)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for handler in self._logger.handlers:
+            handler.removeFilter(self._erase)
         self.close()

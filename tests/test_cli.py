@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,16 +20,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import apsw
-import pytest
 import ltx_writer
+import pytest
 from cli_support import one_error_line, run_with_pty_stderr
 from replication import MakePrimary, ReplicatedPrimary, litestream_binary
 
 import lsvfs
 from lsvfs import cli as cli_module
+from lsvfs import log as lsvfs_log
 from lsvfs import ltx
 from lsvfs.plan import list_all, plan_for
-from lsvfs.progress import ProgressBar
+from lsvfs.progress import ProgressBar, StatusLine, amount
 from lsvfs.storage import open_storage
 from lsvfs.storage.file import FileStorage
 
@@ -464,6 +467,28 @@ def test_progress_bar_draws_only_on_a_terminal_and_ends_its_line() -> None:
         bar(1, 2)
         bar(2, 2)
     assert piped.getvalue() == ""
+
+
+def test_amounts_are_shown_in_the_unit_that_suits_them() -> None:
+    assert [amount(0, 0), amount(400, 1300), amount(4_000_000, 4_000_000), amount(12_345_678),
+            amount(2_500_000_000, 3_000_000_000)] == ["0/0 B", "0.4/1.3 kB", "4.0/4.0 MB", "12.3 MB", "2.5/3.0 GB"]
+
+
+def test_a_log_record_erases_the_status_line_and_starts_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WARNING while `lsvfs mirror` shows its status line lands on a line of its own,
+    and the next status is drawn below it; after the line is closed, records are left alone."""
+    tty = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    lsvfs_log.to_stderr(logging.WARNING)
+    log = logging.getLogger("lsvfs.test")
+    with StatusLine() as line:
+        line("TXID 1")
+        log.warning("storage is slow")
+        line("TXID 2")
+    log.warning("after")
+    shown = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "", tty.getvalue())
+    assert shown == ("\rTXID 1\x1b[K\r\x1b[KWARNING lsvfs.test: storage is slow\n\rTXID 2\x1b[K\n"
+                     "WARNING lsvfs.test: after\n"), repr(tty.getvalue())
 
 
 def test_failed_verify_on_a_terminal_puts_the_error_on_its_own_line(frozen: Frozen, tmp_path: Path) -> None:

@@ -406,7 +406,7 @@ def test_mirror_command_shows_progress_on_a_terminal_only(file_primary: Replicat
     rc, out, tty = run_with_pty_stderr([*command, str(tmp_path / "run")], 30, lambda t: t.count("last poll") >= 3)
     assert rc == 130 and out == "", repr(tty)
     assert tty.index("mirroring [") < tty.index("100.0%") < tty.index(f"\rTXID {txid:016x}, "), repr(tty)
-    assert re.search(r"\rTXID [0-9a-f]{16}, \d+ files, \d+\.\d MB, last poll \d+\.\ds ago\x1b\[K", tty), repr(tty)
+    assert re.search(r"\rTXID [0-9a-f]{16}, \d+ files, \d+(\.\d)? k?B, last poll \d+\.\ds ago\x1b\[K", tty), repr(tty)
     assert tty.replace("\r\n", "\n").rstrip("\n").split("\n")[-1] == "lsvfs mirror: interrupted", repr(tty)
 
     rc, _, tty = run_with_pty_stderr([*command, str(tmp_path / "run"), "-v"], 30,
