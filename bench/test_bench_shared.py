@@ -282,7 +282,8 @@ def test_local_readers(benchmark: Any, shared_remote: Remote, local_copy: Path, 
                                         "rows": shared_remote.rows}) for i in range(n)]
         try:
             _wait_files([control / f"r{i}.polled" for i in range(n)], procs, READER_TIMEOUT)
-            (control / "go").write_text("{}")
+            (control / "go.tmp").write_text("{}")
+            os.replace(control / "go.tmp", control / "go")  # whole when it appears: readers parse it at once
             done = [control / f"r{i}.json" for i in range(n)]
             _wait_files(done, procs, READER_TIMEOUT)
             out = [json.loads(path.read_text()) for path in done]
