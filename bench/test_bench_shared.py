@@ -185,6 +185,11 @@ def _kill(procs: list[subprocess.Popen[str]]) -> None:
         proc.wait(timeout=10)
 
 
+def _span(readers: list[dict[str, Any]]) -> float:
+    """Seconds from the first burst's start to the last one's end: the aggregate's denominator."""
+    return float(max(r["burst_end"] for r in readers) - min(r["burst_start"] for r in readers))
+
+
 def _run_readers(remote: Remote, n: int, shared_dir: str, control: Path, sizes: dict[str, Any]) -> dict[str, Any]:
     """One round: N readers through open, scan, polling and the burst; their records and the wire's count."""
     control.mkdir(parents=True)
@@ -210,8 +215,7 @@ def _run_readers(remote: Remote, n: int, shared_dir: str, control: Path, sizes: 
     finally:
         remote.halt()
         _kill(procs)
-    span = max(r["burst_end"] for r in out) - min(r["burst_start"] for r in out)
-    return {"readers": out, "want": want, "wire": wire, "burst_s": span, "wall_s": time.monotonic() - started}
+    return {"readers": out, "want": want, "wire": wire, "burst_s": _span(out), "wall_s": time.monotonic() - started}
 
 
 @pytest.mark.parametrize("shared", ["no", "yes"])
@@ -292,11 +296,11 @@ def test_local_readers(benchmark: Any, shared_remote: Remote, local_copy: Path, 
                 assert proc.returncode == 0, f"reader exited {proc.returncode}"
         finally:
             _kill(procs)
-        return max(r["burst_end"] for r in out) - min(r["burst_start"] for r in out), out
+        return _span(out), out
 
     readers = bench_runs(benchmark, 1, one)[0]
     assert all(r["scan"][0] == shared_remote.rows for r in readers)
-    span = max(r["burst_end"] for r in readers) - min(r["burst_start"] for r in readers)
+    span = _span(readers)
     benchmark.extra_info.update({"bench": "local", "n": n, "burst_s": span,
                                  "lookups_per_s": sum(r["lookups"] for r in readers) / span})
     RESULTS.append(benchmark.extra_info)
