@@ -190,6 +190,23 @@ def _span(readers: list[dict[str, Any]]) -> float:
     return float(max(r["burst_end"] for r in readers) - min(r["burst_start"] for r in readers))
 
 
+def _go(control: Path, procs: list[subprocess.Popen[str]], want: dict[str, Any]) -> list[dict[str, Any]]:
+    """Start every reader's burst at once (the `go` file, renamed into place so a reader never
+    parses it half-written) and return their records once all are written."""
+    tmp = control / "go.tmp"
+    tmp.write_text(json.dumps(want))
+    os.replace(tmp, control / "go")
+    done = [control / f"r{i}.json" for i in range(len(procs))]
+    _wait_files(done, procs, READER_TIMEOUT)
+    return [json.loads(path.read_text()) for path in done]
+
+
+def _finish(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        proc.communicate(timeout=READER_TIMEOUT)  # closes its stdin: it closes its connection and exits
+        assert proc.returncode == 0, f"reader exited {proc.returncode}"
+
+
 def _run_readers(remote: Remote, n: int, shared_dir: str, control: Path, sizes: dict[str, Any]) -> dict[str, Any]:
     """One round: N readers through open, scan, polling and the burst; their records and the wire's count."""
     control.mkdir(parents=True)
@@ -202,16 +219,9 @@ def _run_readers(remote: Remote, n: int, shared_dir: str, control: Path, sizes: 
     try:
         _wait_files([control / f"r{i}.polled" for i in range(n)], procs, READER_TIMEOUT)
         want = remote.stop_commits()
-        tmp = control / "go.tmp"
-        tmp.write_text(json.dumps(want))
-        os.replace(tmp, control / "go")
-        done = [control / f"r{i}.json" for i in range(n)]
-        _wait_files(done, procs, READER_TIMEOUT)
+        out = _go(control, procs, want)
         wire = RequestCounts.diff(remote.counts.snapshot(), before)
-        out = [json.loads(path.read_text()) for path in done]
-        for proc in procs:
-            proc.communicate(timeout=READER_TIMEOUT)  # closes its stdin: it closes its connection and exits
-            assert proc.returncode == 0, f"reader exited {proc.returncode}"
+        _finish(procs)
     finally:
         remote.halt()
         _kill(procs)
@@ -286,14 +296,8 @@ def test_local_readers(benchmark: Any, shared_remote: Remote, local_copy: Path, 
                                         "rows": shared_remote.rows}) for i in range(n)]
         try:
             _wait_files([control / f"r{i}.polled" for i in range(n)], procs, READER_TIMEOUT)
-            (control / "go.tmp").write_text("{}")
-            os.replace(control / "go.tmp", control / "go")  # whole when it appears: readers parse it at once
-            done = [control / f"r{i}.json" for i in range(n)]
-            _wait_files(done, procs, READER_TIMEOUT)
-            out = [json.loads(path.read_text()) for path in done]
-            for proc in procs:
-                proc.communicate(timeout=READER_TIMEOUT)
-                assert proc.returncode == 0, f"reader exited {proc.returncode}"
+            out = _go(control, procs, {})
+            _finish(procs)
         finally:
             _kill(procs)
         return _span(out), out
