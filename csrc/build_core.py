@@ -18,7 +18,7 @@ import cffi
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "lsvfs_core.h")
 SOURCES = ["status.c", "crc64.c", "lz4block.c", "pageindex.c", "frame.c", "pagetable.c", "cache.c",
-           "io.c", "local.c", "hydrate.c", "replica.c", "vfs.c", "extension.c"]
+           "io.c", "local.c", "hydrate.c", "sharedpages.c", "replica.c", "vfs.c", "extension.c"]
 DEFAULT_CFLAGS = ["-Wall", "-Wextra", "-O2", "-std=c11"]
 # -Werror only where asked (CI and development: LSVFS_WERROR=1): a user's
 # newer compiler with a new warning must not break `pip install`.

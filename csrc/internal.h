@@ -23,6 +23,8 @@ const lsvfs_ptable *lsvfs_snapshot_table(const lsvfs_snapshot *s);
 const lsvfs_snapshot_info *lsvfs_snapshot_info_of(const lsvfs_snapshot *s);
 /* The replica's hydration file, NULL if none (set once, read without locks). */
 lsvfs_hydration *lsvfs_replica_hydration(lsvfs_replica *r);
+/* Its shared pages, NULL if none (set once, read without locks). */
+lsvfs_shared_pages *lsvfs_replica_shared_pages(lsvfs_replica *r);
 
 /* io.c: pread all of len bytes (LSVFS_ETRUNCATED on EOF or error); pwrite
  * all of them (LSVFS_ESIZE on error). */

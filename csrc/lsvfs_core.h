@@ -340,6 +340,57 @@ uint32_t lsvfs_hydration_pages(lsvfs_hydration *h);
 /* Serve `r`'s reads from `h` too, from now on; `r` owns `h` from here and
  * frees it with itself. Once per replica: LSVFS_ERANGE if it has one. */
 int lsvfs_replica_set_hydration(lsvfs_replica *r, lsvfs_hydration *h);
+/* ---- shared pages (hydration for a shared_dir) ------------------------ */
+/* One hydration file for every process of a shared directory: the leader
+ * writes pages, every process reads them. Each page is tagged with the file
+ * its frame was decoded from, as (max TXID, key): the key is a nonzero
+ * 64-bit name the caller gives the file's bytes. A process tells each
+ * slot's (txid, key) with lsvfs_shared_pages_set_version and is served a
+ * page only when the tag is its frame's file. Tags are in a mapped file
+ * under a per-page seqlock; the header names the boot they were written in
+ * (a tag file from before a reboot is cleared: its pages may not have
+ * reached the disk). */
+#define LSVFS_BOOT_ID_SIZE 16
+typedef struct lsvfs_shared_pages lsvfs_shared_pages;
+/* Open (creating, mode 0600) the page and tag files. A writer (the leader;
+ * one process at a time) sets up the header and clears what is not of this
+ * boot or was left half-written; a reader serves nothing until
+ * lsvfs_shared_pages_refresh finds a header a writer set up. */
+int lsvfs_shared_pages_open(const char *pages_path, const char *tags_path,
+                            uint32_t page_size, const uint8_t *boot, int writer,
+                            lsvfs_shared_pages **out);
+/* Only for shared pages never attached to a replica (which frees its own). */
+void lsvfs_shared_pages_free(lsvfs_shared_pages *sp);
+/* Map the tag file as it is now (it grows as the writer writes larger
+ * pages): LSVFS_ENOTFOUND while no writer set it up for this boot. */
+int lsvfs_shared_pages_refresh(lsvfs_shared_pages *sp);
+/* The writer: decode the frames `entries` from `buf` (file bytes
+ * [buf_offset, buf_offset + buf_len)) of the file (txid, key), and write
+ * each page tagged so (a page already tagged so is skipped). On error
+ * `*failed` is the failing entry's index (n when a write failed:
+ * LSVFS_ESIZE); the pages before it stand. */
+int lsvfs_shared_pages_fill(lsvfs_shared_pages *sp, uint64_t txid, uint64_t key,
+                            const uint8_t *buf, size_t buf_len, uint64_t buf_offset,
+                            const lsvfs_index_entry *entries, size_t n, size_t *failed);
+/* Page `pgno` (page_size bytes) into out if the file holds it from the
+ * file of `slot`: 1 if served, 0 if not. */
+int lsvfs_shared_pages_read(lsvfs_shared_pages *sp, uint32_t pgno, uint32_t slot,
+                            uint32_t page_size, uint8_t *out);
+/* The file of `slot` is (txid, key); key 0: never served from the file. */
+int lsvfs_shared_pages_set_version(lsvfs_shared_pages *sp, uint32_t slot, uint64_t txid,
+                                   uint64_t key);
+void lsvfs_shared_pages_forget(lsvfs_shared_pages *sp, uint32_t slot);
+/* Pages of `t` among *next..commit the file does not hold as `t` reads them
+ * (the lock page excluded): as lsvfs_hydration_missing. */
+size_t lsvfs_shared_pages_missing(lsvfs_shared_pages *sp, const lsvfs_ptable *t,
+                                  uint32_t commit, uint32_t *next, uint32_t *out, size_t cap);
+/* The newest state the writer holds whole, as the writer recorded it (0, 0
+ * before any); LSVFS_ENOTFOUND while the tag file is not set up. */
+int lsvfs_shared_pages_applied(lsvfs_shared_pages *sp, uint64_t *txid, uint64_t *key);
+int lsvfs_shared_pages_set_applied(lsvfs_shared_pages *sp, uint64_t txid, uint64_t key);
+/* Serve `r`'s reads from `sp` too (before its cache); `r` owns `sp` from
+ * here. Once per replica: LSVFS_ERANGE if it has one. */
+int lsvfs_replica_set_shared_pages(lsvfs_replica *r, lsvfs_shared_pages *sp);
 /* ---- the VFS ---------------------------------------------------------- */
 /* A `sqlite3_vfs` whose main databases are replicas; every other file
  * (temp databases, statement journals, ...) goes to that SQLite's default

@@ -1,5 +1,5 @@
 /* replica.c - replicas (newest snapshot, page cache, local files, hydration
- * file) and their snapshots.
+ * file, shared pages) and their snapshots.
  *
  * A snapshot keeps its replica alive; a replica lives until its owner,
  * every open file and every snapshot have let go. The two live in one file
@@ -26,6 +26,7 @@ struct lsvfs_replica {
     lsvfs_locals *locals;
     uint32_t lineage; /* atomic */
     lsvfs_hydration *hydration; /* atomic: set once */
+    lsvfs_shared_pages *shared; /* atomic: set once */
 };
 
 struct lsvfs_snapshot {
@@ -71,6 +72,7 @@ void lsvfs_replica_release(lsvfs_replica *r)
     /* The last reference: no snapshot is left, as each holds one. */
     lsvfs_locals_free(r->locals);
     lsvfs_hydration_free(r->hydration);
+    lsvfs_shared_pages_free(r->shared);
     pthread_mutex_destroy(&r->mu);
     lsvfs_cache_free(r->cache);
     free(r->freed);
@@ -99,6 +101,20 @@ int lsvfs_replica_set_hydration(lsvfs_replica *r, lsvfs_hydration *h)
 lsvfs_hydration *lsvfs_replica_hydration(lsvfs_replica *r)
 {
     return __atomic_load_n(&r->hydration, __ATOMIC_ACQUIRE);
+}
+
+int lsvfs_replica_set_shared_pages(lsvfs_replica *r, lsvfs_shared_pages *sp)
+{
+    lsvfs_shared_pages *none = NULL;
+    return __atomic_compare_exchange_n(&r->shared, &none, sp, 0, __ATOMIC_RELEASE,
+                                       __ATOMIC_RELAXED)
+               ? LSVFS_OK
+               : LSVFS_ERANGE;
+}
+
+lsvfs_shared_pages *lsvfs_replica_shared_pages(lsvfs_replica *r)
+{
+    return __atomic_load_n(&r->shared, __ATOMIC_ACQUIRE);
 }
 
 lsvfs_snapshot *lsvfs_snapshot_new(lsvfs_replica *r, const lsvfs_ptable *table,

@@ -172,8 +172,8 @@ static int fail(lsvfs_file *f, int rc, const char *fmt, uint32_t pgno,
     return rc;
 }
 
-/* Page `pgno` of `s` into out: the hydration file, the cache, the lock
- * page, or Python. */
+/* Page `pgno` of `s` into out: the hydration file, the shared pages, the
+ * cache, the lock page, or Python. */
 static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
                     uint32_t readahead, uint8_t *out)
 {
@@ -193,6 +193,10 @@ static int get_page(lsvfs_file *f, lsvfs_snapshot *s, uint32_t pgno,
     lsvfs_hydration *h = lsvfs_replica_hydration(f->rep);
     if (h != NULL && !stale &&
         lsvfs_hydration_read(h, pgno, loc.slot, loc.offset, out) == 1)
+        return SQLITE_OK;
+    lsvfs_shared_pages *sp = lsvfs_replica_shared_pages(f->rep);
+    if (sp != NULL && !stale &&
+        lsvfs_shared_pages_read(sp, pgno, loc.slot, info->page_size, out) == 1)
         return SQLITE_OK;
     lsvfs_cache *cache = lsvfs_replica_cache(f->rep);
     if (lsvfs_cache_get(cache, loc.slot, loc.offset, out, info->page_size, 1))

@@ -360,11 +360,15 @@ def add_mirror(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
              "systemd unit next to the workers. Leads as soon as no other process does (it waits\n"
              "for a worker that leads to stop); one log line per poll with -v, else on a terminal\n"
              "a progress bar for the first fill and then a status line. --once fills DIR and\n"
-             "exits (a warm-up step in a container build).",
+             "exits (a warm-up step in a container build). --hydration also keeps the one\n"
+             "hydration file the workers opened with hydration read (workers opened with it ask\n"
+             "for it anyway).",
              "  lsvfs mirror s3://bucket/app.db --shared-dir /var/cache/lsvfs/app -v")
     p.add_argument("url", help=URL_HELP)
     p.add_argument("--shared-dir", required=True, metavar="DIR", help="the directory the workers share")
     p.add_argument("--once", action="store_true", help="fill DIR once and exit")
+    p.add_argument("--hydration", action="store_true",
+                   help="also keep the shared hydration file (the database's pages) in DIR")
     p.add_argument("--poll-interval", type=parse_duration, default=Options.poll_interval, metavar="SECONDS",
                    help=f"seconds between polls (default {Options.poll_interval:g})")
     p.set_defaults(func=cmd_mirror)
@@ -384,7 +388,7 @@ def _mirror_status(root: Path) -> str:
 def cmd_mirror(args: argparse.Namespace) -> int:
     require_replica(args.url)
     root = prepare(args.shared_dir, args.url)
-    leader = Leader(root, redact_url(args.url), lambda: open_storage(args.url))
+    leader = Leader(root, redact_url(args.url), lambda: open_storage(args.url), hydration=args.hydration)
     try:
         if not args.once:
             with ProgressBar("mirroring") as bar:
@@ -410,6 +414,12 @@ def cmd_mirror(args: argparse.Namespace) -> int:
                     raise ReplicaError(f"{root}: led by pid {(read_status(root) or {}).get('pid')}, which has "
                                        f"not polled {redact_url(args.url)} successfully for {ONCE_WAIT:g}s")
                 time.sleep(max(args.poll_interval, 0.05))
+        deadline = time.monotonic() + ONCE_WAIT
+        while leader.leading and not leader.hydrate():  # the shared pages, a step at a time
+            if leader.pages_error is not None:  # logged; retried after a wait
+                if time.monotonic() > deadline:
+                    raise ReplicaError(f"{root}: the shared pages could not be written: {leader.pages_error}")
+                time.sleep(0.1)
         status = read_status(root) or {}
         print(f"mirrored {redact_url(args.url)} in {root}: TXID {status.get('txid')}, {status.get('files')} files, "
               f"{status.get('bytes')} bytes (leader pid {status.get('pid')})", flush=True)

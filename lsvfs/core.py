@@ -414,6 +414,18 @@ def fill_hydration(h: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexE
         _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
 
 
+def fill_shared_pages(sp: Any, txid: int, checksum: int, buf: Buffer, buf_offset: int, ents: IndexEntries,
+                      page_size: int, file: str | None = None) -> None:
+    """Decode frames of a file ending at `txid` into the shared pages (lsvfs_shared_pages_fill)."""
+    failed = ffi.new("size_t *")
+    rc = lib.lsvfs_shared_pages_fill(sp, txid, checksum, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents),
+                                     failed)
+    if rc == ESIZE and int(failed[0]) == len(ents):
+        raise OSError("shared pages: write failed (disk full?)")
+    if rc:
+        _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
+
+
 def decode_file(data: Buffer, entries: IndexEntries | Sequence[tuple[int, int, int]],
                 page_size: int, want_pages: bool = True,
                 file: str | None = None) -> tuple[memoryview | None, int]:

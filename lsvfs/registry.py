@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from .errors import SharedDirError
 from .futures import claim
 from .options import Options, resolve
 from .replica import Replica
@@ -78,6 +79,11 @@ def _new_replica(url: str, options: Options, storage: StorageClient | None) -> R
     with `shared_dir`, on the host's mirror of it (that storage is only the leader's)."""
     if options.shared_dir:
         from .shared import SharedStorage
+
+        if options.hydration_path:
+            raise SharedDirError(f"hydration_path {options.hydration_path} and shared_dir {options.shared_dir}: with "
+                                 "shared_dir the hydration file is the directory's, shared by every process "
+                                 "(use hydration=true)")
 
         given = storage
         remote: Callable[[], StorageClient] = (lambda: given) if given is not None else (

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .. import ltx
 from .._core import ffi, lib
 from ..cache import FrameCache
 from ..errors import ReplicaError
@@ -27,7 +28,8 @@ from ..hydration import Hydrator
 from ..lru import LRU
 from ..options import Options, Verify
 from ..plan import Target, list_all, list_past, plan_for
-from ..shared.storage import RemoteFile
+from ..shared.pages import SharedPages, file_key
+from ..shared.storage import RemoteFile, SharedStorage
 from ..slots import FileSlots
 from ..stats import CountingStorage, cache_stats, local_reads
 from ..storage import open_storage
@@ -74,7 +76,7 @@ class Replica:
         self._refs = 0  # holders of this Replica (lsvfs/registry.py)
         self._connections = 0  # open main-database files (lsvfs/vfs.py)
         self._stop = threading.Event()
-        self.hydrator: Hydrator | None = None
+        self.hydrator: Hydrator | SharedPages | None = None
         self._verified = VerifiedCopies()
         # A directory replica read as it is (no fault wrapper, no whole-file
         # checks) has its misses served by C itself, without the GIL.
@@ -85,14 +87,18 @@ class Replica:
         self._retry = Retry(options.read_retries + 1, self._stop)
         self.twins = Twins(self.c)
         self.lineages = Lineages(self.name)
+        # With shared_dir, hydration is the directory's page file: reading it
+        # needs the state each slot's frames hold (shared/pages.py).
+        self._versions: dict[int, tuple[int, int]] | None = (
+            {} if options.hydration and isinstance(self.storage.inner, SharedStorage) else None)
         self.loader = Loader(self.storage, self.cache, self._slots, self._pool, self._verified, options,
-                             self._retry, self.lineages)
+                             self._retry, self.lineages, None if self._versions is None else self._note_version)
         self.reader = PageReader(self.name, options, self.storage, self.cache, self.fetcher, self._verified,
                                  self.loader, self.lineages, self._retry, file=self.file, current=self.current,
                                  publish=self._publish, stop=self._stop)
         self.poller = Poller(self.name, options, self.storage, self._pool, self.loader, self.lineages, self._slots,
                              self.twins, current=self.current, publish=self._publish,
-                             begin_lineage=self._begin_lineage, stop=self._stop)
+                             begin_lineage=self._begin_lineage, stop=self._stop, polled=self._polled)
         self.waits = Waits(self.name, self.poller, self.lineages, self.current, self._stop)
 
     # ---- lifecycle --------------------------------------------------------
@@ -120,7 +126,13 @@ class Replica:
         """Start the background work of an open replica: polling, then
         hydration or prefetch."""
         self.poller.start()
-        if self.options.hydration or self.options.hydration_path:
+        if self._versions is not None:
+            if self.hydrator is None:
+                assert isinstance(self.storage.inner, SharedStorage)
+                with self._lock:
+                    self.hydrator = SharedPages(self.c, self.storage.inner.root, self.current().page_size,
+                                                self.current, self._versions)
+        elif self.options.hydration or self.options.hydration_path:
             if self.hydrator is None:
                 self.hydrator = Hydrator(self, self.options.hydration_path or None)
                 self.hydrator.start()
@@ -262,9 +274,27 @@ class Replica:
         if lib.lsvfs_replica_set_local(self.c, slot, os.fsencode(self.storage.inner.path_of(f))):
             raise MemoryError("replica: out of memory")
 
+    def _polled(self) -> None:
+        """A good poll: a shared page file maps what its writer has written since."""
+        if isinstance(self.hydrator, SharedPages):
+            self.hydrator.wake()
+
+    def _note_version(self, slot: int, f: FileInfo, header: ltx.Header, tail: bytes) -> None:
+        """The loader read `slot`'s file: its name for the shared page file's tags."""
+        key = file_key(f, header, tail)
+        with self._lock:
+            assert self._versions is not None
+            self._versions[slot] = (f.max_txid, key)
+            if isinstance(self.hydrator, SharedPages):
+                self.hydrator.note(slot, f.max_txid, key)
+
     def _slot_freed(self, slots: list[int]) -> None:
         for slot in slots:
             lib.lsvfs_replica_forget_local(self.c, slot)
+        if self._versions is not None:
+            with self._lock:
+                for slot in slots:
+                    self._versions.pop(slot, None)
         if self.hydrator is not None:
             self.hydrator.forget(slots)
         if self.options.verify == Verify.FILES:

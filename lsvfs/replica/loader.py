@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -58,7 +59,8 @@ class Loader:
     slots, the cache and the verified copies it fills each have their lock."""
 
     def __init__(self, storage: CountingStorage, cache: FrameCache, file_slots: FileSlots, pool: ThreadPoolExecutor,
-                 verified: VerifiedCopies, options: Options, retry: Retry, lineages: Lineages) -> None:
+                 verified: VerifiedCopies, options: Options, retry: Retry, lineages: Lineages,
+                 on_index: Callable[[int, FileInfo, ltx.Header, bytes], None] | None = None) -> None:
         self._storage = storage
         self._cache = cache
         self._slots = file_slots
@@ -67,6 +69,7 @@ class Loader:
         self._options = options
         self._retry = retry
         self._lineages = lineages
+        self._on_index = on_index
 
     def build(self, base: Snapshot | None, chain: list[FileInfo]) -> Snapshot:
         """A new snapshot: `base` plus `chain`, every file's reads in one stage.
@@ -161,6 +164,8 @@ class Loader:
                     self._cache.put((slot, offset), bytes(decoded.page(i)))
             if self._options.verify == Verify.FILES:
                 self._verified.keep(slot, data)
+            if self._on_index is not None:
+                self._on_index(slot, f, decoded.header, data)
             return _Index(decoded.header, decoded.entries)
         head, tail = parts
         for (offset, want), got in zip(self._parts(f, head_size), parts):
@@ -177,6 +182,8 @@ class Loader:
         entries = core.decode_index(tail[rel:rel + idx_len], idx_off, file=f.name)
         _check_pages(f, header, entries)
         self._cache_head(f, slot, header, entries, head)
+        if self._on_index is not None:  # the tail ends with the trailer
+            self._on_index(slot, f, header, tail)
         return _Index(header, entries)
 
     def _cache_head(self, f: FileInfo, slot: int, header: ltx.Header, entries: core.IndexEntries,

@@ -43,7 +43,8 @@ class Poller:
     def __init__(self, name: str, options: Options, storage: CountingStorage, pool: ThreadPoolExecutor,
                  loader: Loader, lineages: Lineages, file_slots: FileSlots, twins: Twins, *,
                  current: Callable[[], Snapshot], publish: Callable[[Snapshot], None],
-                 begin_lineage: Callable[[list[FileInfo]], None], stop: threading.Event) -> None:
+                 begin_lineage: Callable[[list[FileInfo]], None], stop: threading.Event,
+                 polled: Callable[[], None] = lambda: None) -> None:
         self._name = name
         self._options = options
         self._storage = storage
@@ -56,6 +57,7 @@ class Poller:
         self._publish = publish
         self._begin_lineage = begin_lineage
         self._stop = stop
+        self._polled = polled  # after every good poll
         self._thread: threading.Thread | None = None
         self._asked = threading.Event()  # a reader waits for a newer TXID: poll now
         self._ended = threading.Condition()  # notified at the end of every poll
@@ -171,6 +173,7 @@ class Poller:
             log.info("poll of %s works again (TXID %016x)", self._name, self._current().txid)
             self._last_poll_error = None
         self.last_poll_ok = time.monotonic()
+        self._polled()
         return advanced
 
     def _poll_failed(self, why: str, unexpected: bool = False) -> None:

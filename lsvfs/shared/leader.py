@@ -25,6 +25,7 @@ from .directory import write_status
 from .doorbell import Doorbell, ring
 from .election import Election
 from .mirror import Mirror, Progress
+from .pages import PageWriter
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,18 @@ MOST_DELAY = 30.0
 class Leader:
     """The election and, while this process leads, the mirror it keeps."""
 
-    def __init__(self, root: Path, name: str, open_remote: Callable[[], StorageClient]) -> None:
+    def __init__(self, root: Path, name: str, open_remote: Callable[[], StorageClient],
+                 hydration: bool = False) -> None:
         self.root = root
         self.name = name
         self._open_remote = open_remote
         self.election = Election(root)
         self.doorbell = Doorbell(root)
         self.mirror: Mirror | None = None
+        self.pages = PageWriter(root, name, hydration)
+        self._pages_backoff = Backoff(FIRST_DELAY, MOST_DELAY)
+        self._pages_retry_at = 0.0
+        self._pages_error: str | None = None
         self.polls = 0
         self.poll_errors = 0
         self._backoff = Backoff(FIRST_DELAY, MOST_DELAY)
@@ -83,7 +89,38 @@ class Leader:
             self._backoff.reset()
             log.info("%s: mirrored %s at TXID %016x (%d files, %d bytes)", self.root, self.name, self.mirror.txid,
                      self.mirror.files, self.mirror.bytes)
+            self._hydrate()  # after the status: followers' lag never waits for it
             return True
+
+    @property
+    def pages_error(self) -> str | None:
+        """Why the last step of the shared pages failed, while it does."""
+        return self._pages_error
+
+    def hydrate(self) -> bool:
+        """One step of the shared page file (shared/pages.py) while leading; True
+        when it is at the mirror's newest TXID or nobody wants it."""
+        with self._lock:
+            return self._hydrate()
+
+    def _hydrate(self) -> bool:
+        if self.mirror is None or time.monotonic() < self._pages_retry_at:
+            return False
+        try:
+            done = self.pages.step(self.mirror.local, lambda: self._closing)
+        except (LsvfsError, OSError) as exc:
+            delay = self._pages_backoff.next()
+            self._pages_retry_at = time.monotonic() + delay
+            if str(exc) != self._pages_error:
+                log.warning("%s: writing the shared pages failed (%s); readers read the mirror meanwhile; "
+                            "retrying in %.1fs", self.root, exc, delay)
+            self._pages_error = str(exc)
+            return False
+        if self._pages_error is not None:
+            log.info("%s: writing the shared pages works again", self.root)
+            self._pages_error = None
+            self._pages_backoff.reset()
+        return done
 
     def status(self) -> dict[str, Any]:
         """What followers read: who leads, for which replica, and when it last polled well."""
@@ -146,5 +183,6 @@ class Leader:
             if self.mirror is not None:
                 self.mirror.close()
                 self.mirror = None
+            self.pages.close()
             self.doorbell.close()
             self.election.resign()
