@@ -35,7 +35,7 @@ if [ "$MODE" = thread ]; then
     PRELOAD="$(gcc -print-file-name=libtsan.so)"
     export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:log_path=$REPORTS/tsan"
     DEFAULT_TESTS=(tests/test_native_vfs.py tests/test_fuzz_stress_and_chaos.py tests/test_core.py
-                   tests/test_prefetch_and_hydration.py tests/test_read_your_writes.py
+                   tests/test_prefetch_and_hydration.py tests/test_read_your_writes.py tests/test_shared_pages.py
                    -k "threads or lock_levels or hot_path or s32_page_tables or s32_shared or hydration_readers or hydration_moves_on or hundred_waiters")
 else
     # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed
@@ -47,6 +47,7 @@ else
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     export PYTHONMALLOC=malloc  # small Python buffers get ASan redzones too
     DEFAULT_TESTS=(tests/test_core.py tests/test_core_fuzz.py tests/test_native_vfs.py tests/test_vfs.py
+                   tests/test_shared_pages.py
                    "tests/test_fuzz_stress_and_chaos.py::test_s32_shared_replica_hammered_from_every_side"
                    "tests/test_fuzz_stress_and_chaos.py::test_s32_page_tables_shared_across_threads"
                    # scenario tests that absorbed VFS tests
@@ -59,7 +60,9 @@ else
                    # read-your-writes floors: the lock calling into Python to wait, busy retries, pins
                    tests/test_read_your_writes.py::test_a_floor_never_reached_fails_with_the_busy_code_and_clearing_it_reads_again
                    tests/test_read_your_writes.py::test_a_busy_handler_retrying_does_not_wait_again
-                   tests/test_read_your_writes.py::test_a_pin_wins_over_a_floor)
+                   tests/test_read_your_writes.py::test_a_pin_wins_over_a_floor
+                   # the shared page file read by the C read path of every process
+                   "tests/test_shared.py::test_hydration_is_one_page_file_that_every_process_reads[file]")
 fi
 
 echo "== building sanitized lsvfs._core in $TMP/build"

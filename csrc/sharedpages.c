@@ -230,8 +230,8 @@ int lsvfs_shared_pages_fill(lsvfs_shared_pages *sp, uint64_t txid, uint64_t key,
         return LSVFS_ENOMEM;
     pthread_rwlock_wrlock(&sp->lock);
     int rc = sp->map == NULL ? LSVFS_ENOTFOUND : LSVFS_OK;
-    if (rc == LSVFS_OK && n > 0)
-        rc = grow(sp, entries[n - 1].pgno); /* index pgnos ascend */
+    if (rc == LSVFS_OK && n > 0 && (rc = grow(sp, entries[n - 1].pgno)) != LSVFS_OK) /* pgnos ascend */
+        *failed = n; /* the tag file could not grow: not a frame's fault */
     for (size_t i = 0; i < n && rc == LSVFS_OK; i++) {
         const lsvfs_index_entry *e = &entries[i];
         *failed = i;

@@ -157,6 +157,7 @@ def build_ltx(page_size: int, pages: list[tuple[int, bytes]], *, commit: int | N
               min_txid: int = 1, max_txid: int = 1, post_apply: int = 0,
               legacy: bool = False) -> bytes:
     """A valid LTX v3 file (LZ4-block frames unless legacy) with a correct checksum."""
+    import lz4.block
     import lz4.frame
 
     hdr = struct.pack(">4sIIIQQqQqqIIQ20x", b"LTX1", 2, page_size,

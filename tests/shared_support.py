@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -48,10 +49,12 @@ class Workers:
         control.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, hang: str = "") -> subprocess.Popen[bytes]:
+    def start(self, name: str, hang: str = "", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A worker; `env` adds to its environment (LSVFS_HYDRATION=1, say)."""
         log = open(self.control / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, str(WORKER), self.url, str(self.shared), str(self.control), name,
-                                 hang], stdout=log, stderr=subprocess.STDOUT, cwd=WORKER.parent.parent)
+                                 hang], stdout=log, stderr=subprocess.STDOUT, cwd=WORKER.parent.parent,
+                                env={**os.environ, **(env or {})})
         log.close()
         self.procs[name] = proc
         wait_until(lambda: (self.control / f"{name}.ready").exists() or proc.poll() is not None, 60,

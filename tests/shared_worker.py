@@ -8,7 +8,10 @@ exists (holding the primary's final TXID in hex), waits to reach that TXID,
 then writes CONTROL_DIR/NAME.json: reads, violations, the final rows, and its
 `shared` stats; it closes once CONTROL_DIR/release exists. HANG (`download` or `rename`) makes this process, when it
 leads, write CONTROL_DIR/NAME.hung and sleep at that point of its next file
-after open: the test SIGKILLs it there.
+after open; `pages` there, after it wrote some pages of the shared page file:
+the test SIGKILLs it there. With hydration (LSVFS_HYDRATION=1) it also waits
+for the shared page file to hold the final state and reports what a full
+scan on a fresh connection took from the cache and the mirror (`scan_reads`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lsvfs
-from lsvfs import registry
+from lsvfs import core, registry
 from lsvfs.shared.mirror import Mirror
 
 TOTAL = 100 * 1000
@@ -60,12 +63,29 @@ def _hang_at(point: str, control: Path, name: str) -> None:
         stop_here("rename")  # the temp file is written and fsynced, not renamed
         publish(self, tmp, path)
 
+    fill = core.fill_shared_pages
+    filled = {"n": 0}
+
+    def hung_fill(*args: Any, **kwargs: Any) -> None:
+        fill(*args, **kwargs)
+        if armed["on"]:
+            filled["n"] += 1
+            if filled["n"] == 2:
+                stop_here("pages")  # part of what is new written to the page file, the rest not
+
     Mirror.install = hung_install  # type: ignore[method-assign]
     Mirror.publish = hung_publish  # type: ignore[method-assign]
+    core.fill_shared_pages = hung_fill
     _ARMS.append(armed)
 
 
 _ARMS: list[dict[str, bool]] = []
+
+
+def reads_outside_shared_pages(stats: dict[str, Any]) -> int:
+    """Pages read from anywhere but the shared page file: the cache (hits and
+    misses) and the mirror's files."""
+    return int(stats["cache"]["hits"] + stats["cache"]["misses"] + stats["storage"]["local_read"]["requests"])
 
 
 def main(url: str, shared_dir: str, control_dir: str, name: str, hang: str = "") -> int:
@@ -102,11 +122,23 @@ def main(url: str, shared_dir: str, control_dir: str, name: str, hang: str = "")
             break
         time.sleep(0.05)
     rows = conn.execute("SELECT id, balance FROM bank ORDER BY id").fetchall()
-    stats = next(iter(registry.open_replicas().values())).stats()
+    rep = next(iter(registry.open_replicas().values()))
+    scan_reads = None
+    if rep.stats()["hydration"] is not None:
+        while rep.stats()["hydration"]["progress"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = reads_outside_shared_pages(rep.stats())
+        fresh = lsvfs.connect(url, shared_dir=shared_dir, poll_interval=POLL)  # an empty SQLite page cache
+        assert fresh.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert row(fresh, "SELECT sum(balance) FROM bank")[0] == TOTAL
+        fresh.close()
+        scan_reads = reads_outside_shared_pages(rep.stats()) - before
+    stats = rep.stats()
     lag = float(one(conn, "PRAGMA litestream_lag"))
     result = {"pid": os.getpid(), "reads": reads, "bad": bad, "txids": len(txids), "rows": rows,
               "txid": f"{int(one(conn, 'PRAGMA litestream_txid'), 16):016x}",
-              "shared": stats["shared"], "storage": stats["storage"], "lag": lag}
+              "shared": stats["shared"], "storage": stats["storage"], "lag": lag,
+              "hydration": stats["hydration"], "scan_reads": scan_reads}
     tmp = control / f".{name}.json.tmp"
     tmp.write_text(json.dumps(result))
     tmp.rename(control / f"{name}.json")

@@ -429,22 +429,25 @@ def test_mirror_command_shows_progress_on_a_terminal_only(file_primary: Replicat
     assert (side.returncode, out, err) == (130, "", "lsvfs mirror: interrupted\n")
 
 
+@pytest.mark.parametrize("hydration", [False, True])
 def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary: MakePrimary, tmp_path: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+                                                              caplog: pytest.LogCaptureFixture, hydration: bool) -> None:
     """The replica wiped and written again by another primary: a directory
     left holding the old lineage is rebuilt at open, with a WARNING, and reads
     the new one; replaced again while open, the reader follows the newest
-    lineage, and the mirror then holds only its files, each whole."""
+    lineage, and the mirror then holds only its files, each whole. With
+    hydration, the page file holding the old lineage's pages (at the same
+    TXIDs) serves none of them to the new one, and ends equal to its restore."""
     caplog.set_level(logging.INFO, logger="lsvfs")
     a, _ = _primary_with_rows(replicated_primary, "file", "a", 5)
     url, shared = a.replica_url, tmp_path / "shared"
-    lsvfs.connect(url, shared_dir=str(shared), poll_interval=0).close()
+    lsvfs.connect(url, shared_dir=str(shared), poll_interval=0, hydration=hydration).close()
     _wipe(a)
     b = _second_primary(replicated_primary, a)
     b.execute("CREATE TABLE who(id INTEGER PRIMARY KEY, name TEXT)")
     _commit_rows(b, "b", 3)
     caplog.clear()
-    conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL)
+    conn = lsvfs.connect(url, shared_dir=str(shared), poll_interval=POLL, hydration=hydration)
     try:
         assert _who(conn) == [("b", 3)]
         assert any("holds another lineage of the replica" in m for m in _warnings(caplog))
@@ -455,6 +458,15 @@ def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary
         wait_until(lambda: _reads(conn, [("c", 8)]), 30, what="the reader following the newest lineage")
         wait_until(lambda: mirror_within(shared, c), 30, what="the mirror holding the new lineage's files only")
         assert check_mirror(shared) > 0
+        if hydration:
+            rep = registry.open_replicas()[url]
+            wait_until(lambda: rep.stats()["hydration"]["progress"] == 100, 30, what="the page file of c")
+            fresh = lsvfs.connect(url, shared_dir=str(shared), hydration=True)
+            try:
+                assert _who(fresh) == [("c", 8)]
+            finally:
+                fresh.close()
+            _page_file_equals_restore(c, shared, c.wait_replicated(), tmp_path)
     finally:
         conn.close()
 
@@ -550,3 +562,167 @@ def test_time_travel_reaches_past_the_mirror(replicated_primary: MakePrimary, st
     finally:
         side.kill()
         side.wait(timeout=10)
+
+
+# ---- hydration: one page file for every process -------------------------------
+
+def _page_file_equals_restore(p: ReplicatedPrimary, shared: Path, txid: int, tmp_path: Path) -> int:
+    """The shared page file holds exactly `litestream restore -txid` of `txid`, page for page; how many pages."""
+    restored = p.restore(tmp_path / f"restored-{txid:x}.db", txid).path.read_bytes()
+    (pages_file,) = shared.glob("pages-*.db")
+    page_size = int(pages_file.name.removeprefix("pages-").removesuffix(".db"))
+    held = pages_file.read_bytes()[:len(restored)]
+    assert len(held) == len(restored) and len(restored) % page_size == 0
+    bad = [i + 1 for i in range(len(restored) // page_size)
+           if held[i * page_size:(i + 1) * page_size] != restored[i * page_size:(i + 1) * page_size]]
+    assert bad == [], f"pages {bad[:10]} differ from the restore of TXID {txid:016x}"
+    return len(restored) // page_size
+
+
+HYDRATED = {"LSVFS_HYDRATION": "1"}
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_hydration_is_one_page_file_that_every_process_reads(replicated_primary: MakePrimary, workers: Any,
+                                                             storage: str, tmp_path: Path) -> None:
+    """Three processes opened with hydration on one shared_dir keep the bank
+    invariant while the primary transfers; none keeps a hydration file of its
+    own (their temp directory stays empty); the directory holds one page file,
+    equal page for page to `litestream restore` of the final TXID; and a full
+    scan on a fresh connection in each process reads every page from it:
+    nothing from the cache, nothing from the mirror."""
+    p = replicated_primary(storage)
+    bank(p)
+    p.wait_replicated()
+    w = workers(p.replica_url)
+    tmp = tmp_path / "workers-tmp"
+    tmp.mkdir()
+    for i in range(3):
+        w.start(f"r{i}", env={**HYDRATED, "TMPDIR": str(tmp)})
+    rng = random.Random(23)
+    for _ in range(20):
+        transfer(p, rng)
+        time.sleep(0.05)
+    final = p.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
+    assert sum(r["shared"]["leader"] for r in results.values()) == 1
+    for name, r in results.items():
+        assert r["bad"] == [] and r["rows"] == want, (name, r["bad"][:3])
+        assert r["hydration"]["shared"] and r["hydration"]["progress"] == 100, (name, r["hydration"])
+        assert r["hydration"]["file"] == str(w.shared / "pages-4096.db")
+        assert r["scan_reads"] == 0, (name, r["scan_reads"])
+    assert list(tmp.iterdir()) == []
+    assert [q.name for q in w.shared.glob("pages-*.db")] == ["pages-4096.db"]
+    assert _page_file_equals_restore(p, w.shared, final, tmp_path) > 2
+
+
+def test_killed_leader_mid_page_file_is_replaced_and_the_file_completes(file_primary: ReplicatedPrimary,
+                                                                         workers: Any, tmp_path: Path) -> None:
+    """The leader is SIGKILLed with part of the new pages written to the page
+    file: a follower takes over, finishes it, nobody read a wrong page, and
+    the file equals the restore of the final TXID."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    w = workers(file_primary.replica_url)
+    leader = w.start("leader", hang="pages", env=HYDRATED)
+    assert status(w.shared)["pid"] == leader.pid
+    w.start("f1", env=HYDRATED)
+    w.start("f2", env=HYDRATED)
+    rng = random.Random(29)
+    for _ in range(3):
+        transfer(file_primary, rng)
+        file_primary.wait_replicated()
+    wait_until(lambda: (w.control / "leader.hung").exists(), 30, what="the leader writing the page file")
+    leader.send_signal(signal.SIGKILL)
+    leader.wait(timeout=10)
+    wait_until(lambda: status(w.shared)["pid"] != leader.pid, 30, what="a follower taking over")
+    for _ in range(5):
+        transfer(file_primary, rng)
+    final = file_primary.wait_replicated()
+    results = w.finish(final)
+    want = [list(r) for r in file_primary.execute("SELECT id, balance FROM bank ORDER BY id")]
+    assert set(results) == {"f1", "f2"}
+    for name, r in results.items():
+        assert r["bad"] == [] and r["rows"] == want, (name, r["bad"][:3])
+        assert r["hydration"]["progress"] == 100 and r["scan_reads"] == 0, (name, r["hydration"], r["scan_reads"])
+    _page_file_equals_restore(file_primary, w.shared, final, tmp_path)
+
+
+def test_mirror_command_with_hydration_fills_the_page_file_before_it_exits(file_primary: ReplicatedPrimary,
+                                                                          tmp_path: Path) -> None:
+    """`lsvfs mirror --once --hydration` (a container build's warm-up) leaves
+    the page file complete: a worker opened afterwards with hydration serves a
+    full scan from it with no cache or mirror read, and makes none to storage."""
+    bank(file_primary)
+    final = file_primary.wait_replicated()
+    url, shared = file_primary.replica_url, tmp_path / "shared"
+    once = subprocess.run([sys.executable, "-m", "lsvfs", "mirror", url, "--shared-dir", str(shared), "--once",
+                           "--hydration"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    _page_file_equals_restore(file_primary, shared, final, tmp_path)
+    conn = lsvfs.connect(url, shared_dir=str(shared), hydration=True, poll_interval=0)
+    try:
+        rep = registry.open_replicas()[url]
+        assert rep.stats()["hydration"]["progress"] == 100
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        stats = rep.stats()
+        assert (stats["cache"]["hits"], stats["cache"]["misses"], stats["storage"]["local_read"]["requests"]) \
+            == (0, 0, 0), stats
+        assert one(conn, "PRAGMA litestream_hydration_file") == str(shared / "pages-4096.db")
+        assert one(conn, "PRAGMA litestream_hydration_progress") == "100"
+    finally:
+        conn.close()
+
+
+def test_page_file_write_errors_are_retried_and_readers_read_the_mirror(file_primary: ReplicatedPrimary,
+                                                                        tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while the leader writes the page file: one WARNING, the
+    readers read the mirror meanwhile (right rows), and once writes work again
+    the file is completed and says so."""
+    from lsvfs import core
+    from lsvfs.shared import leader as leader_module
+
+    caplog.set_level(logging.INFO, logger="lsvfs")
+    monkeypatch.setattr(leader_module, "FIRST_DELAY", 0.05)
+    bank(file_primary)
+    file_primary.wait_replicated()
+    fill = core.fill_shared_pages
+    full = {"on": True}
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fill(*args, **kwargs)
+
+    monkeypatch.setattr(core, "fill_shared_pages", disk_full)
+    url = file_primary.replica_url
+    conn = lsvfs.connect(url, shared_dir=str(tmp_path / "shared"), hydration=True, poll_interval=POLL)
+    try:
+        rep = registry.open_replicas()[url]
+        for _ in range(3):
+            transfer(file_primary, random.Random(31))
+        final = file_primary.wait_replicated()
+        wait_until(lambda: int(one(conn, "PRAGMA litestream_txid"), 16) >= final, 30, what="the reader following")
+        assert one(conn, "SELECT sum(balance) FROM bank") == ACCOUNTS * 1000
+        assert rep.stats()["hydration"]["progress"] == 0
+        failures = [m for m in _warnings(caplog) if "writing the shared pages failed" in m]
+        assert len(failures) == 1 and "No space left on device" in failures[0], failures
+        full["on"] = False
+        wait_until(lambda: rep.stats()["hydration"]["progress"] == 100, 30, what="the page file completed")
+        assert any("writing the shared pages works again" in r.getMessage() for r in caplog.records)
+    finally:
+        conn.close()
+
+
+def test_hydration_path_with_shared_dir_is_refused(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
+    """A private hydration file cannot go with a shared one: said at open, naming both."""
+    bank(file_primary)
+    file_primary.wait_replicated()
+    with pytest.raises(SharedDirError, match=r"hydration_path .*h\.db and shared_dir .*shared: with shared_dir"):
+        lsvfs.connect(file_primary.replica_url, shared_dir=str(tmp_path / "shared"),
+                      hydration_path=str(tmp_path / "h.db"))
+    assert not (tmp_path / "h.db").exists()

@@ -36,7 +36,6 @@ from ..pagetable import PageTable
 from ..plan import build, list_all
 from ..storage.base import FileInfo
 from ..storage.file import FileStorage
-from .mirror import Key
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +162,10 @@ class PageWriter:
         self._always = always  # `lsvfs mirror --hydration`: wanted whether or not a reader asked yet
         self._sp: Any = None
         self._page_size = 0
-        self._files: dict[Key, _Loaded] = {}  # the plan's files, by key
-        self._plan: list[Key] = []
+        # The plan's files. Known by their whole listing, not their name: a
+        # replaced replica lists files of the same names with other bytes.
+        self._files: dict[FileInfo, _Loaded] = {}
+        self._plan: list[FileInfo] = []
         self._table: PageTable | None = None
         self._commit = 0
         self._next_slot = 1
@@ -190,7 +191,7 @@ class PageWriter:
             if not self._writer(local, plan[-1]):
                 return True  # nobody reads pages of this size
             self._follow(local, plan)
-            return self._fill(local, {f.key: f for f in plan}, stopping)
+            return self._fill(local, stopping)
 
     def _writer(self, local: FileStorage, newest: FileInfo) -> bool:
         page_size = ltx.Header.decode(local.read(newest, 0, ltx.HEADER_SIZE), newest.name).page_size
@@ -208,22 +209,21 @@ class PageWriter:
 
     def _follow(self, local: FileStorage, plan: list[FileInfo]) -> None:
         """The table of `plan`: extended when it continues the last one, else built afresh."""
-        keys = [f.key for f in plan]
-        if keys == self._plan and self._table is not None:
+        if plan == self._plan and self._table is not None:
             return
-        extends = self._table is not None and keys[:len(self._plan)] == self._plan
+        extends = self._table is not None and plan[:len(self._plan)] == self._plan
         table = self._table.clone() if extends and self._table is not None else PageTable()
         for f in plan[len(self._plan) if extends else 0:]:
-            got = self._files.get(f.key) or self._load(local, f)
+            got = self._files.get(f) or self._load(local, f)
             if got.header.page_size != self._page_size:
                 raise LTXError(f"page size {got.header.page_size} differs from the replica's {self._page_size}",
                                f.name)
             table.apply(got.slot, got.entries)
             table.truncate(got.header.commit)
             self._commit = got.header.commit
-        for key in set(self._files) - set(keys):  # left the plan: its pages are no longer wanted
-            lib.lsvfs_shared_pages_forget(self._sp, self._files.pop(key).slot)
-        self._plan, self._table = keys, table
+        for f in set(self._files) - set(plan):  # left the plan: its pages are no longer wanted
+            lib.lsvfs_shared_pages_forget(self._sp, self._files.pop(f).slot)
+        self._plan, self._table = plan, table
 
     def _load(self, local: FileStorage, f: FileInfo) -> _Loaded:
         header = ltx.Header.decode(local.read(f, 0, ltx.HEADER_SIZE), f.name)
@@ -237,13 +237,13 @@ class PageWriter:
         self._next_slot += 1
         if lib.lsvfs_shared_pages_set_version(self._sp, got.slot, f.max_txid, got.key):
             raise MemoryError("shared pages: out of memory")
-        self._files[f.key] = got
+        self._files[f] = got
         return got
 
-    def _fill(self, local: FileStorage, files: dict[Key, FileInfo], stopping: Callable[[], bool]) -> bool:
+    def _fill(self, local: FileStorage, stopping: Callable[[], bool]) -> bool:
         """Write missing pages, grouped into one read per run of nearby frames of a file."""
         assert self._table is not None
-        by_slot = {got.slot: (key, got) for key, got in self._files.items()}
+        by_slot = {got.slot: (f, got) for f, got in self._files.items()}
         budget = APPLY_BYTES
         nxt = ffi.new("uint32_t *", 1)
         out = ffi.new("uint32_t[]", BATCH)
@@ -261,8 +261,7 @@ class PageWriter:
                 if loc is not None:
                     runs.setdefault(loc[0], []).append((out[i], loc[1], loc[2]))
             for slot, frames in runs.items():
-                key, got = by_slot[slot]
-                f = files[key]
+                f, got = by_slot[slot]
                 for start, end, part in _spans(frames):
                     core.fill_shared_pages(self._sp, got.header.max_txid, got.key, local.read(f, start, end - start),
                                            start, IndexEntries.from_tuples(part), self._page_size, f.name)
