@@ -30,12 +30,12 @@
 #include "lsvfs_core.h"
 #include "internal.h"
 
-#define MAGIC "LSVFSPG1"
+#define MAGIC 0x4C53564653504731ULL /* "LSVFSPG1", stored last and atomically */
 #define HEADER_BYTES 4096 /* tags start page-aligned */
 #define GROW_TAGS 65536u  /* the writer grows the tag file this many at a time */
 
 typedef struct {
-    char magic[8];
+    uint64_t magic; /* atomic */
     uint32_t page_size;
     uint32_t reserved;
     uint8_t boot[LSVFS_BOOT_ID_SIZE];
@@ -126,7 +126,7 @@ static void claim(lsvfs_shared_pages *sp)
 {
     header *h = hdr(sp);
     stag *t = tags(sp);
-    int fresh = memcmp(h->magic, MAGIC, sizeof h->magic) != 0 ||
+    int fresh = __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != MAGIC ||
                 h->page_size != sp->page_size ||
                 memcmp(h->boot, sp->boot, sizeof h->boot) != 0;
     for (uint32_t i = 0; i < sp->ntags; i++) {
@@ -134,19 +134,18 @@ static void claim(lsvfs_shared_pages *sp)
         if (!fresh && (seq & 1) == 0)
             continue;
         if ((seq & 1) == 0)
-            __atomic_store_n(&t[i].seq, ++seq, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            __atomic_store_n(&t[i].seq, ++seq, __ATOMIC_SEQ_CST);
         __atomic_store_n(&t[i].txid, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&t[i].key, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&t[i].seq, seq + 1, __ATOMIC_RELEASE);
     }
     if (fresh) {
+        __atomic_store_n(&h->magic, 0, __ATOMIC_SEQ_CST); /* not usable while it changes */
         __atomic_store_n(&h->applied_txid, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&h->applied_key, 0, __ATOMIC_RELAXED);
         h->page_size = sp->page_size;
         memcpy(h->boot, sp->boot, sizeof h->boot);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        memcpy(h->magic, MAGIC, sizeof h->magic);
+        __atomic_store_n(&h->magic, MAGIC, __ATOMIC_RELEASE);
     }
 }
 
@@ -184,7 +183,7 @@ static int remap(lsvfs_shared_pages *sp)
 static int usable(const lsvfs_shared_pages *sp)
 {
     const header *h = hdr(sp);
-    return memcmp(h->magic, MAGIC, sizeof h->magic) == 0 && h->page_size == sp->page_size &&
+    return __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) == MAGIC && h->page_size == sp->page_size &&
            memcmp(h->boot, sp->boot, sizeof h->boot) == 0;
 }
 
@@ -249,8 +248,7 @@ int lsvfs_shared_pages_fill(lsvfs_shared_pages *sp, uint64_t txid, uint64_t key,
         rc = lsvfs_frame_decode(buf + (e->offset - buf_offset), e->size, e->pgno, ps, page);
         if (rc != LSVFS_OK)
             break;
-        __atomic_store_n(&t->seq, seq + 1, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* odd before any byte moves */
+        __atomic_store_n(&t->seq, seq + 1, __ATOMIC_SEQ_CST); /* odd before any byte moves */
         rc = lsvfs_pwrite_full(sp->pages_fd, page, ps, (uint64_t)(e->pgno - 1) * ps);
         int ok = rc == LSVFS_OK;
         __atomic_store_n(&t->txid, ok ? txid : 0, __ATOMIC_RELAXED);
@@ -290,8 +288,8 @@ static int holds(const lsvfs_shared_pages *sp, uint32_t pgno, uint64_t txid,
         return 0;
     const stag *t = &tags(sp)[pgno - 1];
     *seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
-    return (*seq & 1) == 0 && __atomic_load_n(&t->txid, __ATOMIC_RELAXED) == txid &&
-           __atomic_load_n(&t->key, __ATOMIC_RELAXED) == key;
+    return (*seq & 1) == 0 && __atomic_load_n(&t->txid, __ATOMIC_ACQUIRE) == txid &&
+           __atomic_load_n(&t->key, __ATOMIC_ACQUIRE) == key;
 }
 
 int lsvfs_shared_pages_read(lsvfs_shared_pages *sp, uint32_t pgno, uint32_t slot,
@@ -305,9 +303,10 @@ int lsvfs_shared_pages_read(lsvfs_shared_pages *sp, uint32_t pgno, uint32_t slot
     uint64_t seq;
     if (v != NULL && holds(sp, pgno, v->txid, v->key, &seq)) {
         int rc = lsvfs_pread_full(sp->pages_fd, out, page_size, (uint64_t)(pgno - 1) * page_size);
-        __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the bytes before the second look */
+        /* The second look comes after the bytes: the tag's loads are acquires,
+         * and nothing moves a load ahead of the pread call's. */
         const stag *t = &tags(sp)[pgno - 1];
-        served = rc != LSVFS_OK ? 0 : __atomic_load_n(&t->seq, __ATOMIC_RELAXED) == seq;
+        served = rc != LSVFS_OK ? 0 : __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE) == seq;
     }
     pthread_rwlock_unlock(&sp->lock);
     return served;
