@@ -2,7 +2,8 @@
 
     python bench/report_shared.py /tmp/shared.json
 
-Per N (1, 2, 4, 8 reader processes) with and without `shared_dir`: requests
+Per N (1, 2, 4, 8 reader processes) without `shared_dir`, with it, and with
+it and hydration (one shared page file): requests
 on the wire (and as the processes' storage clients counted them), bytes
 downloaded, each against N = 1 of the same kind (target with shared_dir: N = 8
 ≤ 1.2x); the largest RSS of the processes after the first against page table
@@ -25,14 +26,18 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def readers_table(by: dict[tuple[int, bool], dict[str, Any]]) -> list[str]:
+MODES = {"no": "no", "yes": "yes", "hydrated": "yes + hydration"}
+
+
+def readers_table(by: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
     lines = ["| readers | shared_dir | round s | requests on the wire (clients) | × N=1 | bytes | × N=1 "
              "| RSS after the first, MiB (target) | lookups/s | × N=1 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for shared in (False, True):
-        one = by.get((1, shared))
+    for mode in MODES:
+        shared = mode != "no"
+        one = by.get((1, mode))
         for n in (1, 2, 4, 8):
-            info = by.get((n, shared))
+            info = by.get((n, mode))
             if info is None:
                 continue
             targets = info["targets"]
@@ -54,17 +59,17 @@ def readers_table(by: dict[tuple[int, bool], dict[str, Any]]) -> list[str]:
                 ok = all(info["rss_bytes"][i] <= _rss_target(info, i) for i in later)
                 rss = (f"{info['rss_bytes'][worst] / MIB:.1f} ({_rss_target(info, worst) / MIB:.1f} "
                        f"{verdict(ok)})")
-            lines.append(f"| {n} | {'yes' if shared else 'no'} | {info['wall_s']:.1f} "
+            lines.append(f"| {n} | {MODES[mode]} | {info['wall_s']:.1f} "
                          f"| {info['wire_requests']} ({sum(info['requests'])}) "
                          f"| {req_ratio} | {nbytes / 1e6:.2f} MB | {bytes_ratio} | {rss} "
                          f"| {info['lookups_per_s']:.0f} | {look_ratio} |")
     return lines
 
 
-def scaling_table(by: dict[tuple[int, bool], dict[str, Any]], local: dict[int, dict[str, Any]]) -> list[str]:
-    """Aggregate lookups/s against N = 1: local SQLite's, and lsvfs's with and without shared_dir."""
-    lines = ["| readers | local SQLite lookups/s | × N=1 | lsvfs shared_dir × N=1 | lsvfs alone × N=1 |",
-             "|---|---|---|---|---|"]
+def scaling_table(by: dict[tuple[int, str], dict[str, Any]], local: dict[int, dict[str, Any]]) -> list[str]:
+    """Aggregate lookups/s against N = 1: local SQLite's, and lsvfs's in each mode."""
+    lines = ["| readers | local SQLite lookups/s | × N=1 | lsvfs shared_dir × N=1 | lsvfs shared_dir + hydration × N=1 "
+             "| lsvfs alone × N=1 |", "|---|---|---|---|---|---|"]
 
     def ratio(table: dict[Any, dict[str, Any]], key: Any, one: Any) -> str:
         if key not in table or one not in table:
@@ -73,7 +78,8 @@ def scaling_table(by: dict[tuple[int, bool], dict[str, Any]], local: dict[int, d
 
     for n in sorted(local):
         lines.append(f"| {n} | {local[n]['lookups_per_s']:.0f} | {ratio(local, n, 1)} "
-                     f"| {ratio(by, (n, True), (1, True))} | {ratio(by, (n, False), (1, False))} |")
+                     f"| {ratio(by, (n, 'yes'), (1, 'yes'))} | {ratio(by, (n, 'hydrated'), (1, 'hydrated'))} "
+                     f"| {ratio(by, (n, 'no'), (1, 'no'))} |")
     return lines
 
 
@@ -85,13 +91,13 @@ def _rss_target(info: dict[str, Any], i: int) -> int:
 def main(path: str) -> None:
     with open(path) as fh:
         data = json.load(fh)
-    by: dict[tuple[int, bool], dict[str, Any]] = {}
+    by: dict[tuple[int, str], dict[str, Any]] = {}
     local: dict[int, dict[str, Any]] = {}
     failover: dict[str, Any] | None = None
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         if info.get("bench") == "readers":
-            by[(info["n"], info["shared"])] = info
+            by[(info["n"], info["mode"])] = info
         elif info.get("bench") == "local":
             local[info["n"]] = info
         elif info.get("bench") == "failover":

@@ -2,12 +2,13 @@
 
     python bench/shared_reader.py CONFIG_JSON
 
-CONFIG_JSON: {"url", "shared_dir" ("" for none), "poll", "mode", "control", "name",
-and for modes "bench" and "local": "poll_seconds", "lookups", "rows"; "path" for "local"}.
+CONFIG_JSON: {"url", "shared_dir" ("" for none), "hydration" (optional), "poll", "mode", "control",
+"name", and for modes "bench" and "local": "poll_seconds", "lookups", "rows"; "path" for "local"}.
 
 - `bench`: open, full scan, POLL_SECONDS of polling (one small query each poll
   interval, so every read transaction sees what the poller found) while the
-  primary commits, then `CONTROL/NAME.polled`; wait for `CONTROL/go` (the
+  primary commits (with hydration, until the shared page file holds the
+  snapshot), then `CONTROL/NAME.polled`; wait for `CONTROL/go` (the
   barrier: its JSON names the primary's final TXID and `count(*), sum(v)`),
   then LOOKUPS point lookups (the burst), then VmRSS, and catch up to the final
   TXID and check the rows against the primary's. Storage requests and bytes are
@@ -41,6 +42,7 @@ CHECK_SQL = "SELECT count(*), sum(v) FROM t"
 LOOKUP_SQL = "SELECT v, payload FROM t WHERE id = ?"
 GO_WAIT = 300.0
 CATCH_UP_WAIT = 60.0
+HYDRATED_WAIT = 120.0
 
 
 def client_counts(url: str) -> dict[str, Any]:
@@ -97,6 +99,13 @@ def bench(cfg: dict[str, Any], conn: Any, control: Path, out: dict[str, Any]) ->
     while time.monotonic() < end:
         conn.execute(LOOKUP_SQL, (rng.randint(1, cfg["rows"]),)).fetchall()
         time.sleep(cfg["poll"])
+    if cfg.get("hydration"):  # the burst reads the shared page file: wait until it holds the snapshot
+        rep = lsvfs.open_replicas()[url]
+        deadline = time.monotonic() + HYDRATED_WAIT
+        while rep.stats()["hydration"]["progress"] < 100:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name}: the shared page file is not complete after {HYDRATED_WAIT:g}s")
+            time.sleep(0.05)
     out["polled"] = client_counts(url)
     ids = lookup_ids(cfg, rng)
     (control / f"{name}.polled").write_text(str(os.getpid()))
@@ -119,6 +128,8 @@ def main(cfg: dict[str, Any]) -> None:
     options: dict[str, Any] = {"poll_interval": cfg["poll"]}
     if cfg["shared_dir"]:
         options["shared_dir"] = cfg["shared_dir"]
+    if cfg.get("hydration"):
+        options["hydration"] = True
     started = time.monotonic()
     if cfg["mode"] == "local":
         conn = apsw.Connection(cfg["path"], flags=apsw.SQLITE_OPEN_READONLY)

@@ -8,7 +8,9 @@ LatencyProxy (`LSVFS_BENCH_SHARED_DELAY_MS`, 5 ms each way) that counts the
 readers' requests on the wire (litestream writes to moto directly, so only the
 readers are counted). `test_readers[N-shared]`, N = 1, 2, 4, 8 reader
 processes (bench/shared_reader.py), all started at once, with `shared_dir`
-(yes) or each on its own (no); each: open, full scan, 60 s of polling (3 in
+(yes), with `shared_dir` and `hydration` (hydrated: the burst reads the
+shared page file, once complete) or each on its own (no); each: open, full
+scan, 60 s of polling (3 in
 smoke mode) while the primary commits once a second, then, when
 every reader has polled, the primary stops and every reader starts a burst of
 point lookups at the same moment (the `go` file is the barrier).
@@ -207,13 +209,15 @@ def _finish(procs: list[subprocess.Popen[str]]) -> None:
         assert proc.returncode == 0, f"reader exited {proc.returncode}"
 
 
-def _run_readers(remote: Remote, n: int, shared_dir: str, control: Path, sizes: dict[str, Any]) -> dict[str, Any]:
+def _run_readers(remote: Remote, n: int, shared_dir: str, hydration: bool, control: Path,
+                 sizes: dict[str, Any]) -> dict[str, Any]:
     """One round: N readers through open, scan, polling and the burst; their records and the wire's count."""
     control.mkdir(parents=True)
     started = time.monotonic()
     before = remote.counts.snapshot()
     remote.commits()
-    procs = [_spawn(remote, {"shared_dir": shared_dir, "mode": "bench", "control": str(control), "name": f"r{i}",
+    procs = [_spawn(remote, {"shared_dir": shared_dir, "hydration": hydration, "mode": "bench",
+                             "control": str(control), "name": f"r{i}",
                              "poll_seconds": sizes["poll_seconds"], "lookups": sizes["lookups"],
                              "rows": remote.rows}) for i in range(n)]
     try:
@@ -228,15 +232,15 @@ def _run_readers(remote: Remote, n: int, shared_dir: str, control: Path, sizes: 
     return {"readers": out, "want": want, "wire": wire, "burst_s": _span(out), "wall_s": time.monotonic() - started}
 
 
-@pytest.mark.parametrize("shared", ["no", "yes"])
+@pytest.mark.parametrize("shared", ["no", "yes", "hydrated"])
 @pytest.mark.parametrize("n", READERS)
 def test_readers(benchmark: Any, shared_remote: Remote, n: int, shared: str, tmp_path: Path,
                  pytestconfig: pytest.Config) -> None:
     sizes = _sizes(pytestconfig)
-    shared_dir = str(tmp_path / "shared") if shared == "yes" else ""
+    shared_dir = str(tmp_path / "shared") if shared != "no" else ""
 
     def one() -> tuple[float, dict[str, Any]]:
-        run = _run_readers(shared_remote, n, shared_dir, tmp_path / "control", sizes)
+        run = _run_readers(shared_remote, n, shared_dir, shared == "hydrated", tmp_path / "control", sizes)
         return run["burst_s"], run
 
     run = bench_runs(benchmark, 1, one)[0]
@@ -244,7 +248,7 @@ def test_readers(benchmark: Any, shared_remote: Remote, n: int, shared: str, tmp
     for r in readers:
         assert r["scan"][0] == shared_remote.rows, r
         assert r["txid"] >= want["txid"] and r["rows"] == want["rows"], (r["name"], r["txid"], r["rows"], want)
-    if shared == "yes":
+    if shared != "no":
         leaders = [r for r in readers if r["final"]["leader"]]
         assert len(leaders) == 1, [r["final"] for r in readers]
         for r in readers:
@@ -256,7 +260,7 @@ def test_readers(benchmark: Any, shared_remote: Remote, n: int, shared: str, tmp
     assert wire_requests >= sum(r["final"]["requests"] for r in readers) > 0
     lookups = sum(r["lookups"] for r in readers)
     benchmark.extra_info.update({
-        "bench": "readers", "n": n, "shared": shared == "yes", "poll_interval_s": POLL,
+        "bench": "readers", "n": n, "mode": shared, "poll_interval_s": POLL,
         "poll_seconds": sizes["poll_seconds"], "lookups_per_process": sizes["lookups"],
         "db_bytes": shared_remote.db_bytes, "delay_ms": DELAY_S * 1000, "final_txid": want["txid"],
         "requests": [r["final"]["requests"] for r in readers], "bytes": [r["final"]["bytes"] for r in readers],

@@ -460,13 +460,15 @@ def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary
         assert check_mirror(shared) > 0
         if hydration:
             rep = registry.open_replicas()[url]
+            final = c.wait_replicated()
+            wait_until(lambda: rep.current().txid >= final, 30, what="the reader at c's last TXID")
             wait_until(lambda: rep.stats()["hydration"]["progress"] == 100, 30, what="the page file of c")
             fresh = lsvfs.connect(url, shared_dir=str(shared), hydration=True)
             try:
                 assert _who(fresh) == [("c", 8)]
             finally:
                 fresh.close()
-            _page_file_equals_restore(c, shared, c.wait_replicated(), tmp_path)
+            _page_file_equals_restore(c, shared, final, tmp_path)
     finally:
         conn.close()
 
@@ -726,3 +728,35 @@ def test_hydration_path_with_shared_dir_is_refused(file_primary: ReplicatedPrima
         lsvfs.connect(file_primary.replica_url, shared_dir=str(tmp_path / "shared"),
                       hydration_path=str(tmp_path / "h.db"))
     assert not (tmp_path / "h.db").exists()
+
+
+def test_the_leader_writes_a_large_page_file_over_several_steps(file_primary: ReplicatedPrimary, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each leader step writes a bounded share of the page file (so polling
+    never waits long for a big first fill), a stop ends a step at once, and
+    the steps together leave the file equal to the restore."""
+    from lsvfs.shared import pages as pages_module
+
+    file_primary.create_table()
+    file_primary.insert_rows(400, size=3000, seed=5)
+    final = file_primary.wait_replicated()
+    monkeypatch.setattr(pages_module, "APPLY_BYTES", 64 << 10)
+    monkeypatch.setattr(pages_module, "CHUNK_BYTES", 64 << 10)  # one read: at most this
+    root = tmp_path / "root"
+    root.mkdir()
+    writer = pages_module.PageWriter(root, "test", always=True)
+    local = file_primary.open_storage()
+    try:
+        assert writer.step(local, lambda: True) is False and writer.written > 0  # stopped after its first read
+        first = writer.written
+        steps = 1
+        while not writer.step(local, lambda: False):
+            steps += 1
+            assert steps < 1000
+        assert steps >= 3 and writer.written > first
+        done = writer.written
+        assert writer.step(local, lambda: False) is True and writer.written == done  # nothing left to write
+    finally:
+        writer.close()
+        local.close()
+    assert _page_file_equals_restore(file_primary, root, final, tmp_path) > 100

@@ -70,7 +70,7 @@ class Replica:
         if self.c == ffi.NULL:
             raise MemoryError("replica allocation failed")
         self.cache = FrameCache(self.c, options.cache_size)
-        self._lock = threading.Lock()  # guards the four fields below
+        self._lock = threading.Lock()  # guards the four fields below, and _versions
         self._current: Snapshot | None = None
         self._historic: LRU[tuple[str, int | None], Snapshot] = LRU(HISTORIC_SNAPSHOTS)  # pinned by a PRAGMA
         self._refs = 0  # holders of this Replica (lsvfs/registry.py)

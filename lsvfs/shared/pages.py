@@ -93,7 +93,6 @@ class SharedPages:
     def __init__(self, c_replica: Any, root: Path, page_size: int, current: Callable[[], View],
                  versions: dict[int, tuple[int, int]]) -> None:
         self.path = str(paths(root, page_size)[0])
-        self._root = root
         self._current = current
         self._sp = _open(root, page_size, writer=False)
         for slot, (txid, key) in versions.items():
@@ -247,9 +246,7 @@ class PageWriter:
         budget = APPLY_BYTES
         nxt = ffi.new("uint32_t *", 1)
         out = ffi.new("uint32_t[]", BATCH)
-        while budget > 0:
-            if stopping():
-                return False
+        while True:
             n = int(lib.lsvfs_shared_pages_missing(self._sp, self._table.cdata, self._commit, nxt, out, BATCH))
             if n == 0 and int(nxt[0]) > self._commit:
                 newest = self._files[self._plan[-1]]
@@ -267,7 +264,8 @@ class PageWriter:
                                            start, IndexEntries.from_tuples(part), self._page_size, f.name)
                     self.written += len(part)
                     budget -= end - start
-        return False
+                    if budget <= 0 or stopping():
+                        return False  # the next step goes on from here: what is written is skipped
 
 
 @dataclass(frozen=True)
