@@ -414,11 +414,11 @@ def fill_hydration(h: Any, slot: int, buf: Buffer, buf_offset: int, ents: IndexE
         _raise_run(rc, int(failed[0]), ents, buf, buf_offset, page_size, file)
 
 
-def fill_shared_pages(sp: Any, txid: int, checksum: int, buf: Buffer, buf_offset: int, ents: IndexEntries,
+def fill_shared_pages(sp: Any, txid: int, key: int, buf: Buffer, buf_offset: int, ents: IndexEntries,
                       page_size: int, file: str | None = None) -> None:
-    """Decode frames of a file ending at `txid` into the shared pages (lsvfs_shared_pages_fill)."""
+    """Decode frames of the file (txid, key) into a shared page file (lsvfs_shared_pages_fill)."""
     failed = ffi.new("size_t *")
-    rc = lib.lsvfs_shared_pages_fill(sp, txid, checksum, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents),
+    rc = lib.lsvfs_shared_pages_fill(sp, txid, key, _in(buf), _nbytes(buf), buf_offset, ents.cdata, len(ents),
                                      failed)
     if rc == ESIZE and int(failed[0]) == len(ents):
         raise OSError("shared pages: write failed (disk full?)")

@@ -1,9 +1,10 @@
 """One process's part in keeping the shared directory current.
 
 Every process with the directory runs the same loop: try to lead, and while
-leading poll storage into the mirror and publish the status. A process that
-leads keeps leading until it closes or dies; the others try again each poll
-interval, so a dead leader is replaced within two. A failed poll (storage
+leading poll storage into the mirror, publish the status, then write what
+the shared page file lacks (pages.py). A process that leads keeps leading
+until it closes or dies; the others try again each poll interval, so a dead
+leader is replaced within two. A failed poll (storage
 down, disk full) is logged once per kind and retried with backoff; what the
 mirror holds stays complete meanwhile, and followers see the lag grow.
 """
@@ -37,7 +38,8 @@ MOST_DELAY = 30.0
 
 
 class Leader:
-    """The election and, while this process leads, the mirror it keeps."""
+    """The election and, while this process leads, the mirror it keeps and
+    the shared page file (when a process asked for hydration, or `hydration`)."""
 
     def __init__(self, root: Path, name: str, open_remote: Callable[[], StorageClient],
                  hydration: bool = False) -> None:
@@ -108,13 +110,15 @@ class Leader:
             return False
         try:
             done = self.pages.step(self.mirror.local, lambda: self._closing)
-        except (LsvfsError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the page file must never stop the mirror's polls; logged
             delay = self._pages_backoff.next()
             self._pages_retry_at = time.monotonic() + delay
-            if str(exc) != self._pages_error:
-                log.warning("%s: writing the shared pages failed (%s); readers read the mirror meanwhile; "
-                            "retrying in %.1fs", self.root, exc, delay)
-            self._pages_error = str(exc)
+            text = str(exc) if isinstance(exc, (LsvfsError, OSError)) else repr(exc)
+            if text != self._pages_error:
+                log_failure(log, exc, expected=(LsvfsError, OSError), failed=f"{self.root}: writing the shared pages",
+                            unexpectedly=f"{self.root}: writing the shared pages failed unexpectedly",
+                            then=f"; readers read the mirror meanwhile; retrying in {delay:.1f}s")
+            self._pages_error = text
             return False
         if self._pages_error is not None:
             log.info("%s: writing the shared pages works again", self.root)
