@@ -475,7 +475,7 @@ def test_another_lineage_is_rebuilt_at_open_and_followed_live(replicated_primary
 
 def test_pinning_and_hydration_read_through_the_mirror(file_primary: ReplicatedPrimary, tmp_path: Path) -> None:
     """A connection on a shared_dir with hydration pins an older TXID and reads
-    it exactly, while the hydration file (filled from the mirror) serves the newest."""
+    it exactly, while the shared page file serves the newest."""
     bank(file_primary)
     rng = random.Random(7)
     transfer(file_primary, rng)
