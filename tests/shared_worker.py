@@ -64,14 +64,10 @@ def _hang_at(point: str, control: Path, name: str) -> None:
         publish(self, tmp, path)
 
     fill = core.fill_shared_pages
-    filled = {"n": 0}
 
     def hung_fill(*args: Any, **kwargs: Any) -> None:
         fill(*args, **kwargs)
-        if armed["on"]:
-            filled["n"] += 1
-            if filled["n"] == 2:
-                stop_here("pages")  # part of what is new written to the page file, the rest not
+        stop_here("pages")  # one read's pages written to the page file, the rest of the step not
 
     Mirror.install = hung_install  # type: ignore[method-assign]
     Mirror.publish = hung_publish  # type: ignore[method-assign]

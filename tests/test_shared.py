@@ -51,6 +51,10 @@ from lsvfs.storage.base import SNAPSHOT_LEVEL
 from lsvfs.storage.file import FileStorage
 
 
+HYDRATED = {"LSVFS_HYDRATION": "1"}
+"""The environment of a worker opened with hydration."""
+
+
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Any]:
     made: list[Workers] = []
@@ -132,21 +136,25 @@ def test_compaction_and_l0_retention_under_the_mirror(replicated_primary: MakePr
     assert {0, 1, 9} <= levels, levels  # the replica did compact and snapshot
 
 
-@pytest.mark.parametrize(("storage", "point"), [("file", "download"), ("file", "rename"), ("s3", "rename")])
+@pytest.mark.parametrize(("storage", "point"), [("file", "download"), ("file", "rename"), ("s3", "rename"),
+                                               ("file", "pages")])
 def test_killed_leader_is_replaced_and_nothing_wrong_is_read(replicated_primary: MakePrimary, workers: Any,
-                                                             storage: str, point: str) -> None:
+                                                             storage: str, point: str, tmp_path: Path) -> None:
     """The leader stops at `point` of a file (its bytes downloaded; its temp
-    file written, not renamed) and is SIGKILLed there: a follower takes over,
+    file written, not renamed; with hydration, part of its pages written to
+    the shared page file) and is SIGKILLed there: a follower takes over,
     catches up, reads nothing wrong, and the mirror is whole (every CRC checks
-    out, the temp file is gone)."""
+    out, the temp file is gone); the page file is completed, read whole by
+    every survivor, and equals the restore of the final TXID."""
     p = replicated_primary(storage)
     bank(p)
     p.wait_replicated()
     w = workers(p.replica_url)
-    leader = w.start("leader", hang=point)
+    env = HYDRATED if point == "pages" else {}
+    leader = w.start("leader", hang=point, env=env)
     assert status(w.shared)["pid"] == leader.pid
-    w.start("f1")
-    w.start("f2")
+    w.start("f1", env=env)
+    w.start("f2", env=env)
     rng = random.Random(3)
     transfer(p, rng)
     p.wait_replicated()
@@ -165,7 +173,11 @@ def test_killed_leader_is_replaced_and_nothing_wrong_is_read(replicated_primary:
     assert sum(r["shared"]["leader"] for r in results.values()) == 1
     for name, r in results.items():
         assert r["bad"] == [] and r["rows"] == want, name
+        if point == "pages":
+            assert r["hydration"]["progress"] == 100 and r["scan_reads"] == 0, (name, r["hydration"])
     assert check_mirror(w.shared) > 0
+    if point == "pages":
+        _page_file_equals_restore(p, w.shared, final, tmp_path)
 
 
 def test_hung_leader_makes_every_lag_grow(file_primary: ReplicatedPrimary, workers: Any, tmp_path: Path) -> None:
@@ -581,9 +593,6 @@ def _page_file_equals_restore(p: ReplicatedPrimary, shared: Path, txid: int, tmp
     return len(restored) // page_size
 
 
-HYDRATED = {"LSVFS_HYDRATION": "1"}
-
-
 @pytest.mark.parametrize("storage", ["file", "s3"])
 def test_hydration_is_one_page_file_that_every_process_reads(replicated_primary: MakePrimary, workers: Any,
                                                              storage: str, tmp_path: Path) -> None:
@@ -617,38 +626,6 @@ def test_hydration_is_one_page_file_that_every_process_reads(replicated_primary:
     assert list(tmp.iterdir()) == []
     assert [q.name for q in w.shared.glob("pages-*.db")] == ["pages-4096.db"]
     assert _page_file_equals_restore(p, w.shared, final, tmp_path) > 2
-
-
-def test_killed_leader_mid_page_file_is_replaced_and_the_file_completes(file_primary: ReplicatedPrimary,
-                                                                         workers: Any, tmp_path: Path) -> None:
-    """The leader is SIGKILLed with part of the new pages written to the page
-    file: a follower takes over, finishes it, nobody read a wrong page, and
-    the file equals the restore of the final TXID."""
-    bank(file_primary)
-    file_primary.wait_replicated()
-    w = workers(file_primary.replica_url)
-    leader = w.start("leader", hang="pages", env=HYDRATED)
-    assert status(w.shared)["pid"] == leader.pid
-    w.start("f1", env=HYDRATED)
-    w.start("f2", env=HYDRATED)
-    rng = random.Random(29)
-    for _ in range(3):
-        transfer(file_primary, rng)
-        file_primary.wait_replicated()
-    wait_until(lambda: (w.control / "leader.hung").exists(), 30, what="the leader writing the page file")
-    leader.send_signal(signal.SIGKILL)
-    leader.wait(timeout=10)
-    wait_until(lambda: status(w.shared)["pid"] != leader.pid, 30, what="a follower taking over")
-    for _ in range(5):
-        transfer(file_primary, rng)
-    final = file_primary.wait_replicated()
-    results = w.finish(final)
-    want = [list(r) for r in file_primary.execute("SELECT id, balance FROM bank ORDER BY id")]
-    assert set(results) == {"f1", "f2"}
-    for name, r in results.items():
-        assert r["bad"] == [] and r["rows"] == want, (name, r["bad"][:3])
-        assert r["hydration"]["progress"] == 100 and r["scan_reads"] == 0, (name, r["hydration"], r["scan_reads"])
-    _page_file_equals_restore(file_primary, w.shared, final, tmp_path)
 
 
 def test_mirror_command_with_hydration_fills_the_page_file_before_it_exits(file_primary: ReplicatedPrimary,
