@@ -69,19 +69,26 @@ def workers(tmp_path: Path) -> Iterator[Any]:
         w.close()
 
 
+@pytest.mark.parametrize("hydration", [False, True])
 @pytest.mark.parametrize("storage", ["file", "s3"])
 def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: MakePrimary, workers: Any,
-                                                             storage: str) -> None:
+                                                             storage: str, hydration: bool, tmp_path: Path) -> None:
     """Four processes on one shared_dir: every read transaction sees one TXID
     and the total while the primary transfers; all end equal to the primary;
     exactly one led; the followers never opened remote storage (their remote
-    request counts are None) and list only the mirror."""
+    request counts are None) and list only the mirror. With hydration none
+    keeps a hydration file of its own (their temp directory stays empty); the
+    directory holds one page file, equal page for page to `litestream
+    restore` of the final TXID; and a full scan on a fresh connection in each
+    process reads every page from it: nothing from the cache or the mirror."""
     p = replicated_primary(storage)
     bank(p)
     p.wait_replicated()
     w = workers(p.replica_url)
+    tmp = tmp_path / "workers-tmp"
+    tmp.mkdir()
     for i in range(4):
-        w.start(f"r{i}")
+        w.start(f"r{i}", env={**(HYDRATED if hydration else {}), "TMPDIR": str(tmp)})
     if storage == "s3":
         quiet_requests_are_one_pollers(p)
     rng = random.Random(17)
@@ -100,8 +107,16 @@ def test_four_readers_keep_the_bank_invariant_and_one_leads(replicated_primary: 
         assert r["shared"]["leader_pid"] == leaders[0]["pid"]
         if not r["shared"]["leader"]:
             assert r["shared"]["remote"] is None, name  # no request to storage, ever
+        if hydration:
+            assert r["hydration"]["shared"] and r["hydration"]["progress"] == 100, (name, r["hydration"])
+            assert r["hydration"]["file"] == str(w.shared / "pages-4096.db")
+            assert r["scan_reads"] == 0, (name, r["scan_reads"])
     assert sum(r["txids"] for r in results.values()) > 4  # they did see the primary advance
-    assert check_mirror(Path(w.shared)) > 0
+    assert check_mirror(w.shared) > 0
+    assert list(tmp.iterdir()) == []
+    if hydration:
+        assert sorted(q.name for q in w.shared.glob("pages-*")) == ["pages-4096.db", "pages-4096.tags"]
+        assert _page_file_equals_restore(p, w.shared, final, tmp_path) > 2
 
 
 def test_compaction_and_l0_retention_under_the_mirror(replicated_primary: MakePrimary, workers: Any) -> None:
@@ -591,41 +606,6 @@ def _page_file_equals_restore(p: ReplicatedPrimary, shared: Path, txid: int, tmp
            if held[i * page_size:(i + 1) * page_size] != restored[i * page_size:(i + 1) * page_size]]
     assert bad == [], f"pages {bad[:10]} differ from the restore of TXID {txid:016x}"
     return len(restored) // page_size
-
-
-@pytest.mark.parametrize("storage", ["file", "s3"])
-def test_hydration_is_one_page_file_that_every_process_reads(replicated_primary: MakePrimary, workers: Any,
-                                                             storage: str, tmp_path: Path) -> None:
-    """Three processes opened with hydration on one shared_dir keep the bank
-    invariant while the primary transfers; none keeps a hydration file of its
-    own (their temp directory stays empty); the directory holds one page file,
-    equal page for page to `litestream restore` of the final TXID; and a full
-    scan on a fresh connection in each process reads every page from it:
-    nothing from the cache, nothing from the mirror."""
-    p = replicated_primary(storage)
-    bank(p)
-    p.wait_replicated()
-    w = workers(p.replica_url)
-    tmp = tmp_path / "workers-tmp"
-    tmp.mkdir()
-    for i in range(3):
-        w.start(f"r{i}", env={**HYDRATED, "TMPDIR": str(tmp)})
-    rng = random.Random(23)
-    for _ in range(20):
-        transfer(p, rng)
-        time.sleep(0.05)
-    final = p.wait_replicated()
-    results = w.finish(final)
-    want = [list(r) for r in p.execute("SELECT id, balance FROM bank ORDER BY id")]
-    assert sum(r["shared"]["leader"] for r in results.values()) == 1
-    for name, r in results.items():
-        assert r["bad"] == [] and r["rows"] == want, (name, r["bad"][:3])
-        assert r["hydration"]["shared"] and r["hydration"]["progress"] == 100, (name, r["hydration"])
-        assert r["hydration"]["file"] == str(w.shared / "pages-4096.db")
-        assert r["scan_reads"] == 0, (name, r["scan_reads"])
-    assert list(tmp.iterdir()) == []
-    assert [q.name for q in w.shared.glob("pages-*.db")] == ["pages-4096.db"]
-    assert _page_file_equals_restore(p, w.shared, final, tmp_path) > 2
 
 
 def test_mirror_command_with_hydration_fills_the_page_file_before_it_exits(file_primary: ReplicatedPrimary,
