@@ -2,8 +2,9 @@
 
 The leader (election.py: whoever holds the directory's flock) mirrors the
 replica's LTX files into the directory (mirror.py, leader.py); every process
-reads the mirror as a directory replica (storage.py). directory.py checks the
-directory and holds the owner and status files.
+reads the mirror as a directory replica (storage.py); with hydration the
+leader also writes one page file that every process reads (pages.py).
+directory.py checks the directory and holds the owner and status files.
 """
 
 from __future__ import annotations

@@ -95,9 +95,12 @@ class SharedPages:
         self.path = str(paths(root, page_size)[0])
         self._current = current
         self._sp = _open(root, page_size, writer=False)
+        if lib.lsvfs_replica_set_shared_pages(c_replica, self._sp):
+            lib.lsvfs_shared_pages_free(self._sp)
+            raise ReplicaError("replica: shared pages attached twice")
+        # The C replica owns it from here.
         for slot, (txid, key) in versions.items():
             self.note(slot, txid, key)
-        lib.lsvfs_replica_set_shared_pages(c_replica, self._sp)  # the C replica owns it from here
         self.wake()
 
     def note(self, slot: int, txid: int, key: int) -> None:
