@@ -384,10 +384,10 @@ void lsvfs_shared_pages_forget(lsvfs_shared_pages *sp, uint32_t slot);
  * (the lock page excluded): as lsvfs_hydration_missing. */
 size_t lsvfs_shared_pages_missing(lsvfs_shared_pages *sp, const lsvfs_ptable *t,
                                   uint32_t commit, uint32_t *next, uint32_t *out, size_t cap);
-/* The newest state the writer holds whole, as the writer recorded it (0, 0
- * before any); LSVFS_ENOTFOUND while the tag file is not set up. */
-int lsvfs_shared_pages_applied(lsvfs_shared_pages *sp, uint64_t *txid, uint64_t *key);
-int lsvfs_shared_pages_set_applied(lsvfs_shared_pages *sp, uint64_t txid, uint64_t key);
+/* The TXID the writer last held whole, as it recorded it (0 before any);
+ * LSVFS_ENOTFOUND while the tag file is not set up. */
+int lsvfs_shared_pages_applied(lsvfs_shared_pages *sp, uint64_t *txid);
+int lsvfs_shared_pages_set_applied(lsvfs_shared_pages *sp, uint64_t txid);
 /* Serve `r`'s reads from `sp` too (before its cache); `r` owns `sp` from
  * here. Once per replica: LSVFS_ERANGE if it has one. */
 int lsvfs_replica_set_shared_pages(lsvfs_replica *r, lsvfs_shared_pages *sp);

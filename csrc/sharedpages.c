@@ -40,7 +40,6 @@ typedef struct {
     uint32_t reserved;
     uint8_t boot[LSVFS_BOOT_ID_SIZE];
     uint64_t applied_txid; /* atomic: the newest state written whole */
-    uint64_t applied_key;  /* atomic */
 } header;
 
 typedef struct {
@@ -142,7 +141,6 @@ static void claim(lsvfs_shared_pages *sp)
     if (fresh) {
         __atomic_store_n(&h->magic, 0, __ATOMIC_SEQ_CST); /* not usable while it changes */
         __atomic_store_n(&h->applied_txid, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&h->applied_key, 0, __ATOMIC_RELAXED);
         h->page_size = sp->page_size;
         memcpy(h->boot, sp->boot, sizeof h->boot);
         __atomic_store_n(&h->magic, MAGIC, __ATOMIC_RELEASE);
@@ -381,28 +379,23 @@ size_t lsvfs_shared_pages_missing(lsvfs_shared_pages *sp, const lsvfs_ptable *t,
     return n;
 }
 
-int lsvfs_shared_pages_applied(lsvfs_shared_pages *sp, uint64_t *txid, uint64_t *key)
+int lsvfs_shared_pages_applied(lsvfs_shared_pages *sp, uint64_t *txid)
 {
-    *txid = *key = 0;
+    *txid = 0;
     pthread_rwlock_rdlock(&sp->lock);
     int rc = sp->map != NULL && usable(sp) ? LSVFS_OK : LSVFS_ENOTFOUND;
-    if (rc == LSVFS_OK) {
+    if (rc == LSVFS_OK)
         *txid = __atomic_load_n(&hdr(sp)->applied_txid, __ATOMIC_ACQUIRE);
-        *key = __atomic_load_n(&hdr(sp)->applied_key, __ATOMIC_ACQUIRE);
-    }
     pthread_rwlock_unlock(&sp->lock);
     return rc;
 }
 
-int lsvfs_shared_pages_set_applied(lsvfs_shared_pages *sp, uint64_t txid, uint64_t key)
+int lsvfs_shared_pages_set_applied(lsvfs_shared_pages *sp, uint64_t txid)
 {
     pthread_rwlock_rdlock(&sp->lock);
     int rc = sp->writer && sp->map != NULL ? LSVFS_OK : LSVFS_ERANGE;
-    if (rc == LSVFS_OK) {
-        /* Only the leader reads these back, after the last one stopped. */
+    if (rc == LSVFS_OK)
         __atomic_store_n(&hdr(sp)->applied_txid, txid, __ATOMIC_RELEASE);
-        __atomic_store_n(&hdr(sp)->applied_key, key, __ATOMIC_RELEASE);
-    }
     pthread_rwlock_unlock(&sp->lock);
     return rc;
 }

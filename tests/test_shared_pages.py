@@ -95,11 +95,10 @@ def test_a_reader_is_served_a_page_only_from_the_file_its_slot_names(tmp_path: P
     assert _read(reader, 3, 7) is None and _read(reader, 3, 10) == pages2[3] and _read(reader, 4, 7) == pages[4]
     lib.lsvfs_shared_pages_forget(reader, 10)
     assert _read(reader, 3, 10) is None and _missing(reader, newer, 8) == [3, 5]
-    applied_txid, applied_key = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-    assert lib.lsvfs_shared_pages_set_applied(writer, 6, 0xDEF) == 0
-    assert lib.lsvfs_shared_pages_applied(reader, applied_txid, applied_key) == 0
-    assert (applied_txid[0], applied_key[0]) == (6, 0xDEF)
-    assert lib.lsvfs_shared_pages_set_applied(reader, 7, 1) == lib.LSVFS_ERANGE  # only the writer records
+    applied_txid = ffi.new("uint64_t *")
+    assert lib.lsvfs_shared_pages_set_applied(writer, 6) == 0
+    assert lib.lsvfs_shared_pages_applied(reader, applied_txid) == 0 and applied_txid[0] == 6
+    assert lib.lsvfs_shared_pages_set_applied(reader, 7) == lib.LSVFS_ERANGE  # only the writer records
 
 
 def test_the_tag_file_grows_under_a_reader_that_refreshes(tmp_path: Path) -> None:
@@ -162,8 +161,8 @@ def test_tags_written_before_a_reboot_are_cleared_before_anything_is_served(tmp_
     assert lib.lsvfs_shared_pages_refresh(reader) == lib.LSVFS_ENOTFOUND and _read(reader, 1, 1) is None
     writer = _open(tmp_path, writer=True)
     assert lib.lsvfs_shared_pages_refresh(reader) == 0 and _read(reader, 1, 1) is None
-    applied = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-    assert lib.lsvfs_shared_pages_applied(reader, *applied) == 0 and applied[0][0] == 0
+    applied = ffi.new("uint64_t *")
+    assert lib.lsvfs_shared_pages_applied(reader, applied) == 0 and applied[0] == 0
     core.fill_shared_pages(writer, 1, 1, data, 0, ents, PS)
     assert _read(reader, 1, 1) == pages[1]
 

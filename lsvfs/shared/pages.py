@@ -143,8 +143,8 @@ class SharedPages:
     @property
     def synced_txid(self) -> int | None:
         """The last TXID the leader applied whole."""
-        txid, key = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        if lib.lsvfs_shared_pages_applied(self._sp, txid, key):
+        txid = ffi.new("uint64_t *")
+        if lib.lsvfs_shared_pages_applied(self._sp, txid):
             return None
         return int(txid[0]) or None
 
@@ -253,7 +253,7 @@ class PageWriter:
             n = int(lib.lsvfs_shared_pages_missing(self._sp, self._table.cdata, self._commit, nxt, out, BATCH))
             if n == 0 and int(nxt[0]) > self._commit:
                 newest = self._files[self._plan[-1]]
-                lib.lsvfs_shared_pages_set_applied(self._sp, newest.header.max_txid, newest.key)
+                lib.lsvfs_shared_pages_set_applied(self._sp, newest.header.max_txid)
                 return True
             runs: dict[int, list[tuple[int, int, int]]] = {}
             for i in range(n):
